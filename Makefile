@@ -1,0 +1,58 @@
+# bucket_app: `make run` and `make test` are all a newcomer needs.
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTHON ?= python3
+STAMP := $(VENV)/.installed
+export BUCKET_APP_SETTINGS ?= $(CURDIR)/settings.ini
+
+.PHONY: setup kafka kafka-stop kafka-cluster kafka-cluster-stop run test test-unit lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock requirements-dev.lock setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check pip==24.3.1
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock -r requirements-dev.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+kafka:
+	scripts/kafka.sh start
+
+kafka-stop:
+	scripts/kafka.sh stop
+
+kafka-cluster:
+	scripts/kafka-cluster.sh start
+
+kafka-cluster-stop:
+	scripts/kafka-cluster.sh stop
+
+# Starts the local broker only when the settings point at it (127.0.0.1:9092 / localhost:9092).
+run: setup
+	@if $(BIN)/python -m bucket_app uses-local-broker; then scripts/kafka.sh start; fi
+	$(BIN)/faust -A bucket_app worker -l info
+
+lint: setup
+	$(BIN)/ruff check bucket_app tests bench
+	$(BIN)/mypy bucket_app
+
+test-unit: setup
+	$(BIN)/pytest -q tests/unit
+
+# Starts the broker if none is running, runs lint and every test, stops what it started.
+test: setup
+	@started=0; \
+	if ! scripts/kafka.sh status >/dev/null 2>&1; then scripts/kafka.sh start && started=1; fi; \
+	rc=0; \
+	$(MAKE) --no-print-directory lint || rc=$$?; \
+	if [ $$rc -eq 0 ]; then $(BIN)/pytest -q -p no:cacheprovider tests || rc=$$?; fi; \
+	if [ $$started -eq 1 ]; then scripts/kafka.sh stop; fi; \
+	exit $$rc
+
+bench: setup
+	@echo "bench: placeholder until issue 4 (throughput benchmark)"
+
+clean: kafka-stop
+	rm -rf data .pytest_cache .mypy_cache .ruff_cache

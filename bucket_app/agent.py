@@ -1,0 +1,230 @@
+"""The Faust app: source topic in, windowed counts (RocksDB + changelog) out.
+
+:func:`create_app` wires one :class:`faust.App` from :class:`~bucket_app.settings.Settings`: the
+source topic (raw bytes; we decode ourselves), the tumbling-window ``counts`` table and the
+``progress`` table (per source partition: offset reached and event-time watermark), the
+counting agent, the changelog-to-SQLite snapshot task and the web views. The agent is the only
+writer of both tables; it also sweeps expired buckets with changelog tombstones, while handling
+an event of the partition it sweeps, because Faust routes table writes by the current event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import faust
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from faust.types import EventT
+
+from bucket_app.counting import Classifier, Counter, PartitionProgress, RateLimitedLog
+from bucket_app.errors import BadInput, BucketAppError
+from bucket_app.settings import Settings
+from bucket_app.snapshot import COUNTS_TABLE, PROGRESS_KEY, progress_key
+
+log = logging.getLogger(__name__)
+
+KAFKA_TIMEOUT_S = 30.0
+
+
+class KafkaUnavailable(BucketAppError):
+    """The brokers named in the settings could not be reached at start-up."""
+
+
+def source_partitions(settings: Settings) -> int:
+    """The source topic's partition count, creating the topic if it does not exist yet.
+
+    Runs a private event loop in a thread: this happens at import time, before Faust owns the
+    main thread's loop, and must not leave a closed loop behind for it.
+    """
+    result: dict[str, Any] = {}
+
+    async def probe() -> int:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=list(settings.brokers), request_timeout_ms=10_000,
+        )
+        try:
+            await asyncio.wait_for(admin.start(), KAFKA_TIMEOUT_S)
+            for _attempt in range(20):
+                described = await admin.describe_topics([settings.topic])
+                info = described[0] if described else {}
+                if info.get("error_code", 3) == 0 and info.get("partitions"):
+                    return len(info["partitions"])
+                try:
+                    await admin.create_topics([NewTopic(
+                        settings.topic, settings.partitions, settings.replication_factor)])
+                    log.info("created topic %s with %d partitions",
+                             settings.topic, settings.partitions)
+                except TopicAlreadyExistsError:
+                    pass
+                await asyncio.sleep(0.5)
+            raise KafkaUnavailable(f"topic {settings.topic} did not become available")
+        finally:
+            await admin.close()
+
+    def run() -> None:
+        try:
+            result["n"] = asyncio.run(probe())
+        except (TimeoutError, KafkaError, OSError, BucketAppError) as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, name="bucket_app-probe", daemon=True)
+    thread.start()
+    thread.join(KAFKA_TIMEOUT_S + 15)
+    if "n" in result:
+        return int(result["n"])
+    error = result.get("error", "timed out")
+    raise KafkaUnavailable(
+        f"cannot reach Kafka at {','.join(settings.brokers)} "
+        f"([KafkaSettings] brokers in {settings.source}): {error!r}"
+    )
+
+
+class CountsTable(faust.Table):
+    """Faust's tumbling-window Table, with Faust's own window expiry turned off.
+
+    faust-streaming 0.15.3's compiled TumblingWindow reports ``expires == 0.0`` rather than None,
+    so the stock table would push a heap entry per update (unbounded memory) and create the
+    changelog with ``cleanup.policy=compact,delete`` and the broker's default retention, which
+    drops buckets that were not updated for a week. Retention here is bucket_app's: the agent
+    deletes expired window-keys with changelog tombstones, so the changelog is compact-only.
+    """
+
+    def _should_expire_keys(self) -> bool:
+        return False
+
+    def using_window(self, window: Any, *, key_index: bool = False) -> Any:
+        wrapper = super().using_window(window, key_index=key_index)
+        self._changelog_deleting = False
+        return wrapper
+
+
+class Processor:
+    """Per-event logic of the agent: classify, count once, track progress, sweep."""
+
+    def __init__(self, settings: Settings, counts: Any) -> None:
+        self.settings = settings
+        self.counts = counts
+        self.classifier = Classifier(settings)
+        self.counter = Counter(settings)
+        self.bad_log = RateLimitedLog()
+
+    def forget(self, partitions: set[int]) -> None:
+        """Drop in-memory progress of partitions this worker no longer owns."""
+        for partition in partitions:
+            self.counter.progress.pop(partition, None)
+
+    def _state(self, partition: int) -> PartitionProgress:
+        state = self.counter.progress.get(partition)
+        if state is None:
+            stored = self.counts.get(progress_key(partition))
+            state = PartitionProgress()
+            if stored is not None:
+                state.offset, state.watermark_s = int(stored[0]), float(stored[1])
+            self.counter.progress[partition] = state
+        return state
+
+    def handle(self, event: EventT) -> None:
+        message = event.message
+        partition, offset = message.partition, message.offset
+        state = self._state(partition)
+        if offset <= state.offset:
+            self.counter.replayed += 1
+            return
+        try:
+            item = self.classifier.classify(message.value, partition, message.timestamp)
+            self.counter.apply(self.counts, item, partition, offset)
+        except BadInput as exc:
+            self.counter.record_skip(exc.reason)
+            self.bad_log.bad_record(exc, message.topic, partition, offset)
+        state.offset = offset
+        self.counts[progress_key(partition)] = [offset, max(state.watermark_s, 0.0)]
+        if time.monotonic() - state.last_sweep_mono >= self.settings.clean_freq_s:
+            self.sweep(partition)
+
+    def sweep(self, partition: int) -> int:
+        """Delete this partition's buckets past retention, each with a changelog tombstone."""
+        state = self._state(partition)
+        state.last_sweep_mono = time.monotonic()
+        cutoff_s = self.counter.expired_before_s(partition)
+        doomed = [key for key in self._keys_of(partition) if key[1][1] < cutoff_s]
+        for key in doomed:
+            del self.counts[key]
+        if doomed:
+            log.info("retention removed %d buckets of partition %d ending before %.0f",
+                     len(doomed), partition, cutoff_s)
+        return len(doomed)
+
+    def _keys_of(self, partition: int) -> Iterator[Any]:
+        # Faust's store has no per-partition key iterator; this reads the partition's RocksDB.
+        store = self.counts.data
+        db = store._db_for_partition(partition)
+        for raw_key in store._visible_keys(db):
+            key = store._decode_key(raw_key)
+            if key[0] == PROGRESS_KEY:
+                continue
+            yield (tuple(key[0]), tuple(key[1]))
+
+
+def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
+    """Build the Faust app for ``settings``; ``partitions`` skips the Kafka probe when known."""
+    from bucket_app import snapshot, web  # noqa: PLC0415 - they import this module's names
+
+    n_partitions = partitions if partitions is not None else source_partitions(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.app_id,
+        broker=settings.broker_url,
+        store="rocksdb://",
+        datadir=str(settings.data_dir),
+        topic_partitions=n_partitions,
+        topic_replication_factor=settings.replication_factor,
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        web_host=settings.web_host,
+        web_bind=settings.web_host,
+        web_port=settings.web_port,
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
+        producer_acks=-1,
+        broker_commit_livelock_soft_timeout=300.0,
+    )
+    source = app.topic(
+        settings.topic, key_serializer="raw", value_serializer="raw", partitions=n_partitions,
+    )
+    counts = app.tables.add(CountsTable(
+        app, name=COUNTS_TABLE, default=None, partitions=n_partitions,
+        beacon=app.tables.beacon,
+        schema=faust.Schema(key_serializer="json", value_serializer="json"),
+        help="[count, max source offset] per ((partition, *mapped values), window range); "
+        "[offset, watermark] per source partition under (__progress__, partition)",
+    )).tumbling(settings.bucket_interval_s)
+    processor = Processor(settings, counts.table)
+
+    @app.agent(source, name="bucket_app.count")
+    async def count(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            processor.handle(event)
+
+    async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+        processor.forget({tp.partition for tp in revoked if tp.topic == settings.topic})
+
+    app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+
+    reader = snapshot.SnapshotReader(settings, n_partitions)
+
+    @app.task
+    async def run_snapshot() -> None:
+        await reader.run()
+
+    web.register(app, settings, reader, processor)
+    app.bucket_processor = processor  # type: ignore[attr-defined]
+    app.bucket_snapshot = reader  # type: ignore[attr-defined]
+    return app

@@ -1,0 +1,158 @@
+"""Counting: one Kafka record in, one idempotent increment of one window-key out.
+
+The :class:`Classifier` turns a record's bytes into the window-key it counts toward (pure: codecs,
+field map, time parsing and bucket arithmetic, no I/O). The :class:`Counter` applies a
+classified record to a table-like mapping with the offset watermark that makes replays harmless:
+each value is ``[count, max_source_offset]`` and a record at or below the stored offset is
+skipped. Keys carry the source partition, so a window-key lives in exactly one partition and the
+watermark is exact under at-least-once delivery. The agent owns the I/O around both.
+
+Table keys follow Faust's windowed-table layout, ``((partition, *mapped_values), (start,
+start + interval - 0.1))``, so Faust's own windowed readers and tooling understand them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter as Tally
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bucket_app.buckets import FieldMap, TimeField, bucket_start
+from bucket_app.codecs import make_decoder
+from bucket_app.errors import BadInput, TimeError
+from bucket_app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Faust's TumblingWindow stores a window as (start, start + size - 0.1); we write the same.
+WINDOW_END_EPSILON_S = 0.1
+
+WindowKey = tuple[tuple[Any, ...], tuple[float, float]]
+
+
+@dataclass(frozen=True)
+class Classified:
+    """Where one record counts: its table key and its bucket start (seconds)."""
+
+    key: WindowKey
+    bucket_start_s: int
+    event_time_s: float
+
+
+class Classifier:
+    """Decode, read the event time and the mapped fields, and name the window-key."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._decode = make_decoder(settings.avro_schema).decode
+        self._fields = FieldMap(settings.msg_map)
+        self._time = TimeField(settings.bucket_field, settings.bucket_type)
+        self._interval_s = settings.bucket_interval_s
+        self._window_len_s = settings.bucket_interval_s - WINDOW_END_EPSILON_S
+        self._max_future_skew_s = settings.max_future_skew_s
+
+    def classify(
+        self, value: bytes | None, partition: int, record_ts_s: float | None,
+        now_s: float | None = None,
+    ) -> Classified:
+        """Raise a :class:`BadInput` subclass when the record cannot be counted."""
+        msg = self._decode(value or b"")
+        ts = self._time.get(msg, record_ts_s)
+        now = time.time() if now_s is None else now_s
+        if ts > now + self._max_future_skew_s:
+            raise TimeError(
+                f"event time {ts:.0f} is more than {self._max_future_skew_s:.0f} s ahead of "
+                "the wall clock", reason="future_time",
+            )
+        start = bucket_start(ts, self._interval_s)
+        key = ((partition, *self._fields.extract(msg)), (float(start), start + self._window_len_s))
+        return Classified(key=key, bucket_start_s=start, event_time_s=ts)
+
+
+@dataclass
+class PartitionProgress:
+    """What one source partition has reached: offset, event-time watermark, last sweep."""
+
+    offset: int = -1
+    watermark_s: float = float("-inf")
+    last_sweep_mono: float = field(default_factory=time.monotonic)
+
+
+class Counter:
+    """Apply classified records to the windowed table exactly once per source offset."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.interval_s = settings.bucket_interval_s
+        self.retention_s = settings.clean_interval_s
+        self.progress: dict[int, PartitionProgress] = {}
+        self.skipped: Tally[str] = Tally()
+        self.counted = 0
+        self.replayed = 0
+
+    def partition(self, partition: int) -> PartitionProgress:
+        try:
+            return self.progress[partition]
+        except KeyError:
+            state = self.progress[partition] = PartitionProgress()
+            return state
+
+    def expired_before_s(self, partition: int) -> float:
+        """Buckets ending at or before this event time are past retention in ``partition``."""
+        return self.partition(partition).watermark_s - self.retention_s
+
+    def apply(
+        self, table: MutableMapping[Any, Any], item: Classified, partition: int, offset: int,
+    ) -> bool:
+        """Count ``item``; return False if it was skipped (replayed or past retention)."""
+        state = self.partition(partition)
+        if item.bucket_start_s + self.interval_s <= state.watermark_s - self.retention_s:
+            raise BadInput(
+                f"bucket {item.bucket_start_s} is older than the retention "
+                f"({self.retention_s:.0f} s behind the watermark)", reason="expired",
+            )
+        current = table.get(item.key)
+        if current is not None and offset <= current[1]:
+            self.replayed += 1
+            return False
+        count = 1 if current is None else current[0] + 1
+        table[item.key] = [count, offset]
+        state.watermark_s = max(state.watermark_s, item.event_time_s)
+        self.counted += 1
+        return True
+
+    def note_offset(self, partition: int, offset: int) -> None:
+        state = self.partition(partition)
+        state.offset = max(state.offset, offset)
+
+    def record_skip(self, reason: str) -> None:
+        self.skipped[reason] += 1
+
+
+class RateLimitedLog:
+    """Log the first few bad records per reason, then at most one line per interval."""
+
+    def __init__(self, burst: int = 10, interval_s: float = 10.0) -> None:
+        self.burst = burst
+        self.interval_s = interval_s
+        self._seen: Tally[str] = Tally()
+        self._last_mono: dict[str, float] = {}
+        self._suppressed: Tally[str] = Tally()
+
+    def bad_record(self, exc: BadInput, topic: str, partition: int, offset: int) -> None:
+        reason = exc.reason
+        self._seen[reason] += 1
+        now = time.monotonic()
+        if self._seen[reason] > self.burst and now - self._last_mono.get(reason, 0.0) < (
+            self.interval_s
+        ):
+            self._suppressed[reason] += 1
+            return
+        self._last_mono[reason] = now
+        suppressed = self._suppressed.pop(reason, 0)
+        log.warning(
+            "skipped bad record topic=%s partition=%d offset=%d reason=%s: %s%s",
+            topic, partition, offset, reason, exc,
+            f" ({suppressed} more like it not logged)" if suppressed else "",
+        )

@@ -1,0 +1,55 @@
+"""The exception family of bucket_app.
+
+Every error we raise on purpose derives from :class:`BucketAppError`, so callers
+catch one family: the agent catches :class:`BadInput` subclasses per message, start-up
+catches :class:`SettingsError`, and the web layer turns :class:`HttpError` into one
+JSON shape.
+"""
+
+from __future__ import annotations
+
+
+class BucketAppError(Exception):
+    """Root of every error bucket_app raises on purpose."""
+
+
+class SettingsError(BucketAppError):
+    """A bad settings file, key or value; the message is one line naming all three."""
+
+
+class BadInput(BucketAppError):
+    """A message that cannot be counted. ``reason`` is a short stable label for metrics."""
+
+    reason = "bad_input"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class DecodeError(BadInput):
+    """The bytes are not a message we can read (not JSON, not an object, Avro mismatch)."""
+
+    reason = "decode"
+
+
+class TimeError(BadInput):
+    """The bucket field holds a time we cannot parse, or one outside the accepted range."""
+
+    reason = "bad_time"
+
+
+class HttpError(BucketAppError):
+    """An HTTP error answer: status, message and optional context, rendered as JSON once."""
+
+    def __init__(self, status: int, message: str, **context: object) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.context = context
+
+    def as_json(self) -> dict[str, object]:
+        body: dict[str, object] = {"error": self.message, "status": self.status}
+        body.update(self.context)
+        return body

@@ -1,0 +1,280 @@
+"""Snapshot: the counts table's changelog, read in full, materialized into one SQLite table.
+
+Every replica runs a :class:`SnapshotReader`: an aiokafka consumer outside any consumer group that
+is assigned every partition of the ``counts`` changelog (``read_committed``), so each replica's
+snapshot holds all partitions, whoever owns them. Changelog records carry the full per-partition
+value ``[count, max_offset]`` of one window-key, or a tombstone when retention removed it; the
+reader sums the partitions of a key into one row. Each refresh is applied by
+:class:`SnapshotStore` in one SQLite transaction on a WAL-mode file, so a reader sees the
+previous refresh or the next one, never half of one; each refresh bumps the generation that the
+seed called RST_ID. All SQLite work runs in one worker thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from bucket_app.settings import RST_COLUMN, Settings
+from bucket_app.sql import quote_identifier
+
+log = logging.getLogger(__name__)
+
+COUNTS_TABLE = "counts"
+PROGRESS_KEY = "__progress__"
+
+# (source partition, mapped values, bucket start) -> count in that partition
+PartKey = tuple[int, tuple[Any, ...], int]
+
+
+def changelog_topic(settings: Settings) -> str:
+    """Faust's changelog topic of the counts table."""
+    return f"{settings.app_id}-{COUNTS_TABLE}-changelog"
+
+
+def progress_key(partition: int) -> tuple[str, int]:
+    """The counts-table key under which the agent records a source partition's progress.
+
+    It shares the changelog partition with that partition's counts, so a reader that has seen
+    the progress record has seen every count it covers.
+    """
+    return (PROGRESS_KEY, partition)
+
+
+@dataclass
+class Progress:
+    """What the snapshot reflects of one source partition."""
+
+    offset: int = -1
+    watermark_s: float = 0.0
+
+
+@dataclass
+class Decoded:
+    counts: dict[PartKey, int | None] = field(default_factory=dict)
+    progress: dict[int, Progress] = field(default_factory=dict)
+
+
+def decode_record(key: bytes | None, value: bytes | None, into: Decoded) -> None:
+    """Fold one changelog record into ``into``; unknown shapes are ignored with a log line."""
+    if key is None:
+        return
+    try:
+        parsed = orjson.loads(key)
+        if parsed[0] == PROGRESS_KEY:
+            if value is not None:
+                offset, watermark = orjson.loads(value)
+                into.progress[int(parsed[1])] = Progress(int(offset), float(watermark))
+            return
+        (partition, *values), (start, _end) = parsed
+        count = None if value is None else int(orjson.loads(value)[0])
+        into.counts[(int(partition), tuple(values), int(start))] = count
+    except (orjson.JSONDecodeError, TypeError, ValueError, IndexError) as exc:
+        log.warning("ignored changelog record with key %r: %s", key[:200], exc)
+
+
+class SnapshotStore:
+    """The SQLite file: one table of the sqlite_schema columns plus RST_ID. Thread-confined."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.path = settings.snapshot_path
+        self.table = settings.sqlite_table
+        self.interval_s = settings.bucket_interval_s
+        self.mapped = tuple(settings.msg_map.values())
+        self.schema = dict(settings.sqlite_schema)
+        self.parts: dict[PartKey, int] = {}
+        # (mapped values, bucket start) -> [summed count, rowid]
+        self.rows: dict[tuple[tuple[Any, ...], int], list[int]] = {}
+        self.generation = 0
+        self._conn: sqlite3.Connection | None = None
+
+    def create(self) -> None:
+        """Start a fresh file: the changelog is the source of truth, so nothing is kept."""
+        self.close()
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                Path(f"{self.path}{suffix}").unlink()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        columns = [f"{quote_identifier(c)} {t}" for c, t in self.schema.items()]
+        columns.append(f"{RST_COLUMN} INTEGER")
+        table = quote_identifier(self.table)
+        conn.execute(f"CREATE TABLE {table} ({', '.join(columns)})")
+        conn.execute(
+            f"CREATE INDEX {quote_identifier(self.table + '_bucket_start')} "
+            f"ON {table} (bucket_start)"
+        )
+        self._conn = conn
+        self.parts.clear()
+        self.rows.clear()
+        self.generation = 0
+        order = list(self.schema) + [RST_COLUMN]
+        placeholders = ", ".join("?" for _ in order)
+        self._insert = (f"INSERT INTO {table} ({', '.join(map(quote_identifier, order))}) "
+                        f"VALUES ({placeholders})")
+        self._update = f"UPDATE {table} SET count = ?, {RST_COLUMN} = ? WHERE rowid = ?"
+        self._delete = f"DELETE FROM {table} WHERE rowid = ?"
+        self._order = order
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def apply(self, changes: Mapping[PartKey, int | None]) -> int:
+        """Apply per-partition counts (None = deleted) in one transaction; return the generation."""
+        dirty: dict[tuple[tuple[Any, ...], int], int] = {}
+        for part_key, new in changes.items():
+            old = self.parts.get(part_key, 0)
+            if new:
+                self.parts[part_key] = new
+            else:
+                self.parts.pop(part_key, None)
+            delta = (new or 0) - old
+            if delta:
+                row_key = (part_key[1], part_key[2])
+                dirty[row_key] = dirty.get(row_key, 0) + delta
+        if not dirty:
+            return self.generation
+        assert self._conn is not None, "create() first"
+        generation = self.generation + 1
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            for row_key, delta in dirty.items():
+                self._write_row(conn, row_key, delta, generation)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self.generation = generation
+        return generation
+
+    def _write_row(
+        self, conn: sqlite3.Connection, row_key: tuple[tuple[Any, ...], int], delta: int,
+        generation: int,
+    ) -> None:
+        entry = self.rows.get(row_key)
+        if entry is None:
+            if delta <= 0:
+                return
+            values, start = row_key
+            by_column = dict(zip(self.mapped, values, strict=False))
+            by_column.update(bucket_start=start, bucket_end=start + self.interval_s,
+                             count=delta)
+            by_column[RST_COLUMN] = generation
+            cursor = conn.execute(self._insert, [by_column.get(c) for c in self._order])
+            self.rows[row_key] = [delta, int(cursor.lastrowid or 0)]
+            return
+        entry[0] += delta
+        if entry[0] <= 0:
+            conn.execute(self._delete, (entry[1],))
+            del self.rows[row_key]
+        else:
+            conn.execute(self._update, (entry[0], generation, entry[1]))
+
+
+@dataclass
+class ReaderState:
+    """What the web views report about the snapshot: generation, freshness, completeness."""
+
+    generation: int = 0
+    refreshed_at_s: float = 0.0
+    progress: dict[int, Progress] = field(default_factory=dict)
+    # changelog partition -> (next offset read, high watermark at the last fetch)
+    changelog: dict[int, tuple[int, int]] = field(default_factory=dict)
+    started: bool = False
+
+    @property
+    def caught_up(self) -> bool:
+        return self.started and all(pos >= high for pos, high in self.changelog.values())
+
+
+class SnapshotReader:
+    """Reads the counts changelog of all partitions and refreshes the SQLite snapshot."""
+
+    def __init__(self, settings: Settings, partitions: int) -> None:
+        self.settings = settings
+        self.partitions = partitions
+        self.topic = changelog_topic(settings)
+        self.store = SnapshotStore(settings)
+        self.state = ReaderState()
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="bucket_app-snapshot")
+        self._refresh_now = asyncio.Event()
+
+    async def in_thread(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def request_refresh(self) -> None:
+        self._refresh_now.set()
+
+    async def run(self) -> None:
+        await self.in_thread(self.store.create)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=list(self.settings.brokers),
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        await consumer.start()
+        try:
+            tps = await self._partitions(consumer)
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            self.state.started = True
+            await self._loop(consumer, tps)
+        finally:
+            await consumer.stop()
+
+    async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+        while True:
+            with contextlib.suppress(KafkaError):
+                await consumer._client.force_metadata_update()
+                found = consumer.partitions_for_topic(self.topic)
+                if found:
+                    return [TopicPartition(self.topic, p) for p in sorted(found)]
+            await asyncio.sleep(0.5)
+
+    async def _loop(self, consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition]) -> None:
+        pending = Decoded()
+        interval_s = self.settings.snapshot_interval_s
+        last_refresh = time.monotonic()
+        positions: dict[int, tuple[int, int]] = {}
+        while True:
+            batches = await consumer.getmany(timeout_ms=100, max_records=50_000)
+            for records in batches.values():
+                for record in records:
+                    decode_record(record.key, record.value, pending)
+            for tp in tps:
+                position = await consumer.position(tp)
+                high = consumer.highwater(tp)
+                positions[tp.partition] = (position, high if high is not None else 0)
+            due = time.monotonic() - last_refresh >= interval_s or self._refresh_now.is_set()
+            if due:
+                self._refresh_now.clear()
+                last_refresh = time.monotonic()
+                batch, pending = pending, Decoded()
+                self.state.generation = await self.in_thread(self.store.apply, batch.counts)
+                self.state.progress.update(batch.progress)
+                self.state.changelog = dict(positions)
+                self.state.refreshed_at_s = time.time()
+
+    def close(self) -> None:
+        self.executor.submit(self.store.close)
+        self.executor.shutdown(wait=True)

@@ -1,0 +1,280 @@
+"""Integration fixtures: a real Kafka broker (``make kafka``), real workers as subprocesses.
+
+Each test module gets fresh topic and app names, so runs never see each other's data. Workers are
+started exactly as users start them, ``faust -A bucket_app worker``, with a settings file
+written into the test's tmp directory; they are stopped with SIGTERM (or killed with SIGKILL by
+the tests that want a crash).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import TopicPartition
+
+REPO = Path(__file__).resolve().parents[2]
+BROKERS = os.environ.get("BUCKET_APP_TEST_BROKERS", "127.0.0.1:9092")
+
+MSG_MAP = {"origin_server": "server_name", "topic": "topic"}
+SQLITE_SCHEMA = {
+    "server_name": "TEXT", "topic": "TEXT", "bucket_start": "INTEGER",
+    "bucket_end": "INTEGER", "count": "INTEGER",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kafka_broker() -> str:
+    host, port = BROKERS.split(",")[0].rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=3):
+            pass
+    except OSError as exc:
+        pytest.fail(f"no Kafka broker at {BROKERS} ({exc}); run `make kafka` or `make test`")
+    return BROKERS
+
+
+async def _create_topic(name: str, partitions: int, replication: int = 1) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=BROKERS)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, replication)])
+    finally:
+        await admin.close()
+
+
+def create_topic(name: str, partitions: int, replication: int = 1) -> None:
+    asyncio.run(_create_topic(name, partitions, replication))
+
+
+@dataclass
+class Record:
+    value: bytes | None
+    partition: int
+    timestamp_ms: int | None = None
+    key: bytes | None = None
+
+
+async def _produce(topic: str, records: Iterable[Record]) -> dict[int, int]:
+    producer = AIOKafkaProducer(bootstrap_servers=BROKERS, acks="all", linger_ms=5,
+                                max_batch_size=256 * 1024)
+    await producer.start()
+    last: dict[int, int] = {}
+    try:
+        futures = [
+            await producer.send(topic, r.value, key=r.key, partition=r.partition,
+                                timestamp_ms=r.timestamp_ms)
+            for r in records
+        ]
+        for fut in futures:
+            meta = await fut
+            last[meta.partition] = max(last.get(meta.partition, -1), meta.offset)
+    finally:
+        await producer.stop()
+    return last
+
+
+def produce(topic: str, records: Iterable[Record]) -> dict[int, int]:
+    """Produce and wait for every ack; return the last offset written per partition."""
+    return asyncio.run(_produce(topic, records))
+
+
+def end_offsets(topic: str, partitions: int) -> dict[int, int]:
+    async def run() -> dict[int, int]:
+        from aiokafka import AIOKafkaConsumer
+
+        consumer = AIOKafkaConsumer(bootstrap_servers=BROKERS, group_id=None)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in range(partitions)]
+            ends = await consumer.end_offsets(tps)
+            return {tp.partition: off for tp, off in ends.items()}
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(run())
+
+
+class HttpAnswer:
+    def __init__(self, status: int, headers: Any, body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def http(url: str, data: bytes | None = None, method: str | None = None,
+         headers: dict[str, str] | None = None, timeout: float = 10) -> HttpAnswer:
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            return HttpAnswer(response.status, response.headers, response.read())
+    except urllib.error.HTTPError as exc:
+        return HttpAnswer(exc.code, exc.headers, exc.read())
+
+
+@dataclass
+class Worker:
+    """One ``faust -A bucket_app worker`` process with its own settings file."""
+
+    directory: Path
+    topic: str
+    app_id: str
+    partitions: int = 6
+    extra: dict[str, str] = field(default_factory=dict)
+    msg_map: dict[str, str] = field(default_factory=lambda: dict(MSG_MAP))
+    schema: dict[str, str] = field(default_factory=lambda: dict(SQLITE_SCHEMA))
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def settings_path(self) -> Path:
+        return self.directory / "settings.ini"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "worker.log"
+
+    def write_settings(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "msg_map_schema.json").write_text(json.dumps(self.msg_map))
+        (self.directory / "sqlite_schema.json").write_text(json.dumps(self.schema))
+        keys = {
+            "KafkaSettings": {"brokers": BROKERS, "topic": self.topic, "avro_val_schema": "None",
+                              "partitions": str(self.partitions), "app_id": self.app_id},
+            "MsgSettings": {"bucket_interval": "20", "bucket_field": "timestamp",
+                            "bucket_type": "epoch", "msg_map_schema": "msg_map_schema.json"},
+            "HTTPEndpointSetting": {"sqlite_schema": "sqlite_schema.json",
+                                    "sqlite_db": "snapshot.sqlite3", "sqlite_table": "default",
+                                    "clean_interval": "7d", "clean_freq": "10m",
+                                    "web_port": str(self.port), "snapshot_interval": "0.5s"},
+        }
+        for name, value in self.extra.items():
+            keys[_section_of(name)][name] = value
+        lines = []
+        for section, values in keys.items():
+            lines.append(f"[{section}]")
+            lines.extend(f"{k} = {v}" for k, v in values.items())
+            lines.append("")
+        self.settings_path.write_text("\n".join(lines))
+
+    def start(self, wait: bool = True) -> Worker:
+        self.write_settings()
+        env = dict(os.environ, BUCKET_APP_SETTINGS=str(self.settings_path), TZ="UTC",
+                   PYTHONUNBUFFERED="1")
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "faust", "-A", "bucket_app", "worker", "-l", "info",
+             "--web-port", str(self.port), "--web-host", "127.0.0.1"],
+            cwd=self.directory, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        if wait:
+            self.wait_healthy()
+        return self
+
+    def wait_healthy(self, timeout_s: float = 90) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.tail()}")
+            try:
+                answer = http(self.url + "/health", timeout=2)
+                if answer.status == 200:
+                    return answer.json()
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"worker not healthy in {timeout_s}s:\n{self.tail()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def get(self, path: str) -> HttpAnswer:
+        return http(self.url + path)
+
+    def health(self) -> dict[str, Any]:
+        return self.get("/health").json()
+
+    def wait_caught_up(self, last_offsets: dict[int, int], timeout_s: float = 120) -> dict:
+        """Wait until the snapshot reflects every source offset up to ``last_offsets``."""
+        deadline = time.monotonic() + timeout_s
+        status: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            status = self.health()
+            reached = status.get("partitions", {})
+            if status.get("caught_up") and all(
+                reached.get(str(p), {}).get("offset", -1) >= off
+                for p, off in last_offsets.items()
+            ):
+                return status
+            time.sleep(0.3)
+        raise AssertionError(f"not caught up to {last_offsets}: {status}\n{self.tail()}")
+
+
+def _section_of(name: str) -> str:
+    from bucket_app.settings import KEYS
+
+    for key in KEYS:
+        if key.name == name:
+            return key.section
+    raise KeyError(name)
+
+
+@pytest.fixture
+def make_worker(tmp_path: Path) -> Iterator[Any]:
+    workers: list[Worker] = []
+
+    def make(topic: str, app_id: str | None = None, name: str = "w", **kwargs: Any) -> Worker:
+        worker = Worker(tmp_path / name, topic=topic, app_id=app_id or unique("app"), **kwargs)
+        workers.append(worker)
+        return worker
+
+    yield make
+    for worker in workers:
+        worker.stop()

@@ -1,0 +1,227 @@
+"""Settings: the seed's file loads; each bad file, key or value stops with one line naming them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bucket_app import settings as settings_module
+from bucket_app.errors import SettingsError
+from bucket_app.settings import load, parse_duration_s
+
+REPO = Path(__file__).resolve().parents[2]
+
+SEED_INI = """\
+[KafkaSettings]
+brokers = 127.0.0.1:9092
+topic = test
+avro_val_schema = None
+
+[MsgSettings]
+bucket_interval = 20
+bucket_field = timestamp
+bucket_type = epoch
+msg_map_schema = msg_map_schema.json
+
+[HTTPEndpointSetting]
+sqlite_schema = sqlite_schema.json
+sqlite_db = :memory:
+sqlite_table = default
+clean_interval = 10
+clean_freq = 10
+"""
+
+MSG_MAP = {"origin_server": "server_name", "topic": "topic"}
+SQLITE_SCHEMA = {
+    "server_name": "TEXT", "topic": "TEXT", "bucket_start": "INTEGER",
+    "bucket_end": "INTEGER", "count": "INTEGER",
+}
+
+
+def write_config(tmp_path: Path, ini: str = SEED_INI, msg_map: object = MSG_MAP,
+                 schema: object = SQLITE_SCHEMA) -> Path:
+    (tmp_path / "msg_map_schema.json").write_text(json.dumps(msg_map))
+    (tmp_path / "sqlite_schema.json").write_text(json.dumps(schema))
+    path = tmp_path / "settings.ini"
+    path.write_text(ini)
+    return path
+
+
+def replace_line(ini: str, key: str, new_value: str) -> str:
+    lines = [f"{key} = {new_value}" if line.split("=")[0].strip() == key else line
+             for line in ini.splitlines()]
+    return "\n".join(lines) + "\n"
+
+
+def load_error(path: Path, environ: dict[str, str] | None = None) -> str:
+    with pytest.raises(SettingsError) as caught:
+        load(path, environ or {})
+    message = str(caught.value)
+    assert "\n" not in message, "one line"
+    return message
+
+
+def test_seed_example_loads_with_resolved_paths_and_defaults(tmp_path):
+    settings = load(write_config(tmp_path), {})
+    assert settings.brokers == ("127.0.0.1:9092",)
+    assert settings.topic == "test"
+    assert settings.avro_schema is None
+    assert settings.bucket_interval_s == 20
+    assert settings.bucket_type == "epoch"
+    assert settings.msg_map == MSG_MAP
+    assert settings.columns == ("server_name", "topic", "bucket_start", "bucket_end", "count")
+    # the seed's bare 10 and 10 read as minutes: counts survive long enough to be queried
+    assert settings.clean_interval_s == 600
+    assert settings.clean_freq_s == 600
+    assert settings.snapshot_path == tmp_path / "data" / "snapshot-memory.sqlite3"
+    assert settings.web_port == 5000
+    assert settings.web_host == "127.0.0.1"
+    assert settings.snapshot_interval_s == 1
+
+
+def test_repo_settings_ini_loads():
+    settings = load(REPO / "settings.ini", {})
+    assert settings.sqlite_table == "default"
+
+
+def test_path_from_environment_and_default(tmp_path, monkeypatch):
+    path = write_config(tmp_path)
+    assert settings_module.settings_path({"BUCKET_APP_SETTINGS": str(path)}) == path
+    monkeypatch.chdir(tmp_path)
+    assert settings_module.settings_path({}) == tmp_path / "settings.ini"
+
+
+def test_environment_overrides_one_key(tmp_path):
+    settings = load(write_config(tmp_path), {"BUCKET_APP_TOPIC": "other", "PORT": "8123"})
+    assert settings.topic == "other"
+    assert settings.web_port == 8123
+
+
+def test_environment_override_error_names_the_variable(tmp_path):
+    message = load_error(write_config(tmp_path), {"BUCKET_APP_BUCKET_INTERVAL": "7"})
+    assert message.startswith("environment: BUCKET_APP_BUCKET_INTERVAL = '7'")
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [("30s", 30), ("10m", 600), ("2h", 7200), ("7d", 604800), ("1w", 604800),
+     ("250ms", 0.25), ("10", 600), (" 1.5h ", 5400)],
+)
+def test_durations(raw, seconds):
+    assert parse_duration_s(raw) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("brokers", "localhost:2181", "ZooKeeper"),
+        ("brokers", "zk1:2181,zk2:2181/kafka", "ZooKeeper"),
+        ("brokers", "localhost", "is not host:port"),
+        ("brokers", "", "at least one"),
+        ("topic", "bad topic!", "not a valid Kafka topic name"),
+        ("bucket_interval", "7", "must divide the 86400 seconds"),
+        ("bucket_interval", "twenty", "not a whole number"),
+        ("bucket_interval", "0", "greater than 0"),
+        ("bucket_type", "unix", "must be one of epoch, iso"),
+        ("clean_interval", "soon", "not a duration"),
+        ("clean_interval", "5s", "at least bucket_interval"),
+        ("clean_freq", "0", "longer than 0"),
+        ("web_port", "70000", "not a TCP port"),
+        ("msg_map_schema", "missing.json", "not found"),
+        ("sqlite_schema", "missing.json", "not found"),
+        ("avro_val_schema", "missing.avsc", ""),
+    ],
+)
+def test_bad_value_names_file_key_and_value(tmp_path, key, value, expected):
+    ini = replace_line(SEED_INI, key, value)
+    if key == "web_port":
+        ini += "web_port = 70000\n"
+    path = write_config(tmp_path, ini)
+    message = load_error(path)
+    assert message.startswith(f"{path}: [")
+    assert f"] {key} = {value!r}" in message
+    assert expected in message
+
+
+def test_missing_file(tmp_path):
+    message = load_error(tmp_path / "nope.ini")
+    assert str(tmp_path / "nope.ini") in message
+    assert "not found" in message
+
+
+def test_unknown_key_and_section(tmp_path):
+    path = write_config(tmp_path, SEED_INI + "colour = blue\n")
+    message = load_error(path)
+    assert "[HTTPEndpointSetting] colour = 'blue': unknown key" in message
+    path = write_config(tmp_path, SEED_INI + "[Extra]\nx = 1\n")
+    assert "[Extra]: unknown section" in load_error(path)
+
+
+def test_missing_required_key(tmp_path):
+    ini = "\n".join(line for line in SEED_INI.splitlines() if not line.startswith("topic"))
+    message = load_error(write_config(tmp_path, ini))
+    assert "[KafkaSettings] topic: missing" in message
+
+
+def test_unparsable_ini(tmp_path):
+    message = load_error(write_config(tmp_path, "this is not ini\n"))
+    assert "cannot read settings" in message
+
+
+@pytest.mark.parametrize(
+    ("msg_map", "schema", "key", "expected"),
+    [
+        (MSG_MAP, {k: v for k, v in SQLITE_SCHEMA.items() if k != "count"}, "sqlite_schema",
+         "lacks column 'count'"),
+        (MSG_MAP, {k: v for k, v in SQLITE_SCHEMA.items() if k != "topic"}, "sqlite_schema",
+         "lacks column 'topic'"),
+        (MSG_MAP, SQLITE_SCHEMA | {"extra": "TEXT"}, "sqlite_schema", "neither mapped"),
+        (MSG_MAP, SQLITE_SCHEMA | {"topic": "VARCHARZ"}, "sqlite_schema", "has type 'VARCHARZ'"),
+        (["not", "an", "object"], SQLITE_SCHEMA, "msg_map_schema", "must hold a JSON object"),
+        ({"a": "x", "b": "x"}, SQLITE_SCHEMA, "msg_map_schema", "same column"),
+        ({"a": "count"}, SQLITE_SCHEMA, "msg_map_schema", "reserved"),
+        ({"a": 5}, SQLITE_SCHEMA, "msg_map_schema", "column name string"),
+    ],
+)
+def test_schema_files_checked_against_each_other(tmp_path, msg_map, schema, key, expected):
+    path = write_config(tmp_path, msg_map=msg_map, schema=schema)
+    message = load_error(path)
+    section = "MsgSettings" if key == "msg_map_schema" else "HTTPEndpointSetting"
+    assert message.startswith(f"{path}: [{section}] {key} = ")
+    assert expected in message
+
+
+def test_invalid_json_schema_file(tmp_path):
+    path = write_config(tmp_path)
+    (tmp_path / "sqlite_schema.json").write_text("{not json")
+    assert "is not valid JSON" in load_error(path)
+
+
+def test_rst_id_in_schema_is_accepted_and_owned_by_bucket_app(tmp_path):
+    settings = load(write_config(tmp_path, schema=SQLITE_SCHEMA | {"RST_ID": "INTEGER"}), {})
+    assert "RST_ID" not in settings.sqlite_schema
+
+
+def test_avro_schema_loaded(tmp_path):
+    ini = replace_line(SEED_INI, "avro_val_schema", str(REPO / "schemas" / "example.avsc"))
+    settings = load(write_config(tmp_path, ini), {})
+    assert settings.avro_schema is not None
+    assert settings.avro_schema["type"] == "record"
+
+
+def test_worker_start_with_bad_setting_is_one_line_exit_2(tmp_path):
+    path = write_config(tmp_path, replace_line(SEED_INI, "brokers", "localhost:2181"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "faust", "-A", "bucket_app", "worker"],
+        env={"BUCKET_APP_SETTINGS": str(path), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"bucket_app: {path}: [KafkaSettings] brokers = 'localhost:2181'")
+    assert "Traceback" not in proc.stderr
