@@ -11,15 +11,19 @@ an event of the partition it sweeps, because Faust routes table writes by the cu
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import faust
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import EventT
 
 from bucket_app.counting import Classifier, Counter, PartitionProgress, RateLimitedLog
@@ -85,6 +89,28 @@ def source_partitions(settings: Settings) -> int:
     )
 
 
+def seek_uncommitted_to_beginning(source_topic: str) -> None:
+    """Make Faust's seek-to-committed re-read source partitions that have no committed offset.
+
+    Faust drops records it fetched while a rebalance was under way and relies on seeking back
+    to the committed offset afterwards; aiokafka's ``seek_to_committed`` skips a partition
+    whose committed offset is missing or 0, so those records were silently lost (seen here: a
+    replica that joined mid-stream never counted its partitions). Re-reading such a partition
+    from its beginning is safe because counting is idempotent per source offset.
+    """
+    original = AIOKafkaConsumerThread.seek_to_committed
+
+    async def seek_to_committed(self: AIOKafkaConsumerThread) -> Any:
+        committed = await original(self)
+        fresh = [tp for tp, offset in committed.items()
+                 if not offset and tp.topic == source_topic]
+        if fresh:
+            await self.call_thread(self._ensure_consumer().seek_to_beginning, *fresh)
+        return committed
+
+    AIOKafkaConsumerThread.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+
+
 class CountsTable(faust.Table):
     """Faust's tumbling-window Table, with Faust's own window expiry turned off.
 
@@ -107,12 +133,23 @@ class CountsTable(faust.Table):
 class Processor:
     """Per-event logic of the agent: classify, count once, track progress, sweep."""
 
-    def __init__(self, settings: Settings, counts: Any) -> None:
+    def __init__(self, app: faust.App, settings: Settings, counts: Any) -> None:
+        self.app = app
         self.settings = settings
         self.counts = counts
         self.classifier = Classifier(settings)
         self.counter = Counter(settings)
         self.bad_log = RateLimitedLog()
+
+    def assignment(self) -> dict[str, Any]:
+        """This worker's source partitions: assigned, and paused by Faust (recovery, rebalance)."""
+        consumer: Any = self.app.consumer  # Faust's consumer; these sets are not in ConsumerT
+        topic = self.settings.topic
+        assigned = sorted(tp.partition for tp in consumer.assignment() if tp.topic == topic)
+        paused = sorted(tp.partition for tp in consumer._paused_partitions if tp.topic == topic)
+        fetching = sorted(
+            tp.partition for tp in consumer._get_active_partitions() if tp.topic == topic)
+        return {"assigned": assigned, "paused": paused, "fetching": fetching}
 
     def forget(self, partitions: set[int]) -> None:
         """Drop in-memory progress of partitions this worker no longer owns."""
@@ -171,11 +208,33 @@ class Processor:
             yield (tuple(key[0]), tuple(key[1]))
 
 
+def guard_local_state(settings: Settings, tabledir: Path) -> None:
+    """Wipe the local RocksDB state if the previous worker on this data_dir did not stop cleanly.
+
+    A worker writes RocksDB at once but its changelog records later; after SIGKILL the local
+    store can hold increments the changelog never got, and such a worker would never send them
+    (it skips the replayed events as already counted). Starting from the changelog instead makes
+    it the single truth: recovery rebuilds the store and the replay counts what it lacks.
+    """
+    marker = settings.data_dir / f"{settings.app_id}.running"
+    if marker.exists() and tabledir.exists():
+        log.warning("previous worker on %s did not stop cleanly; rebuilding its tables "
+                    "from the changelog", settings.data_dir)
+        shutil.rmtree(tabledir)
+    marker.write_text("a worker is running or did not stop cleanly\n")
+
+    def clean_exit() -> None:
+        marker.unlink(missing_ok=True)
+
+    atexit.register(clean_exit)
+
+
 def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     """Build the Faust app for ``settings``; ``partitions`` skips the Kafka probe when known."""
     from bucket_app import snapshot, web  # noqa: PLC0415 - they import this module's names
 
     n_partitions = partitions if partitions is not None else source_partitions(settings)
+    seek_uncommitted_to_beginning(settings.topic)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
@@ -194,7 +253,10 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         web_graph_enabled=False,
         web_stats_enabled=False,
         producer_acks=-1,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 4),
         broker_commit_livelock_soft_timeout=300.0,
+        stream_processing_timeout=20.0,
     )
     source = app.topic(
         settings.topic, key_serializer="raw", value_serializer="raw", partitions=n_partitions,
@@ -206,7 +268,8 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         help="[count, max source offset] per ((partition, *mapped values), window range); "
         "[offset, watermark] per source partition under (__progress__, partition)",
     )).tumbling(settings.bucket_interval_s)
-    processor = Processor(settings, counts.table)
+    processor = Processor(app, settings, counts.table)
+    guard_local_state(settings, Path(app.conf.tabledir))
 
     @app.agent(source, name="bucket_app.count")
     async def count(stream: faust.StreamT) -> None:

@@ -179,6 +179,8 @@ KEYS: tuple[Key, ...] = (
         "replication factor for topics bucket_app creates"),
     Key("KafkaSettings", "app_id", _topic, "bucket_app",
         "consumer group id and prefix of the changelog topics"),
+    Key("KafkaSettings", "session_timeout", _seconds_duration, "15s",
+        "how long a silent worker keeps its partitions before the group moves them"),
     Key("MsgSettings", "bucket_interval", _bucket_interval, None,
         "seconds per bucket; must divide 86400"),
     Key("MsgSettings", "bucket_field", _text, None,
@@ -228,6 +230,7 @@ class Settings:
     partitions: int
     replication_factor: int
     app_id: str
+    session_timeout_s: float
     bucket_interval_s: int
     bucket_field: str
     bucket_type: str
@@ -392,6 +395,7 @@ def _resolve(source: Path, values: dict[str, Any], raw: dict[str, tuple[str, str
         partitions=values["partitions"],
         replication_factor=values["replication_factor"],
         app_id=values["app_id"],
+        session_timeout_s=values["session_timeout"],
         bucket_interval_s=values["bucket_interval"],
         bucket_field=values["bucket_field"],
         bucket_type=values["bucket_type"],

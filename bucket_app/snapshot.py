@@ -192,16 +192,43 @@ class SnapshotStore:
 class ReaderState:
     """What the web views report about the snapshot: generation, freshness, completeness."""
 
+    partitions: int
     generation: int = 0
     refreshed_at_s: float = 0.0
     progress: dict[int, Progress] = field(default_factory=dict)
     # changelog partition -> (next offset read, high watermark at the last fetch)
     changelog: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # source partition -> end offset (next offset to be written) at the last refresh
+    source_end: dict[int, int] = field(default_factory=dict)
     started: bool = False
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def caught_up(self) -> bool:
-        return self.started and all(pos >= high for pos, high in self.changelog.values())
+        """The snapshot holds everything the changelog held at its last fetch."""
+        return self.started and len(self.changelog) == self.partitions and all(
+            pos >= high for pos, high in self.changelog.values())
+
+    def offset(self, partition: int) -> int:
+        """The last source offset of ``partition`` the snapshot reflects (-1: none yet)."""
+        progress = self.progress.get(partition)
+        return -1 if progress is None else progress.offset
+
+    def lag(self, partition: int) -> int | None:
+        end = self.source_end.get(partition)
+        return None if end is None else max(end - 1 - self.offset(partition), 0)
+
+    @property
+    def complete(self) -> bool:
+        """Caught up with the changelog, and every message produced so far is counted."""
+        return self.caught_up and len(self.source_end) == self.partitions and all(
+            self.lag(p) == 0 for p in range(self.partitions))
+
+    def position(self) -> dict[int, int]:
+        return {p: self.offset(p) for p in range(self.partitions)}
+
+    def reached(self, wanted: Mapping[int, int]) -> bool:
+        return self.caught_up and all(self.offset(p) >= o for p, o in wanted.items())
 
 
 class SnapshotReader:
@@ -212,7 +239,8 @@ class SnapshotReader:
         self.partitions = partitions
         self.topic = changelog_topic(settings)
         self.store = SnapshotStore(settings)
-        self.state = ReaderState()
+        self.state = ReaderState(partitions)
+        self.source = [TopicPartition(settings.topic, p) for p in range(partitions)]
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="bucket_app-snapshot")
         self._refresh_now = asyncio.Event()
 
@@ -273,6 +301,11 @@ class SnapshotReader:
                 self.state.generation = await self.in_thread(self.store.apply, batch.counts)
                 self.state.progress.update(batch.progress)
                 self.state.changelog = dict(positions)
+                with contextlib.suppress(KafkaError):
+                    ends = await consumer.end_offsets(self.source)
+                    self.state.source_end = {tp.partition: end for tp, end in ends.items()}
+                self.state.changed.set()
+                self.state.changed = asyncio.Event()
                 self.state.refreshed_at_s = time.time()
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 API = "/api/v1"
 JSON_TYPE = "application/json"
 SQL_THREADS = 2
+DEFAULT_WAIT_MS = 2_000
+MAX_WAIT_MS = 30_000
+MIN_OFFSETS_HEADER = "X-Min-Offsets"
 
 
 def _json_default(value: Any) -> Any:
@@ -99,6 +103,48 @@ def parse_limit(raw: str | None, ceiling: int) -> int:
     return min(limit, ceiling)
 
 
+def encode_token(position: Mapping[int, int]) -> str:
+    """An opaque position token: the reflected offset of every partition, in order."""
+    offsets = [position[p] for p in sorted(position)]
+    return base64.urlsafe_b64encode(orjson.dumps(offsets)).rstrip(b"=").decode()
+
+
+def parse_min_offsets(raw: str, partitions: int) -> dict[int, int]:
+    """``p:offset,p:offset`` or a token from an earlier answer -> {partition: offset}."""
+    text = raw.strip()
+    try:
+        if ":" in text:
+            wanted = {}
+            for part in text.split(","):
+                partition, offset = part.split(":")
+                wanted[int(partition)] = int(offset)
+        else:
+            padded = text + "=" * (-len(text) % 4)
+            offsets = orjson.loads(base64.urlsafe_b64decode(padded))
+            if not isinstance(offsets, list) or not all(isinstance(o, int) for o in offsets):
+                raise ValueError("not a token")
+            wanted = dict(enumerate(offsets))
+    except (ValueError, orjson.JSONDecodeError) as exc:
+        raise HttpError(400, "min_offsets must be p:offset[,p:offset...] or a token "
+                        "from an earlier answer", value=raw[:200]) from exc
+    bad = [p for p in wanted if not 0 <= p < partitions]
+    if bad:
+        raise HttpError(400, f"no partition {bad[0]}; the topic has {partitions}", value=raw)
+    return wanted
+
+
+def parse_wait_ms(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_WAIT_MS
+    try:
+        wait_ms = int(raw)
+    except ValueError:
+        raise HttpError(400, "wait_ms must be a whole number of milliseconds", value=raw) from None
+    if not 0 <= wait_ms <= MAX_WAIT_MS:
+        raise HttpError(400, f"wait_ms must be between 0 and {MAX_WAIT_MS}", value=raw)
+    return wait_ms
+
+
 class Service:
     """What the views need: settings, the snapshot reader, the agent's counters, a SQL pool."""
 
@@ -113,9 +159,32 @@ class Service:
             time_limit_ms=int(settings.sql_time_limit_s * 1000),
         )
 
-    async def query(self, sql: str, params: Any = None) -> QueryResult:
-        if self.reader.state.generation == 0 and not self.reader.state.caught_up:
-            raise HttpError(503, "snapshot not ready yet", retry_after_s=1)
+    async def query(self, request: Any, sql: str, params: Any = None, *,
+                    query_params: bool = True) -> QueryResult:
+        """Run ``sql`` once the snapshot is ready and as fresh as the request asks.
+
+        A request may name a position (``min_offsets`` query parameter, or the X-Min-Offsets
+        header on any route): the answer waits up to ``wait_ms`` for the snapshot to reflect it,
+        then gives up with 503 and Retry-After rather than answer from older data.
+        """
+        state = self.reader.state
+        args = request.query if query_params else {}
+        raw = args.get("min_offsets") or request.headers.get(MIN_OFFSETS_HEADER)
+        wait_ms = parse_wait_ms(args.get("wait_ms") or request.headers.get("X-Wait-Ms"))
+        wanted = parse_min_offsets(raw, self.reader.partitions) if raw else {}
+        deadline = time.monotonic() + wait_ms / 1000
+        while not (state.reached(wanted) if wanted else state.caught_up or state.generation):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                if not wanted:
+                    raise HttpError(503, "snapshot not ready yet", retry_after_s=1)
+                raise HttpError(
+                    503, "the snapshot has not reached the requested offsets yet",
+                    retry_after_s=1, wanted={str(p): o for p, o in wanted.items()},
+                    position={str(p): o for p, o in state.position().items()},
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.changed.wait(), remaining)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.pool, self.sandbox.execute, sql, params)
 
@@ -127,12 +196,19 @@ class Service:
             "snapshot_age_s": round(time.time() - state.refreshed_at_s, 3)
             if state.refreshed_at_s else None,
             "caught_up": state.caught_up,
+            "complete": state.complete,
+            "token": encode_token(state.position()),
             "partitions": {
-                str(p): {"offset": prog.offset, "watermark": prog.watermark_s}
-                for p, prog in sorted(state.progress.items())
+                str(p): {
+                    "offset": state.offset(p),
+                    "watermark": state.progress[p].watermark_s if p in state.progress else None,
+                    "lag": state.lag(p),
+                }
+                for p in range(state.partitions)
             },
         } | {
             "worker": {
+                **self.processor.assignment(),
                 "counted": counter.counted,
                 "replayed": counter.replayed,
                 "skipped": dict(counter.skipped),
@@ -140,9 +216,12 @@ class Service:
         }
 
     def headers(self, result: QueryResult | None = None) -> dict[str, str]:
+        state = self.reader.state
         headers = {
-            "X-RST-ID": str(self.reader.state.generation),
-            "X-Snapshot-Caught-Up": "true" if self.reader.state.caught_up else "false",
+            "X-RST-ID": str(state.generation),
+            "X-Snapshot-Caught-Up": "true" if state.caught_up else "false",
+            "X-Complete": "true" if state.complete else "false",
+            "X-Position-Token": encode_token(state.position()),
         }
         if result is not None:
             headers["X-Truncated"] = "true" if result.truncated else "false"
@@ -164,7 +243,7 @@ def register(app: faust.App, settings: Settings, reader: SnapshotReader, process
             if table != settings.sqlite_table:
                 raise HttpError(
                     404, f"no table {table!r}; this service has {settings.sqlite_table!r}")
-            result = await service.query(all_rows_sql)
+            result = await service.query(request, all_rows_sql)
             return json_response(result.rows, headers=service.headers(result))
 
     @app.page("/c/{sql:.*}")
@@ -174,7 +253,7 @@ def register(app: faust.App, settings: Settings, reader: SnapshotReader, process
         async def get(self, request: Any, sql: str) -> aioweb.Response:
             # The raw path keeps a '?' or '%' that belongs to the SQL; match_info would not.
             raw = request.raw_path.split("/c/", 1)[1] if "/c/" in request.raw_path else sql
-            result = await service.query(unquote(raw))
+            result = await service.query(request, unquote(raw), query_params=False)
             return json_response(result.rows, headers=service.headers(result))
 
     @app.page("/r")
@@ -206,7 +285,7 @@ def register(app: faust.App, settings: Settings, reader: SnapshotReader, process
             params: list[Any] = []
             limit = parse_limit(request.query.get("limit"), settings.sql_row_limit)
             for name, value in request.query.items():
-                if name == "limit":
+                if name in ("limit", "min_offsets", "wait_ms"):
                     continue
                 if name == "from":
                     where.append("bucket_end > ?")
@@ -219,12 +298,12 @@ def register(app: faust.App, settings: Settings, reader: SnapshotReader, process
                                  f"{quote_identifier(name)} = ?")
                     params.append(None if value == "" else value)
                 else:
-                    raise HttpError(400, f"unknown filter {name!r}",
-                                    filters=["from", "to", "limit", *settings.sqlite_schema])
+                    raise HttpError(400, f"unknown filter {name!r}", filters=[
+                        "from", "to", "limit", "min_offsets", "wait_ms", *settings.sqlite_schema])
             sql = all_rows_sql + (" WHERE " + " AND ".join(where) if where else "")
             sql += " ORDER BY bucket_start, rowid LIMIT ?"
             params.append(limit + 1)
-            result = await service.query(sql, params)
+            result = await service.query(request, sql, params)
             truncated = result.truncated or len(result.rows) > limit
             return json_response(
                 {"rows": result.rows[:limit], "truncated": truncated} | service.status(),
@@ -239,7 +318,7 @@ def register(app: faust.App, settings: Settings, reader: SnapshotReader, process
             sql = request.query.get("q") or request.query.get("sql")
             if not sql:
                 raise HttpError(400, "missing query parameter q")
-            return await self._answer(sql, None)
+            return await self._answer(request, sql, None)
 
         async def post(self, request: Any) -> aioweb.Response:
             try:
@@ -254,10 +333,10 @@ def register(app: faust.App, settings: Settings, reader: SnapshotReader, process
                 raise HttpError(400, "body needs a non-empty string 'sql'")
             if params is not None and not isinstance(params, list | dict):
                 raise HttpError(400, "params must be a JSON array or object")
-            return await self._answer(sql, params)
+            return await self._answer(request, sql, params)
 
-        async def _answer(self, sql: str, params: Any) -> aioweb.Response:
-            result = await service.query(sql, params)
+        async def _answer(self, request: Any, sql: str, params: Any) -> aioweb.Response:
+            result = await service.query(request, sql, params)
             body = {
                 "columns": result.columns, "rows": result.rows, "truncated": result.truncated,
                 "elapsed_ms": round(result.elapsed_ms, 3),

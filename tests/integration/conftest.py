@@ -278,3 +278,90 @@ def make_worker(tmp_path: Path) -> Iterator[Any]:
     yield make
     for worker in workers:
         worker.stop()
+
+
+class BackgroundProducer:
+    """Produces ``records`` from a thread, ``chunk`` at a time with a pause between chunks."""
+
+    def __init__(self, topic: str, records: list[Record], chunk: int = 500,
+                 pause_s: float = 0.25) -> None:
+        import threading
+
+        self.topic = topic
+        self.records = records
+        self.chunk = chunk
+        self.pause_s = pause_s
+        self.last: dict[int, int] = {}
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="producer", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._produce())
+        except BaseException as exc:  # reported by join()
+            self.error = exc
+
+    async def _produce(self) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=BROKERS, acks="all", linger_ms=5)
+        await producer.start()
+        try:
+            for i in range(0, len(self.records), self.chunk):
+                futures = [
+                    await producer.send(self.topic, r.value, partition=r.partition,
+                                        timestamp_ms=r.timestamp_ms)
+                    for r in self.records[i:i + self.chunk]
+                ]
+                for fut in futures:
+                    meta = await fut
+                    self.last[meta.partition] = max(self.last.get(meta.partition, -1),
+                                                    meta.offset)
+                await asyncio.sleep(self.pause_s)
+        finally:
+            await producer.stop()
+
+    def start(self) -> BackgroundProducer:
+        self.thread.start()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.thread.is_alive()
+
+    def join(self, timeout_s: float = 300) -> dict[int, int]:
+        self.thread.join(timeout_s)
+        if self.thread.is_alive():
+            raise AssertionError("producer did not finish")
+        if self.error is not None:
+            raise self.error
+        return self.last
+
+
+def bulk_records(n: int, partitions: int, seed: int, prefix: str = "r",
+                 base: int | None = None) -> tuple[list[Record], dict[tuple, int]]:
+    """``n`` JSON messages over 4 servers x 3 topics x 30 buckets, shuffled, plus their counts."""
+    import random
+
+    rng = random.Random(seed)
+    start = base if base is not None else (int(time.time()) - 7200) // 20 * 20
+    expected: dict[tuple, int] = {}
+    records = []
+    for i in range(n):
+        server, topic = f"{prefix}-{rng.randrange(4)}", f"t{rng.randrange(3)}"
+        ts = start + rng.randrange(600)
+        msg = {"origin_server": server, "topic": topic, "timestamp": ts, "i": i}
+        records.append(Record(json.dumps(msg).encode(), rng.randrange(partitions)))
+        key = (server, topic, ts - ts % 20)
+        expected[key] = expected.get(key, 0) + 1
+    return records, expected
+
+
+def counts_of(worker: Worker, prefix: str = "") -> dict[tuple, int]:
+    rows = worker.get("/a/default").json()
+    found: dict[tuple, int] = {}
+    for row in rows:
+        if not (row["server_name"] or "").startswith(prefix):
+            continue
+        key = (row["server_name"], row["topic"], row["bucket_start"])
+        assert key not in found, f"duplicate row {key}"
+        found[key] = row["count"]
+    return found
