@@ -14,6 +14,7 @@ import asyncio
 import atexit
 import logging
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -149,7 +150,9 @@ class Processor:
         paused = sorted(tp.partition for tp in consumer._paused_partitions if tp.topic == topic)
         fetching = sorted(
             tp.partition for tp in consumer._get_active_partitions() if tp.topic == topic)
-        return {"assigned": assigned, "paused": paused, "fetching": fetching}
+        tables: Any = self.app.tables  # TableManager; recovery is not in TableManagerT
+        ready = bool(tables.recovery.completed.is_set())
+        return {"ready": ready, "assigned": assigned, "paused": paused, "fetching": fetching}
 
     def forget(self, partitions: set[int]) -> None:
         """Drop in-memory progress of partitions this worker no longer owns."""
@@ -218,8 +221,9 @@ def guard_local_state(settings: Settings, tabledir: Path) -> None:
     """
     marker = settings.data_dir / f"{settings.app_id}.running"
     if marker.exists() and tabledir.exists():
-        log.warning("previous worker on %s did not stop cleanly; rebuilding its tables "
-                    "from the changelog", settings.data_dir)
+        # Faust has not set up logging yet at this point of start-up: say it on stderr.
+        print(f"bucket_app: the previous worker on {settings.data_dir} did not stop cleanly; "
+              "rebuilding its tables from the changelog", file=sys.stderr, flush=True)
         shutil.rmtree(tabledir)
     marker.write_text("a worker is running or did not stop cleanly\n")
 

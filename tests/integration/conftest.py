@@ -60,8 +60,8 @@ def kafka_broker() -> str:
     return BROKERS
 
 
-async def _create_topic(name: str, partitions: int, replication: int = 1) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=BROKERS)
+async def _create_topic(name: str, partitions: int, replication: int, brokers: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, partitions, replication)])
@@ -69,8 +69,9 @@ async def _create_topic(name: str, partitions: int, replication: int = 1) -> Non
         await admin.close()
 
 
-def create_topic(name: str, partitions: int, replication: int = 1) -> None:
-    asyncio.run(_create_topic(name, partitions, replication))
+def create_topic(name: str, partitions: int, replication: int = 1,
+                 brokers: str = BROKERS) -> None:
+    asyncio.run(_create_topic(name, partitions, replication, brokers))
 
 
 @dataclass
@@ -81,8 +82,9 @@ class Record:
     key: bytes | None = None
 
 
-async def _produce(topic: str, records: Iterable[Record]) -> dict[int, int]:
-    producer = AIOKafkaProducer(bootstrap_servers=BROKERS, acks="all", linger_ms=5,
+async def _produce(topic: str, records: Iterable[Record], brokers: str) -> dict[int, int]:
+    producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all", linger_ms=5,
+                                enable_idempotence=True,
                                 max_batch_size=256 * 1024)
     await producer.start()
     last: dict[int, int] = {}
@@ -100,9 +102,9 @@ async def _produce(topic: str, records: Iterable[Record]) -> dict[int, int]:
     return last
 
 
-def produce(topic: str, records: Iterable[Record]) -> dict[int, int]:
+def produce(topic: str, records: Iterable[Record], brokers: str = BROKERS) -> dict[int, int]:
     """Produce and wait for every ack; return the last offset written per partition."""
-    return asyncio.run(_produce(topic, records))
+    return asyncio.run(_produce(topic, records, brokers))
 
 
 def end_offsets(topic: str, partitions: int) -> dict[int, int]:
@@ -149,6 +151,7 @@ class Worker:
     topic: str
     app_id: str
     partitions: int = 6
+    brokers: str = BROKERS
     extra: dict[str, str] = field(default_factory=dict)
     msg_map: dict[str, str] = field(default_factory=lambda: dict(MSG_MAP))
     schema: dict[str, str] = field(default_factory=lambda: dict(SQLITE_SCHEMA))
@@ -172,8 +175,9 @@ class Worker:
         (self.directory / "msg_map_schema.json").write_text(json.dumps(self.msg_map))
         (self.directory / "sqlite_schema.json").write_text(json.dumps(self.schema))
         keys = {
-            "KafkaSettings": {"brokers": BROKERS, "topic": self.topic, "avro_val_schema": "None",
-                              "partitions": str(self.partitions), "app_id": self.app_id},
+            "KafkaSettings": {"brokers": self.brokers, "topic": self.topic,
+                              "avro_val_schema": "None", "partitions": str(self.partitions),
+                              "app_id": self.app_id},
             "MsgSettings": {"bucket_interval": "20", "bucket_field": "timestamp",
                             "bucket_type": "epoch", "msg_map_schema": "msg_map_schema.json"},
             "HTTPEndpointSetting": {"sqlite_schema": "sqlite_schema.json",
@@ -212,7 +216,7 @@ class Worker:
                 raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.tail()}")
             try:
                 answer = http(self.url + "/health", timeout=2)
-                if answer.status == 200:
+                if answer.status == 200 and answer.json()["worker"]["ready"]:
                     return answer.json()
             except OSError:
                 pass
@@ -246,7 +250,13 @@ class Worker:
         deadline = time.monotonic() + timeout_s
         status: dict[str, Any] = {}
         while time.monotonic() < deadline:
-            status = self.health()
+            assert self.proc is not None and self.proc.poll() is None, (
+                f"worker exited {self.proc and self.proc.returncode}:\n{self.tail()}")
+            try:
+                status = self.health()
+            except OSError:  # still starting (or restarting) its web server
+                time.sleep(0.3)
+                continue
             reached = status.get("partitions", {})
             if status.get("caught_up") and all(
                 reached.get(str(p), {}).get("offset", -1) >= off
@@ -284,9 +294,10 @@ class BackgroundProducer:
     """Produces ``records`` from a thread, ``chunk`` at a time with a pause between chunks."""
 
     def __init__(self, topic: str, records: list[Record], chunk: int = 500,
-                 pause_s: float = 0.25) -> None:
+                 pause_s: float = 0.25, brokers: str = BROKERS) -> None:
         import threading
 
+        self.brokers = brokers
         self.topic = topic
         self.records = records
         self.chunk = chunk
@@ -302,7 +313,9 @@ class BackgroundProducer:
             self.error = exc
 
     async def _produce(self) -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=BROKERS, acks="all", linger_ms=5)
+        # idempotent: a retry after a leader change must not write a message twice
+        producer = AIOKafkaProducer(bootstrap_servers=self.brokers, acks="all", linger_ms=5,
+                                    request_timeout_ms=60_000, enable_idempotence=True)
         await producer.start()
         try:
             for i in range(0, len(self.records), self.chunk):
@@ -353,6 +366,43 @@ def bulk_records(n: int, partitions: int, seed: int, prefix: str = "r",
         key = (server, topic, ts - ts % 20)
         expected[key] = expected.get(key, 0) + 1
     return records, expected
+
+
+def topic_counts(topic: str, partitions: int, brokers: str = BROKERS) -> dict[tuple, int]:
+    """Ground truth from the topic itself: read every record back and count it, 20 s buckets.
+
+    Also checks that no message (by its ``i`` field) is in the topic twice, so a producer
+    retry cannot pass for a double count.
+    """
+    from aiokafka import AIOKafkaConsumer
+
+    async def read() -> list[bytes]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=brokers, group_id=None,
+                                    auto_offset_reset="earliest", enable_auto_commit=False)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in range(partitions)]
+            consumer.assign(tps)
+            ends = await consumer.end_offsets(tps)
+            values: list[bytes] = []
+            while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+                batch = await consumer.getmany(timeout_ms=1000)
+                for records in batch.values():
+                    values.extend(r.value for r in records)
+            return values
+        finally:
+            await consumer.stop()
+
+    expected: dict[tuple, int] = {}
+    seen: set[int] = set()
+    for value in asyncio.run(read()):
+        msg = json.loads(value)
+        assert msg["i"] not in seen, f"message {msg['i']} is in the topic twice"
+        seen.add(msg["i"])
+        ts = msg["timestamp"]
+        key = (msg["origin_server"], msg["topic"], ts - ts % 20)
+        expected[key] = expected.get(key, 0) + 1
+    return expected
 
 
 def counts_of(worker: Worker, prefix: str = "") -> dict[tuple, int]:

@@ -95,6 +95,9 @@ def test_sigkill_loop_and_kill_during_rebalance_stay_exact(make_worker):
     for worker in workers:
         assert counts_of(worker) == expected
     assert sum(expected.values()) == 24_000
+    # the kills were unclean: restarted replicas rebuilt their tables from the changelog
+    logs = "".join(w.log_path.read_text(errors="replace") for w in workers)
+    assert "did not stop cleanly" in logs
 
 
 def test_scale_one_to_three_to_one_during_a_stream_is_exact(make_worker):

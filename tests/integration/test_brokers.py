@@ -1,0 +1,100 @@
+"""Broker failures: a restarted broker, and a three-broker cluster with one broker stopped.
+
+Each test starts its own Kafka (the project's scripts, jars from Maven Central) on its own
+ports, so stopping brokers never disturbs the shared test broker.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.conftest import (
+    REPO,
+    BackgroundProducer,
+    bulk_records,
+    counts_of,
+    create_topic,
+    produce,
+    topic_counts,
+    unique,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+OWN_PORT = 9392
+CLUSTER = "127.0.0.1:19092,127.0.0.1:19192,127.0.0.1:19292"
+
+
+def script(*args: str, port: int | None = None) -> None:
+    env = dict(os.environ)
+    if port is not None:
+        env["KAFKA_PORT"] = str(port)
+    subprocess.run([str(REPO / "scripts" / args[0]), *args[1:]], check=True, env=env,
+                   cwd=REPO, timeout=240, stdout=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def own_broker() -> Iterator[str]:
+    script("kafka.sh", "clean", port=OWN_PORT)
+    script("kafka.sh", "start", port=OWN_PORT)
+    yield f"127.0.0.1:{OWN_PORT}"
+    script("kafka.sh", "clean", port=OWN_PORT)
+
+
+@pytest.fixture
+def cluster() -> Iterator[str]:
+    script("kafka-cluster.sh", "clean")
+    script("kafka-cluster.sh", "start")
+    yield CLUSTER
+    script("kafka-cluster.sh", "clean")
+
+
+def test_broker_restart_mid_stream_loses_nothing(own_broker, make_worker):
+    topic = unique("brk")
+    create_topic(topic, 4, brokers=own_broker)
+    worker = make_worker(topic, partitions=4, brokers=own_broker).start()
+    first, expected = bulk_records(10_000, 4, seed=11)
+    produce(topic, first, brokers=own_broker)
+    # the worker is still working through the backlog when its only broker goes away
+    script("kafka.sh", "stop", port=OWN_PORT)
+    time.sleep(3)
+    assert worker.get("/health").status == 200  # the HTTP side keeps answering
+    script("kafka.sh", "start", port=OWN_PORT)
+    second, more = bulk_records(2_000, 4, seed=12, prefix="after")
+    last = produce(topic, second, brokers=own_broker)
+    worker.wait_caught_up(last, timeout_s=240)
+    assert counts_of(worker) == expected | more
+
+
+def test_three_brokers_one_stopped_counts_stay_exact(cluster, make_worker):
+    topic = unique("rf3")
+    create_topic(topic, 6, replication=3, brokers=cluster)
+    app_id = unique("app")
+    workers = [
+        make_worker(topic, app_id=app_id, name=f"c{i}", brokers=cluster,
+                    extra={"replication_factor": "3", "session_timeout": "6s"})
+        for i in range(2)
+    ]
+    for worker in workers:
+        worker.start(wait=False)
+    for worker in workers:
+        worker.wait_healthy(timeout_s=120)
+    records, expected = bulk_records(16_000, 6, seed=13)
+    producer = BackgroundProducer(topic, records, chunk=500, pause_s=0.3, brokers=cluster).start()
+    time.sleep(4)
+    script("kafka-cluster.sh", "stop-node", "2")
+    during = [w.get("/a/default") for w in workers]
+    assert [a.status for a in during] == [200, 200]
+    last = producer.join()
+    assert topic_counts(topic, 6, brokers=cluster) == expected
+    for worker in workers:
+        worker.wait_caught_up(last, timeout_s=240)
+        assert counts_of(worker) == expected
+    script("kafka-cluster.sh", "start-node", "2")
+    for worker in workers:
+        assert worker.get("/health").status == 200
