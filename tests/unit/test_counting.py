@@ -1,0 +1,79 @@
+"""Counting without Kafka: classification, idempotent increments, retention, event-time bounds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bucket_app.counting import Classifier, Counter
+from bucket_app.errors import BadInput, DecodeError, TimeError
+from bucket_app.settings import load
+from tests.unit.test_settings import SEED_INI, replace_line, write_config
+
+NOW = 1_795_828_000.0
+
+
+@pytest.fixture
+def settings(tmp_path: Path):
+    ini = replace_line(SEED_INI, "clean_interval", "100s")
+    return load(write_config(tmp_path, ini), {})
+
+
+def msg(**fields) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def test_key_has_partition_mapped_values_and_faust_window_range(settings):
+    item = Classifier(settings).classify(
+        msg(origin_server="Iceman", topic="Dreams", timestamp=1440179085), 3, None, NOW)
+    assert item.key == ((3, "Iceman", "Dreams"), (1440179080.0, 1440179099.9))
+    assert item.bucket_start_s == 1440179080
+
+
+def test_record_timestamp_is_the_fallback_and_missing_field_is_none(settings):
+    item = Classifier(settings).classify(msg(origin_server="Iceman"), 0, 1440179101.5, NOW)
+    assert item.key == ((0, "Iceman", None), (1440179100.0, 1440179119.9))
+
+
+def test_future_events_beyond_the_skew_are_bad_input(settings):
+    classifier = Classifier(settings)
+    classifier.classify(msg(timestamp=NOW + 3599), 0, None, NOW)
+    with pytest.raises(TimeError) as caught:
+        classifier.classify(msg(timestamp=NOW + 3601), 0, None, NOW)
+    assert caught.value.reason == "future_time"
+
+
+def test_bad_bytes_raise_decode_error(settings):
+    with pytest.raises(DecodeError):
+        Classifier(settings).classify(b"nope", 0, None, NOW)
+
+
+def test_replayed_offsets_are_skipped_exactly(settings):
+    classifier, counter, table = Classifier(settings), Counter(settings), {}
+    item = classifier.classify(msg(origin_server="a", timestamp=NOW - 50), 1, None, NOW)
+    assert counter.apply(table, item, 1, 10)
+    assert counter.apply(table, item, 1, 11)
+    # a redelivery after a crash: offsets 10 and 11 again, then the new 12
+    assert not counter.apply(table, item, 1, 10)
+    assert not counter.apply(table, item, 1, 11)
+    assert counter.apply(table, item, 1, 12)
+    assert table[item.key] == [3, 12]
+    assert (counter.counted, counter.replayed) == (3, 2)
+
+
+def test_events_past_retention_are_refused_and_the_watermark_only_moves_forward(settings):
+    classifier, counter, table = Classifier(settings), Counter(settings), {}
+    new = classifier.classify(msg(origin_server="a", timestamp=NOW), 0, None, NOW)
+    counter.apply(table, new, 0, 1)
+    late_ok = classifier.classify(msg(origin_server="a", timestamp=NOW - 60), 0, None, NOW)
+    counter.apply(table, late_ok, 0, 2)  # out of order, within retention: its own bucket
+    assert counter.partition(0).watermark_s == NOW
+    too_late = classifier.classify(msg(origin_server="a", timestamp=NOW - 200), 0, None, NOW)
+    with pytest.raises(BadInput) as caught:
+        counter.apply(table, too_late, 0, 3)
+    assert caught.value.reason == "expired"
+    assert len(table) == 2
+    # retention is per partition: partition 1 has its own (empty) watermark
+    counter.apply(table, classifier.classify(msg(timestamp=NOW - 200), 1, None, NOW), 1, 1)
