@@ -192,15 +192,18 @@ class Processor:
         state = self._state(partition)
         state.last_sweep_mono = time.monotonic()
         cutoff_s = self.counter.expired_before_s(partition)
-        doomed = [key for key in self._keys_of(partition) if key[1][1] < cutoff_s]
-        for key in doomed:
+        doomed = [(raw, key) for raw, key in self._keys_of(partition) if key[1][1] < cutoff_s]
+        key_index = self.counts.data._key_index
+        for raw, key in doomed:
             del self.counts[key]
+            # Faust's store remembers every key it ever set in memory and never forgets one
+            key_index.pop(raw, None)
         if doomed:
             log.info("retention removed %d buckets of partition %d ending before %.0f",
                      len(doomed), partition, cutoff_s)
         return len(doomed)
 
-    def _keys_of(self, partition: int) -> Iterator[Any]:
+    def _keys_of(self, partition: int) -> Iterator[tuple[bytes, Any]]:
         # Faust's store has no per-partition key iterator; this reads the partition's RocksDB.
         store = self.counts.data
         db = store._db_for_partition(partition)
@@ -208,7 +211,7 @@ class Processor:
             key = store._decode_key(raw_key)
             if key[0] == PROGRESS_KEY:
                 continue
-            yield (tuple(key[0]), tuple(key[1]))
+            yield raw_key, (tuple(key[0]), tuple(key[1]))
 
 
 def guard_local_state(settings: Settings, tabledir: Path) -> None:

@@ -248,3 +248,37 @@ def test_avro_both_framings_exact(make_worker):
     found = {(r["server_name"], r["host"], r["bucket_start"]): r["count"] for r in rows}
     assert found == dict(expected)
     assert status["worker"]["skipped"].get("avro_mismatch") == 4
+
+
+def test_iso_event_times_exact(make_worker):
+    """bucket_type iso: Z, numeric offsets, fractions and zone-less (UTC) times, all exact."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    topic = unique("iso")
+    create_topic(topic, 3)
+    worker = make_worker(topic, partitions=3, extra={"bucket_type": "iso"}).start()
+    rng = random.Random(17)
+    base = datetime.fromtimestamp(expected_bucket(time.time() - 5000), UTC)
+    expected: Counter[tuple] = Counter()
+    records = []
+    for i in range(3_000):
+        moment = base + timedelta(seconds=rng.randrange(400), microseconds=rng.randrange(10**6))
+        style = i % 4
+        if style == 0:
+            text = moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        elif style == 1:
+            zone = timezone(timedelta(hours=2))
+            text = moment.astimezone(zone).isoformat()
+        elif style == 2:
+            zone = timezone(-timedelta(hours=5, minutes=30))
+            text = moment.astimezone(zone).strftime("%Y-%m-%dT%H:%M:%S%z")
+            moment = moment.replace(microsecond=0)
+        else:
+            text = moment.replace(tzinfo=None).isoformat()  # no zone: UTC
+        server = f"iso-{rng.randrange(3)}"
+        body = {"origin_server": server, "topic": "t", "timestamp": text}
+        records.append(Record(json.dumps(body).encode(), rng.randrange(3)))
+        expected[(server, "t", expected_bucket(moment.timestamp()))] += 1
+    last = produce(topic, records)
+    worker.wait_caught_up(last)
+    assert rows_by_key(worker.get("/a/default").json()) == dict(expected)
