@@ -52,7 +52,11 @@ test: setup
 	exit $$rc
 
 bench: setup
-	@echo "bench: placeholder until issue 4 (throughput benchmark)"
+	@if [ ! -f .bench-venv/.installed ] || [ bench/requirements.lock -nt .bench-venv/.installed ]; then \
+	  $(PYTHON) -m venv .bench-venv && \
+	  .bench-venv/bin/pip install --quiet --disable-pip-version-check -r bench/requirements.lock && \
+	  touch .bench-venv/.installed; fi
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean: kafka-stop
 	rm -rf data .pytest_cache .mypy_cache .ruff_cache

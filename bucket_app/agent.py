@@ -1,11 +1,11 @@
 """The Faust app: source topic in, windowed counts (RocksDB + changelog) out.
 
 :func:`create_app` wires one :class:`faust.App` from :class:`~bucket_app.settings.Settings`: the
-source topic (raw bytes; we decode ourselves), the tumbling-window ``counts`` table and the
-``progress`` table (per source partition: offset reached and event-time watermark), the
-counting agent, the changelog-to-SQLite snapshot task and the web views. The agent is the only
-writer of both tables; it also sweeps expired buckets with changelog tombstones, while handling
-an event of the partition it sweeps, because Faust routes table writes by the current event.
+source topic (raw bytes; we decode ourselves), the tumbling-window ``counts`` table (which also
+holds each source partition's progress: offset reached and event-time watermark), the counting
+agent, the changelog-to-SQLite snapshot task and the web views. The agent is the only writer of
+the table; it also sweeps expired buckets with changelog tombstones, while handling an event of
+the partition it sweeps, because Faust routes table writes by the current event.
 """
 
 from __future__ import annotations

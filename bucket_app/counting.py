@@ -122,10 +122,6 @@ class Counter:
         self.counted += 1
         return True
 
-    def note_offset(self, partition: int, offset: int) -> None:
-        state = self.partition(partition)
-        state.offset = max(state.offset, offset)
-
     def record_skip(self, reason: str) -> None:
         self.skipped[reason] += 1
 

@@ -307,7 +307,3 @@ class SnapshotReader:
                 self.state.changed.set()
                 self.state.changed = asyncio.Event()
                 self.state.refreshed_at_s = time.time()
-
-    def close(self) -> None:
-        self.executor.submit(self.store.close)
-        self.executor.shutdown(wait=True)

@@ -1,0 +1,176 @@
+"""Harness helpers: the broker, the pre-loaded topic, probes, HTTP, peak RSS and percentiles."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import TopicPartition
+
+REPO = Path(__file__).resolve().parents[1]
+BUCKET_S = 60  # bucket_interval of every contender
+SPAN_S = 600  # event times of the pre-loaded messages spread over 10 minutes
+SERVERS = 100
+TOPICS = 10
+
+Key = tuple[str, str, int]  # (server_name, topic, bucket_start)
+
+
+def port_open(hostport: str) -> bool:
+    host, port = hostport.split(",")[0].rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def kafka_script(action: str, port: int) -> None:
+    env = dict(os.environ, KAFKA_PORT=str(port))
+    subprocess.run([str(REPO / "scripts" / "kafka.sh"), action], env=env, check=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def create_topic(brokers: str, name: str, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        await admin.close()
+
+
+def message(i: int, rng: random.Random, base: int, n: int) -> tuple[bytes, bytes, Key]:
+    """Message ``i`` of ``n``: (Kafka key, JSON value, counting key). Event time rises with i."""
+    server, topic = f"s-{rng.randrange(SERVERS)}", f"t-{rng.randrange(TOPICS)}"
+    ts = base + i * SPAN_S // n
+    value = json.dumps({"origin_server": server, "topic": topic, "timestamp": ts, "i": i})
+    return f"{server}|{topic}".encode(), value.encode(), (server, topic, ts - ts % BUCKET_S)
+
+
+async def preload(brokers: str, topic: str, n: int, seed: int = 4) -> dict[Key, int]:
+    """Produce ``n`` messages (keyed, idempotent, acks=all); return the expected counts."""
+    rng = random.Random(seed)
+    base = (int(time.time()) - 2 * SPAN_S) // BUCKET_S * BUCKET_S
+    expected: dict[Key, int] = {}
+    producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all", enable_idempotence=True,
+                                linger_ms=20, max_batch_size=512 * 1024,
+                                request_timeout_ms=60_000)
+    await producer.start()
+    try:
+        for start in range(0, n, 20_000):
+            futures = []
+            for i in range(start, min(n, start + 20_000)):
+                key, value, count_key = message(i, rng, base, n)
+                expected[count_key] = expected.get(count_key, 0) + 1
+                futures.append(await producer.send(topic, value, key=key,
+                                                   timestamp_ms=(base + i * SPAN_S // n) * 1000))
+            await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return expected
+
+
+async def end_offsets(brokers: str, topic: str, partitions: int) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=brokers, group_id=None)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        ends = await consumer.end_offsets(tps)
+        return {tp.partition: off for tp, off in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+@dataclass
+class Probe:
+    partition: int
+    offset: int
+    acked: float  # time.monotonic() of the ack
+
+
+async def produce_probes(brokers: str, topic: str, rate: float, duration_s: float,
+                         expected: dict[Key, int]) -> list[Probe]:
+    """One message every 1/rate s for duration_s; each is counted like any other message."""
+    producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all", enable_idempotence=True)
+    await producer.start()
+    probes: list[Probe] = []
+    try:
+        deadline = time.monotonic() + duration_s
+        i = 0
+        while time.monotonic() < deadline:
+            ts = int(time.time())
+            server, topic_name = "probe", f"t-{i % TOPICS}"
+            value = json.dumps({"origin_server": server, "topic": topic_name, "timestamp": ts})
+            meta = await producer.send_and_wait(topic, value.encode(),
+                                                key=f"{server}|{topic_name}".encode())
+            probes.append(Probe(meta.partition, meta.offset, time.monotonic()))
+            key = (server, topic_name, ts - ts % BUCKET_S)
+            expected[key] = expected.get(key, 0) + 1
+            i += 1
+            await asyncio.sleep(1 / rate)
+    finally:
+        await producer.stop()
+    return probes
+
+
+def http_json(url: str, timeout: float = 10) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310
+        return json.loads(response.read())
+
+
+def http_get(url: str, timeout: float = 10) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310
+            response.read()
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def _descendants(pid: int) -> list[int]:
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            for child in task.read_text().split():
+                found.extend(_descendants(int(child)))
+        except OSError:
+            pass
+    return found
+
+
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM of ``pid`` and its descendants, summed, in MB (0 for a process that is gone)."""
+    total_kb = 0
+    for each in _descendants(pid):
+        try:
+            for line in Path(f"/proc/{each}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total_kb += int(line.split()[1])
+        except OSError:
+            pass
+    return total_kb / 1024
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]

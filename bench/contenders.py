@@ -1,0 +1,224 @@
+"""Runs each contender against the pre-loaded topic and returns what it measured."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.bucket_worker import BucketWorker
+from bench.common import (
+    REPO,
+    Key,
+    Probe,
+    http_get,
+    http_json,
+    peak_rss_mb,
+    produce_probes,
+)
+
+BENCH = Path(__file__).resolve().parent
+BENCH_PYTHON = REPO / ".bench-venv" / "bin" / "python"
+
+
+@dataclass
+class Job:
+    brokers: str
+    topic: str
+    ends: dict[int, int]  # end offset of each partition when the contender starts
+    workdir: Path
+    timeout_s: float
+
+    @property
+    def messages(self) -> int:
+        return sum(self.ends.values())
+
+
+@dataclass
+class Result:
+    contender: str
+    messages: int
+    seconds: float | None
+    peak_rss_mb: float
+    latency_ms: list[float] = field(default_factory=list)
+    sql_ms: list[float] = field(default_factory=list)
+    exact: bool | None = None
+    note: str = ""
+
+    @property
+    def rate(self) -> float | None:
+        return self.messages / self.seconds if self.seconds else None
+
+
+def run_child(name: str, command: list[str], job: Job) -> Result:
+    """Start a contender process, wait for its result file, stop it if it is still running."""
+    directory = job.workdir / name
+    directory.mkdir(parents=True, exist_ok=True)
+    result_path = directory / "result.json"
+    cfg = {"brokers": job.brokers, "topic": job.topic, "ends": job.ends,
+           "result": str(result_path), "group": f"bench-{name}-{uuid.uuid4().hex[:8]}",
+           "state_dir": str(directory / "state")}
+    env = dict(os.environ, BENCH_CONFIG=json.dumps(cfg), PYTHONUNBUFFERED="1")
+    with (directory / "log.txt").open("wb") as log:
+        proc = subprocess.Popen(command, cwd=directory, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + job.timeout_s
+        while not result_path.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    if not result_path.exists():
+        tail = (directory / "log.txt").read_text(errors="replace")[-2000:]
+        return Result(name, job.messages, None, 0.0, note=f"no result; log tail:\n{tail}")
+    data = json.loads(result_path.read_text())
+    seconds = data["last"] - data["first"] if data["first"] and data["last"] else None
+    note = f"counted {data['messages']}" + (f", {data['version']}" if "version" in data else "")
+    return Result(name, job.messages, seconds, data["peak_rss_mb"], note=note)
+
+
+def bare(job: Job) -> Result:
+    return run_child("bare", [sys.executable, str(BENCH / "bare.py")], job)
+
+
+def quix(job: Job) -> Result:
+    if not BENCH_PYTHON.exists():
+        return Result("quix", job.messages, None, 0.0, note="no .bench-venv (see Makefile)")
+    return run_child("quix", [str(BENCH_PYTHON), str(BENCH / "quix_app.py")], job)
+
+
+def naive_faust(job: Job) -> Result:
+    return run_child("faust-naive", [sys.executable, str(BENCH / "naive_faust.py"), "worker",
+                                     "-l", "warn"], job)
+
+
+class Sampler(threading.Thread):
+    """Polls one URL-producing function in a loop, recording (monotonic time, answer)."""
+
+    def __init__(self, fetch: Any, pause_s: float) -> None:
+        super().__init__(daemon=True)
+        self.fetch = fetch
+        self.pause_s = pause_s
+        self.samples: list[tuple[float, float, Any]] = []  # (started, finished, answer)
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            started = time.monotonic()
+            try:
+                answer = self.fetch()
+            except OSError:
+                answer = None
+            self.samples.append((started, time.monotonic(), answer))
+            self.halt.wait(self.pause_s)
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(30)
+
+
+def reflected(health: dict[str, Any] | None) -> dict[int, int]:
+    if not health:
+        return {}
+    return {int(p): int(v.get("offset") or -1) for p, v in health.get("partitions", {}).items()}
+
+
+def bucket_app(job: Job, workers: int, expected: dict[Key, int], probe_rate: float,
+               probe_s: float, sql_from: int) -> Result:
+    name = f"bucket_app x{workers}"
+    app_id = f"bench-app-{uuid.uuid4().hex[:8]}"
+    procs = [BucketWorker(job.workdir / f"bucket_app-{workers}-{i}", job.brokers, job.topic,
+                          app_id, len(job.ends)).start() for i in range(workers)]
+    try:
+        return _measure_bucket_app(name, procs, job, expected, probe_rate, probe_s, sql_from)
+    finally:
+        for worker in procs:
+            worker.stop()
+
+
+def _measure_bucket_app(name: str, procs: list[BucketWorker], job: Job,
+                        expected: dict[Key, int], probe_rate: float, probe_s: float,
+                        sql_from: int) -> Result:
+    first = procs[0]
+    sql = (f"SELECT * FROM default WHERE server_name='s-1' AND bucket_start >= {sql_from}")
+    sql_url = first.url + "/c/" + urllib.parse.quote(sql)
+    sql_sampler = Sampler(lambda: http_get(sql_url), 0.05)
+    targets = {p: end - 1 for p, end in job.ends.items() if end > 0}
+    deadline = time.monotonic() + job.timeout_s
+    started: float | None = None
+    while True:  # ingestion: wait for the first count, then for every partition's end offset
+        if time.monotonic() > deadline or not all(w.alive() for w in procs):
+            return Result(name, job.messages, None, _rss(procs),
+                          note=f"did not finish; log tail:\n{first.tail()}")
+        answers = [w.health() for w in procs]
+        now = time.monotonic()
+        if started is None and any(a and a["worker"]["counted"] for a in answers):
+            started = now
+            sql_sampler.start()
+        offsets = reflected(answers[0])
+        if started is not None and all(offsets.get(p, -1) >= t for p, t in targets.items()):
+            break
+        time.sleep(0.1)
+    seconds = now - started
+    sql_sampler.stop()
+    sql_ms = [(done - t0) * 1000 for t0, done, status in sql_sampler.samples if status == 200]
+    latency = _latency_phase(first, job, expected, probe_rate, probe_s)
+    exact = _exact(procs, job, expected)
+    return Result(name, job.messages, seconds, _rss(procs), latency_ms=latency, sql_ms=sql_ms,
+                  exact=exact, note=f"{len(sql_ms)} SQL queries during ingestion")
+
+
+def _latency_phase(worker: BucketWorker, job: Job, expected: dict[Key, int],
+                   probe_rate: float, probe_s: float) -> list[float]:
+    """Probe messages at ``probe_rate``/s: time from the produce ack to the snapshot showing it."""
+    if probe_s <= 0:
+        return []
+    watcher = Sampler(lambda: reflected(worker.health()), 0.02)
+    watcher.start()
+    probes: list[Probe] = asyncio.run(
+        produce_probes(job.brokers, job.topic, probe_rate, probe_s, expected))
+    time.sleep(5)
+    watcher.stop()
+    latencies = []
+    for probe in probes:
+        for _, done, offsets in watcher.samples:
+            if done >= probe.acked and offsets and offsets.get(probe.partition, -1) >= probe.offset:
+                latencies.append((done - probe.acked) * 1000)
+                break
+    for probe in probes:
+        job.ends[probe.partition] = max(job.ends.get(probe.partition, 0), probe.offset + 1)
+    return latencies
+
+
+def _exact(procs: list[BucketWorker], job: Job, expected: dict[Key, int]) -> bool:
+    deadline = time.monotonic() + 60
+    targets = {p: end - 1 for p, end in job.ends.items() if end > 0}
+    while time.monotonic() < deadline:
+        offsets = reflected(procs[0].health())
+        if all(offsets.get(p, -1) >= t for p, t in targets.items()):
+            break
+        time.sleep(0.2)
+    ok = True
+    for worker in procs:
+        rows = http_json(worker.url + "/a/default", timeout=60)
+        found = {(r["server_name"], r["topic"], r["bucket_start"]): r["count"] for r in rows}
+        ok = ok and found == expected
+    return ok
+
+
+def _rss(procs: list[BucketWorker]) -> float:
+    return sum(peak_rss_mb(w.proc.pid) for w in procs if w.proc is not None)

@@ -1,0 +1,162 @@
+"""``make bench``: every contender on the same pre-loaded topic; prints one table and writes
+bench/results/latest.json.
+
+    .venv/bin/python -m bench.run --messages 100000
+    .venv/bin/python -m bench.run --brokers host:9092 --contenders bare,bucket_app-1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import contenders
+from bench.common import (
+    BUCKET_S,
+    REPO,
+    Key,
+    create_topic,
+    end_offsets,
+    kafka_script,
+    percentile,
+    port_open,
+    preload,
+)
+from bench.contenders import Job, Result
+
+LOCAL_PORT = 9492
+ALL = ["bare", "quix", "faust-naive", "bucket_app-1", "bucket_app-2"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=1_000_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--brokers", help=f"default: a broker started on 127.0.0.1:{LOCAL_PORT}")
+    parser.add_argument("--contenders", default=",".join(ALL), help=",".join(ALL))
+    parser.add_argument("--probe-rate", type=float, default=20, help="probe messages per second")
+    parser.add_argument("--probe-seconds", type=float, default=10)
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per contender")
+    parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "latest.json")
+    args = parser.parse_args()
+    chosen = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    unknown = set(chosen) - set(ALL)
+    if unknown:
+        parser.error(f"unknown contenders {sorted(unknown)}; choose from {ALL}")
+
+    started_broker = False
+    brokers = args.brokers or f"127.0.0.1:{LOCAL_PORT}"
+    if not args.brokers and not port_open(brokers):
+        kafka_script("start", LOCAL_PORT)
+        started_broker = True
+    try:
+        results = run(args, brokers, chosen)
+    finally:
+        if started_broker:
+            kafka_script("stop", LOCAL_PORT)
+    print_table(results, args.messages)
+    write_json(args.output, results, args, brokers)
+
+
+def run(args: argparse.Namespace, brokers: str, chosen: list[str]) -> list[Result]:
+    topic = f"bench-{uuid.uuid4().hex[:8]}"
+    asyncio.run(create_topic(brokers, topic, args.partitions))
+    t0 = time.monotonic()
+    expected: dict[Key, int] = asyncio.run(preload(brokers, topic, args.messages))
+    took = time.monotonic() - t0
+    print(f"pre-loaded {args.messages} messages into {topic} ({args.partitions} partitions, "
+          f"{len(expected)} buckets) in {took:.1f}s", flush=True)
+    sql_from = min(k[2] for k in expected) + 5 * BUCKET_S if expected else 0
+    workdir = Path(tempfile.mkdtemp(prefix="bucket-bench-"))
+    runners: dict[str, Callable[[Job], Result]] = {
+        "bare": contenders.bare,
+        "quix": contenders.quix,
+        "faust-naive": contenders.naive_faust,
+        "bucket_app-1": lambda job: contenders.bucket_app(
+            job, 1, expected, args.probe_rate, args.probe_seconds, sql_from),
+        "bucket_app-2": lambda job: contenders.bucket_app(
+            job, 2, expected, args.probe_rate, args.probe_seconds, sql_from),
+    }
+    results = []
+    for name in chosen:
+        ends = asyncio.run(end_offsets(brokers, topic, args.partitions))
+        job = Job(brokers, topic, ends, workdir, args.timeout)
+        print(f"running {name} on {job.messages} messages ...", flush=True)
+        result = runners[name](job)
+        print(f"  {name}: {fmt(result.rate, '.0f')} msg/s  {result.note}", flush=True)
+        results.append(result)
+    print(f"work files: {workdir}")
+    return results
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def pct(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{percentile(values, 50):.0f}/{percentile(values, 99):.0f}"
+
+
+def rows(results: list[Result]) -> list[dict[str, Any]]:
+    by_name = {r.contender: r.rate for r in results}
+    bare_rate, quix_rate = by_name.get("bare"), by_name.get("quix")
+    out = []
+    for r in results:
+        out.append({
+            "contender": r.contender,
+            "messages": r.messages,
+            "seconds": r.seconds,
+            "msg_per_s": r.rate,
+            "ratio_to_bare": r.rate / bare_rate if r.rate and bare_rate else None,
+            "ratio_to_quix": r.rate / quix_rate if r.rate and quix_rate else None,
+            "peak_rss_mb": r.peak_rss_mb,
+            "latency_ms_p50": percentile(r.latency_ms, 50),
+            "latency_ms_p99": percentile(r.latency_ms, 99),
+            "latency_samples": len(r.latency_ms),
+            "sql_ms_p50": percentile(r.sql_ms, 50),
+            "sql_ms_p99": percentile(r.sql_ms, 99),
+            "sql_samples": len(r.sql_ms),
+            "exact": r.exact,
+            "note": r.note,
+        })
+    return out
+
+
+def print_table(results: list[Result], messages: int) -> None:
+    header = (f"{'contender':<14} {'msg/s':>9} {'x bare':>7} {'x quix':>7} {'RSS MB':>7} "
+              f"{'lat ms p50/p99':>15} {'SQL ms p50/p99':>15} {'exact':>6}")
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\n{messages} pre-loaded messages, {os.cpu_count()} cores, load average {load}"
+          f"\n{header}\n{'-' * len(header)}")
+    for row, r in zip(rows(results), results, strict=True):
+        print(f"{row['contender']:<14} {fmt(row['msg_per_s'], '9.0f'):>9} "
+              f"{fmt(row['ratio_to_bare'], '.3f'):>7} {fmt(row['ratio_to_quix'], '.2f'):>7} "
+              f"{row['peak_rss_mb']:7.0f} {pct(r.latency_ms):>15} {pct(r.sql_ms):>15} "
+              f"{'-' if r.exact is None else ('yes' if r.exact else 'NO'):>6}")
+
+
+def write_json(path: Path, results: list[Result], args: argparse.Namespace,
+               brokers: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "messages": args.messages, "partitions": args.partitions, "brokers": brokers,
+           "probe_rate": args.probe_rate, "probe_seconds": args.probe_seconds,
+           "cores": os.cpu_count(), "load_average_at_end": os.getloadavg(),
+           "results": rows(results)}
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
