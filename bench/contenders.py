@@ -138,13 +138,14 @@ def reflected(health: dict[str, Any] | None) -> dict[int, int]:
 
 
 def bucket_app(job: Job, workers: int, expected: dict[Key, int], probe_rate: float,
-               probe_s: float, sql_from: int) -> Result:
+               probe_s: float, sql_from: int, sql_pause: float) -> Result:
     name = f"bucket_app x{workers}"
     app_id = f"bench-app-{uuid.uuid4().hex[:8]}"
     procs = [BucketWorker(job.workdir / f"bucket_app-{workers}-{i}", job.brokers, job.topic,
                           app_id, len(job.ends)).start() for i in range(workers)]
     try:
-        return _measure_bucket_app(name, procs, job, expected, probe_rate, probe_s, sql_from)
+        return _measure_bucket_app(name, procs, job, expected, probe_rate, probe_s, sql_from,
+                                  sql_pause)
     finally:
         for worker in procs:
             worker.stop()
@@ -152,16 +153,17 @@ def bucket_app(job: Job, workers: int, expected: dict[Key, int], probe_rate: flo
 
 def _measure_bucket_app(name: str, procs: list[BucketWorker], job: Job,
                         expected: dict[Key, int], probe_rate: float, probe_s: float,
-                        sql_from: int) -> Result:
+                        sql_from: int, sql_pause: float) -> Result:
     first = procs[0]
     sql = (f"SELECT * FROM default WHERE server_name='s-1' AND bucket_start >= {sql_from}")
     sql_url = first.url + "/c/" + urllib.parse.quote(sql)
-    sql_sampler = Sampler(lambda: http_get(sql_url), 0.05)
+    sql_sampler = Sampler(lambda: http_get(sql_url), sql_pause)
     targets = {p: end - 1 for p, end in job.ends.items() if end > 0}
     deadline = time.monotonic() + job.timeout_s
     started: float | None = None
     while True:  # ingestion: wait for the first count, then for every partition's end offset
         if time.monotonic() > deadline or not all(w.alive() for w in procs):
+            sql_sampler.halt.set()
             return Result(name, job.messages, None, _rss(procs),
                           note=f"did not finish; log tail:\n{first.tail()}")
         answers = [w.health() for w in procs]
@@ -176,10 +178,12 @@ def _measure_bucket_app(name: str, procs: list[BucketWorker], job: Job,
     seconds = now - started
     sql_sampler.stop()
     sql_ms = [(done - t0) * 1000 for t0, done, status in sql_sampler.samples if status == 200]
+    sql_failed = len(sql_sampler.samples) - len(sql_ms)
     latency = _latency_phase(first, job, expected, probe_rate, probe_s)
     exact = _exact(procs, job, expected)
     return Result(name, job.messages, seconds, _rss(procs), latency_ms=latency, sql_ms=sql_ms,
-                  exact=exact, note=f"{len(sql_ms)} SQL queries during ingestion")
+                  exact=exact, note=f"{len(sql_ms)} SQL queries during ingestion, "
+                  f"{sql_failed} not 200, {len(latency)} probes seen")
 
 
 def _latency_phase(worker: BucketWorker, job: Job, expected: dict[Key, int],

@@ -45,6 +45,8 @@ def main() -> None:
     parser.add_argument("--contenders", default=",".join(ALL), help=",".join(ALL))
     parser.add_argument("--probe-rate", type=float, default=20, help="probe messages per second")
     parser.add_argument("--probe-seconds", type=float, default=10)
+    parser.add_argument("--sql-pause", type=float, default=0.2,
+                        help="seconds between SQL queries during bucket_app's ingestion")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per contender")
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "latest.json")
     args = parser.parse_args()
@@ -82,9 +84,9 @@ def run(args: argparse.Namespace, brokers: str, chosen: list[str]) -> list[Resul
         "quix": contenders.quix,
         "faust-naive": contenders.naive_faust,
         "bucket_app-1": lambda job: contenders.bucket_app(
-            job, 1, expected, args.probe_rate, args.probe_seconds, sql_from),
+            job, 1, expected, args.probe_rate, args.probe_seconds, sql_from, args.sql_pause),
         "bucket_app-2": lambda job: contenders.bucket_app(
-            job, 2, expected, args.probe_rate, args.probe_seconds, sql_from),
+            job, 2, expected, args.probe_rate, args.probe_seconds, sql_from, args.sql_pause),
     }
     results = []
     for name in chosen:
@@ -152,6 +154,7 @@ def write_json(path: Path, results: list[Result], args: argparse.Namespace,
     doc = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "messages": args.messages, "partitions": args.partitions, "brokers": brokers,
            "probe_rate": args.probe_rate, "probe_seconds": args.probe_seconds,
+           "sql_pause": args.sql_pause,
            "cores": os.cpu_count(), "load_average_at_end": os.getloadavg(),
            "results": rows(results)}
     path.write_text(json.dumps(doc, indent=2) + "\n")

@@ -17,35 +17,75 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import faust
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from faust.streams import _current_event
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import EventT
 
 from bucket_app.counting import Classifier, Counter, PartitionProgress, RateLimitedLog
 from bucket_app.errors import BadInput, BucketAppError
 from bucket_app.settings import Settings
-from bucket_app.snapshot import COUNTS_TABLE, PROGRESS_KEY, progress_key
+from bucket_app.snapshot import COUNTS_TABLE, PROGRESS_KEY, changelog_topic, progress_key
 
 log = logging.getLogger(__name__)
 
 KAFKA_TIMEOUT_S = 30.0
+# A batch ends at this many events or after this long without filling up; each window-key is
+# written once per batch, so larger batches mean fewer RocksDB and changelog writes.
+BATCH_MAX = 5_000
+BATCH_WITHIN_S = 0.05
 
 
 class KafkaUnavailable(BucketAppError):
     """The brokers named in the settings could not be reached at start-up."""
 
 
-def source_partitions(settings: Settings) -> int:
-    """The source topic's partition count, creating the topic if it does not exist yet.
+async def _ensure_topic(admin: AIOKafkaAdminClient, topic: NewTopic,
+                        expect_partitions: int | None = None) -> int:
+    """Create ``topic`` unless it exists; return its partition count once metadata shows it.
 
-    Runs a private event loop in a thread: this happens at import time, before Faust owns the
-    main thread's loop, and must not leave a closed loop behind for it.
+    On a multi-broker cluster a new topic's partitions reach the metadata one by one, so this
+    waits until the count is stable (and, for the changelog, equal to the source's). Existence
+    is checked by listing topics: describing a missing topic is a metadata request that a
+    broker with auto.create.topics.enable creates it for, with the broker's default partitions.
+    """
+    for _attempt in range(60):
+        if topic.name not in await admin.list_topics():
+            try:
+                await admin.create_topics([topic])
+                log.info("created topic %s with %d partitions", topic.name, topic.num_partitions)
+            except TopicAlreadyExistsError:
+                pass
+            await asyncio.sleep(0.2)
+            continue
+        described = await admin.describe_topics([topic.name])
+        info = described[0] if described else {}
+        found = len(info.get("partitions") or ()) if info.get("error_code", 3) == 0 else 0
+        if found and (expect_partitions is None or found == expect_partitions):
+            return found
+        if found and found > (expect_partitions or 0):
+            raise KafkaUnavailable(
+                f"topic {topic.name} has {found} partitions but the source topic has "
+                f"{expect_partitions}; delete it (or use another app_id) to start over")
+        await asyncio.sleep(0.5)
+    raise KafkaUnavailable(f"topic {topic.name} did not become available")
+
+
+def source_partitions(settings: Settings) -> int:
+    """The source topic's partition count; creates it and the changelog topic if missing.
+
+    Faust would create the changelog itself, but two replicas starting together on a cluster
+    can then see it before all its partitions are in the metadata and crash with
+    PartitionsMismatch (seen here); creating and checking it first avoids that. Runs a private
+    event loop in a thread: this happens at import time, before Faust owns the main thread's
+    loop, and must not leave a closed loop behind for it.
     """
     result: dict[str, Any] = {}
 
@@ -55,20 +95,12 @@ def source_partitions(settings: Settings) -> int:
         )
         try:
             await asyncio.wait_for(admin.start(), KAFKA_TIMEOUT_S)
-            for _attempt in range(20):
-                described = await admin.describe_topics([settings.topic])
-                info = described[0] if described else {}
-                if info.get("error_code", 3) == 0 and info.get("partitions"):
-                    return len(info["partitions"])
-                try:
-                    await admin.create_topics([NewTopic(
-                        settings.topic, settings.partitions, settings.replication_factor)])
-                    log.info("created topic %s with %d partitions",
-                             settings.topic, settings.partitions)
-                except TopicAlreadyExistsError:
-                    pass
-                await asyncio.sleep(0.5)
-            raise KafkaUnavailable(f"topic {settings.topic} did not become available")
+            n = await _ensure_topic(admin, NewTopic(
+                settings.topic, settings.partitions, settings.replication_factor))
+            await _ensure_topic(admin, NewTopic(
+                changelog_topic(settings), n, settings.replication_factor,
+                topic_configs={"cleanup.policy": "compact"}), expect_partitions=n)
+            return n
         finally:
             await admin.close()
 
@@ -169,21 +201,49 @@ class Processor:
             self.counter.progress[partition] = state
         return state
 
-    def handle(self, event: EventT) -> None:
-        message = event.message
-        partition, offset = message.partition, message.offset
+    def handle_batch(self, events: Sequence[EventT]) -> None:
+        """Count a batch: per partition, each window-key written once, progress written last.
+
+        Faust routes a table write to the partition of the *current event*; inside a batch
+        there is none, so each partition's writes run with one of its own events as current.
+        The batch's events are acked by Faust only after this returns, so nothing is
+        committed before its counts are in the table (and the changelog, which Faust flushes
+        before committing).
+        """
+        by_partition: dict[int, list[EventT]] = {}
+        for event in events:
+            by_partition.setdefault(event.message.partition, []).append(event)
+        for partition, partition_events in by_partition.items():
+            token = _current_event.set(weakref.ref(partition_events[-1]))
+            try:
+                self._count_partition(partition, partition_events)
+            finally:
+                _current_event.reset(token)
+
+    def _count_partition(self, partition: int, events: list[EventT]) -> None:
         state = self._state(partition)
-        if offset <= state.offset:
-            self.counter.replayed += 1
-            return
-        try:
-            item = self.classifier.classify(message.value, partition, message.timestamp)
-            self.counter.apply(self.counts, item, partition, offset)
-        except BadInput as exc:
-            self.counter.record_skip(exc.reason)
-            self.bad_log.bad_record(exc, message.topic, partition, offset)
-        state.offset = offset
-        self.counts[progress_key(partition)] = [offset, max(state.watermark_s, 0.0)]
+        plan: dict[Any, list[int]] = {}
+        last = state.offset
+        for event in events:
+            message = event.message
+            offset = message.offset
+            if offset <= state.offset:
+                self.counter.replayed += 1
+                continue
+            last = max(last, offset)
+            try:
+                item = self.classifier.classify(message.value, partition, message.timestamp)
+                self.counter.admit(item, partition)
+            except BadInput as exc:
+                self.counter.record_skip(exc.reason)
+                self.bad_log.bad_record(exc, message.topic, partition, offset)
+                continue
+            plan.setdefault(item.key, []).append(offset)
+        for key, offsets in plan.items():
+            self.counter.add(self.counts, key, offsets)
+        if last > state.offset:
+            state.offset = last
+            self.counts[progress_key(partition)] = [last, max(state.watermark_s, 0.0)]
         if time.monotonic() - state.last_sweep_mono >= self.settings.clean_freq_s:
             self.sweep(partition)
 
@@ -260,6 +320,9 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         web_graph_enabled=False,
         web_stats_enabled=False,
         producer_acks=-1,
+        # Changelog writes go out in batches instead of one produce request per table write.
+        producer_linger=0.02,
+        producer_max_batch_size=512 * 1024,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 4),
         broker_commit_livelock_soft_timeout=300.0,
@@ -280,8 +343,10 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
 
     @app.agent(source, name="bucket_app.count")
     async def count(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            processor.handle(event)
+        batches = stream.take_events(  # type: ignore[attr-defined]  # on Stream, not StreamT
+            BATCH_MAX, within=BATCH_WITHIN_S)
+        async for events in batches:
+            processor.handle_batch(events)
 
     async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
         processor.forget({tp.partition for tp in revoked if tp.topic == settings.topic})

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from bisect import bisect_right
 from collections import Counter as Tally
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
@@ -102,25 +103,38 @@ class Counter:
         """Buckets ending at or before this event time are past retention in ``partition``."""
         return self.partition(partition).watermark_s - self.retention_s
 
-    def apply(
-        self, table: MutableMapping[Any, Any], item: Classified, partition: int, offset: int,
-    ) -> bool:
-        """Count ``item``; return False if it was skipped (replayed or past retention)."""
+    def admit(self, item: Classified, partition: int) -> None:
+        """Refuse ``item`` if its bucket is past retention; else move the watermark with it."""
         state = self.partition(partition)
         if item.bucket_start_s + self.interval_s <= state.watermark_s - self.retention_s:
             raise BadInput(
                 f"bucket {item.bucket_start_s} is older than the retention "
                 f"({self.retention_s:.0f} s behind the watermark)", reason="expired",
             )
-        current = table.get(item.key)
-        if current is not None and offset <= current[1]:
-            self.replayed += 1
-            return False
-        count = 1 if current is None else current[0] + 1
-        table[item.key] = [count, offset]
         state.watermark_s = max(state.watermark_s, item.event_time_s)
-        self.counted += 1
-        return True
+
+    def add(self, table: MutableMapping[Any, Any], key: WindowKey, offsets: list[int]) -> int:
+        """Count the records at ``offsets`` (ascending) toward ``key``, once each.
+
+        The stored value is ``[count, highest offset counted]``; offsets at or below it were
+        counted before (a replay after a crash or rebalance) and are skipped. One read and at
+        most one write per key, however many records the batch had for it.
+        """
+        current = table.get(key)
+        done = -1 if current is None else current[1]
+        fresh = len(offsets) - bisect_right(offsets, done)
+        self.replayed += len(offsets) - fresh
+        if fresh:
+            table[key] = [(0 if current is None else current[0]) + fresh, offsets[-1]]
+            self.counted += fresh
+        return fresh
+
+    def apply(
+        self, table: MutableMapping[Any, Any], item: Classified, partition: int, offset: int,
+    ) -> bool:
+        """Count one record; return False if it was a replay. Raises BadInput past retention."""
+        self.admit(item, partition)
+        return self.add(table, item.key, [offset]) == 1
 
     def record_skip(self, reason: str) -> None:
         self.skipped[reason] += 1

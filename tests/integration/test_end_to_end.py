@@ -282,3 +282,14 @@ def test_iso_event_times_exact(make_worker):
     last = produce(topic, records)
     worker.wait_caught_up(last)
     assert rows_by_key(worker.get("/a/default").json()) == dict(expected)
+
+
+def test_missing_source_topic_is_created_with_the_configured_partitions(make_worker):
+    """Not with the broker's default (1): the probe never lets a metadata request create it."""
+    topic = unique("fresh")
+    worker = make_worker(topic, partitions=5).start()
+    assert sorted(worker.health()["partitions"]) == [str(p) for p in range(5)]
+    body = json.dumps({"origin_server": "n", "topic": "t", "timestamp": time.time() - 100})
+    last = produce(topic, [Record(body.encode(), p) for p in range(5)])
+    worker.wait_caught_up(last)
+    assert [r["count"] for r in worker.get("/a/default").json()] == [5]
