@@ -35,7 +35,7 @@ run: setup
 	$(BIN)/faust -A bucket_app worker -l info
 
 lint: setup
-	$(BIN)/ruff check bucket_app tests
+	$(BIN)/ruff check bucket_app tests bench
 	$(BIN)/mypy bucket_app
 
 test-unit: setup

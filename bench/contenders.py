@@ -179,23 +179,29 @@ def _measure_bucket_app(name: str, procs: list[BucketWorker], job: Job,
     sql_sampler.stop()
     sql_ms = [(done - t0) * 1000 for t0, done, status in sql_sampler.samples if status == 200]
     sql_failed = len(sql_sampler.samples) - len(sql_ms)
-    latency = _latency_phase(first, job, expected, probe_rate, probe_s)
+    latency, probes = _latency_phase(first, job, expected, probe_rate, probe_s)
     exact = _exact(procs, job, expected)
     return Result(name, job.messages, seconds, _rss(procs), latency_ms=latency, sql_ms=sql_ms,
                   exact=exact, note=f"{len(sql_ms)} SQL queries during ingestion, "
-                  f"{sql_failed} not 200, {len(latency)} probes seen")
+                  f"{sql_failed} not 200, {len(latency)}/{probes} probes seen within 30 s")
 
 
 def _latency_phase(worker: BucketWorker, job: Job, expected: dict[Key, int],
-                   probe_rate: float, probe_s: float) -> list[float]:
+                   probe_rate: float, probe_s: float) -> tuple[list[float], int]:
     """Probe messages at ``probe_rate``/s: time from the produce ack to the snapshot showing it."""
     if probe_s <= 0:
-        return []
+        return [], 0
     watcher = Sampler(lambda: reflected(worker.health()), 0.02)
     watcher.start()
     probes: list[Probe] = asyncio.run(
         produce_probes(job.brokers, job.topic, probe_rate, probe_s, expected))
-    time.sleep(5)
+    last = {p.partition: p.offset for p in probes}  # probes are acked in offset order
+    wait_until = time.monotonic() + 30  # a probe not seen by then is reported, not hidden
+    while time.monotonic() < wait_until:
+        seen = watcher.samples[-1][2] if watcher.samples else None
+        if seen and all(seen.get(p, -1) >= off for p, off in last.items()):
+            break
+        time.sleep(0.1)
     watcher.stop()
     latencies = []
     for probe in probes:
@@ -205,7 +211,7 @@ def _latency_phase(worker: BucketWorker, job: Job, expected: dict[Key, int],
                 break
     for probe in probes:
         job.ends[probe.partition] = max(job.ends.get(probe.partition, 0), probe.offset + 1)
-    return latencies
+    return latencies, len(probes)
 
 
 def _exact(procs: list[BucketWorker], job: Job, expected: dict[Key, int]) -> bool:
