@@ -17,15 +17,13 @@ import shutil
 import sys
 import threading
 import time
-import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import faust
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-from faust.streams import _current_event
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import EventT
 
@@ -37,10 +35,6 @@ from bucket_app.snapshot import COUNTS_TABLE, PROGRESS_KEY, changelog_topic, pro
 log = logging.getLogger(__name__)
 
 KAFKA_TIMEOUT_S = 30.0
-# A batch ends at this many events or after this long without filling up; each window-key is
-# written once per batch, so larger batches mean fewer RocksDB and changelog writes.
-BATCH_MAX = 5_000
-BATCH_WITHIN_S = 0.05
 
 
 class KafkaUnavailable(BucketAppError):
@@ -201,49 +195,27 @@ class Processor:
             self.counter.progress[partition] = state
         return state
 
-    def handle_batch(self, events: Sequence[EventT]) -> None:
-        """Count a batch: per partition, each window-key written once, progress written last.
+    def handle(self, event: EventT) -> None:
+        """Count one event exactly once, then record the partition's progress after it.
 
-        Faust routes a table write to the partition of the *current event*; inside a batch
-        there is none, so each partition's writes run with one of its own events as current.
-        The batch's events are acked by Faust only after this returns, so nothing is
-        committed before its counts are in the table (and the changelog, which Faust flushes
-        before committing).
+        Per event, inside Faust's stream iteration: Faust skips events fetched before a
+        rebalance at that point, and a batch collected across one (``take_events``) would
+        count them after their partition moved to another replica.
         """
-        by_partition: dict[int, list[EventT]] = {}
-        for event in events:
-            by_partition.setdefault(event.message.partition, []).append(event)
-        for partition, partition_events in by_partition.items():
-            token = _current_event.set(weakref.ref(partition_events[-1]))
-            try:
-                self._count_partition(partition, partition_events)
-            finally:
-                _current_event.reset(token)
-
-    def _count_partition(self, partition: int, events: list[EventT]) -> None:
+        message = event.message
+        partition, offset = message.partition, message.offset
         state = self._state(partition)
-        plan: dict[Any, list[int]] = {}
-        last = state.offset
-        for event in events:
-            message = event.message
-            offset = message.offset
-            if offset <= state.offset:
-                self.counter.replayed += 1
-                continue
-            last = max(last, offset)
-            try:
-                item = self.classifier.classify(message.value, partition, message.timestamp)
-                self.counter.admit(item, partition)
-            except BadInput as exc:
-                self.counter.record_skip(exc.reason)
-                self.bad_log.bad_record(exc, message.topic, partition, offset)
-                continue
-            plan.setdefault(item.key, []).append(offset)
-        for key, offsets in plan.items():
-            self.counter.add(self.counts, key, offsets)
-        if last > state.offset:
-            state.offset = last
-            self.counts[progress_key(partition)] = [last, max(state.watermark_s, 0.0)]
+        if offset <= state.offset:
+            self.counter.replayed += 1
+            return
+        try:
+            item = self.classifier.classify(message.value, partition, message.timestamp)
+            self.counter.apply(self.counts, item, partition, offset)
+        except BadInput as exc:
+            self.counter.record_skip(exc.reason)
+            self.bad_log.bad_record(exc, message.topic, partition, offset)
+        state.offset = offset
+        self.counts[progress_key(partition)] = [offset, max(state.watermark_s, 0.0)]
         if time.monotonic() - state.last_sweep_mono >= self.settings.clean_freq_s:
             self.sweep(partition)
 
@@ -343,10 +315,8 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
 
     @app.agent(source, name="bucket_app.count")
     async def count(stream: faust.StreamT) -> None:
-        batches = stream.take_events(  # type: ignore[attr-defined]  # on Stream, not StreamT
-            BATCH_MAX, within=BATCH_WITHIN_S)
-        async for events in batches:
-            processor.handle_batch(events)
+        async for event in stream.events():
+            processor.handle(event)
 
     async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
         processor.forget({tp.partition for tp in revoked if tp.topic == settings.topic})
