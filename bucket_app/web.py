@@ -206,7 +206,6 @@ class Service:
                 }
                 for p in range(state.partitions)
             },
-        } | {
             "worker": {
                 **self.processor.assignment(),
                 "counted": counter.counted,
