@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -11,6 +12,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ BUCKET_S = 60  # bucket_interval of every contender
 SPAN_S = 600  # event times of the pre-loaded messages spread over 10 minutes
 SERVERS = 100
 TOPICS = 10
+TICK_S = 0.02  # produce_steady sends one batch per partition this often
 
 Key = tuple[str, str, int]  # (server_name, topic, bucket_start)
 
@@ -65,27 +68,57 @@ def message(i: int, rng: random.Random, base: int, n: int) -> tuple[bytes, bytes
     return f"{server}|{topic}".encode(), value.encode(), (server, topic, ts - ts % BUCKET_S)
 
 
-async def preload(brokers: str, topic: str, n: int, seed: int = 4) -> dict[Key, int]:
-    """Produce ``n`` messages (keyed, idempotent, acks=all); return the expected counts."""
-    rng = random.Random(seed)
-    base = (int(time.time()) - 2 * SPAN_S) // BUCKET_S * BUCKET_S
-    expected: dict[Key, int] = {}
+async def produce_all(brokers: str, topic: str,
+                      messages: Iterator[tuple[bytes, bytes, int | None]]) -> None:
+    """Produce ``(key, value, timestamp_ms)`` messages (idempotent, acks=all, 512 KiB batches)."""
     producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all", enable_idempotence=True,
                                 linger_ms=20, max_batch_size=512 * 1024,
                                 request_timeout_ms=60_000)
     await producer.start()
     try:
-        for start in range(0, n, 20_000):
-            futures = []
-            for i in range(start, min(n, start + 20_000)):
-                key, value, count_key = message(i, rng, base, n)
-                expected[count_key] = expected.get(count_key, 0) + 1
-                futures.append(await producer.send(topic, value, key=key,
-                                                   timestamp_ms=(base + i * SPAN_S // n) * 1000))
-            await asyncio.gather(*futures)
+        while chunk := list(itertools.islice(messages, 20_000)):
+            await asyncio.gather(*[await producer.send(topic, value, key=key, timestamp_ms=ts)
+                                   for key, value, ts in chunk])
     finally:
         await producer.stop()
+
+
+async def preload(brokers: str, topic: str, n: int, seed: int = 4) -> dict[Key, int]:
+    """Produce ``n`` messages (keyed, idempotent, acks=all); return the expected counts."""
+    rng = random.Random(seed)
+    base = (int(time.time()) - 2 * SPAN_S) // BUCKET_S * BUCKET_S
+    expected: dict[Key, int] = {}
+
+    def messages() -> Iterator[tuple[bytes, bytes, int | None]]:
+        for i in range(n):
+            key, value, count_key = message(i, rng, base, n)
+            expected[count_key] = expected.get(count_key, 0) + 1
+            yield key, value, (base + i * SPAN_S // n) * 1000
+
+    await produce_all(brokers, topic, messages())
     return expected
+
+
+async def preload_distinct(brokers: str, topic: str, rows: int) -> tuple[dict[Key, int], int]:
+    """Produce ``rows`` messages that are each the only one of their window-key.
+
+    Key ``i % 1000`` (100 servers x 10 topics) in bucket ``i // 1000``, the buckets ending
+    an hour ago: a snapshot of ``rows`` rows. Returns the expected counts and the first bucket.
+    """
+    keys = SERVERS * TOPICS
+    first = (int(time.time()) - 3600) // BUCKET_S * BUCKET_S - -(-rows // keys) * BUCKET_S
+    expected: dict[Key, int] = {}
+
+    def messages() -> Iterator[tuple[bytes, bytes, int | None]]:
+        for i in range(rows):
+            server, topic_name = f"s-{i % keys // TOPICS}", f"t-{i % TOPICS}"
+            ts = first + (i // keys) * BUCKET_S
+            expected[(server, topic_name, ts)] = 1
+            value = f'{{"origin_server":"{server}","topic":"{topic_name}","timestamp":{ts}}}'
+            yield f"{server}|{topic_name}".encode(), value.encode(), None
+
+    await produce_all(brokers, topic, messages())
+    return expected, first
 
 
 async def end_offsets(brokers: str, topic: str, partitions: int) -> dict[int, int]:
@@ -106,26 +139,47 @@ class Probe:
     acked: float  # time.monotonic() of the ack
 
 
-async def produce_probes(brokers: str, topic: str, rate: float, duration_s: float,
-                         expected: dict[Key, int]) -> list[Probe]:
-    """One message every 1/rate s for duration_s; each is counted like any other message."""
-    producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all", enable_idempotence=True)
+async def produce_steady(brokers: str, topic: str, partitions: int, rate: float,
+                         duration_s: float, expected: dict[Key, int]) -> list[Probe]:
+    """Produce ``rate`` msg/s for ``duration_s``, in one batch per partition every TICK_S.
+
+    Messages are like the pre-loaded ones but carry the current time. The last message of each
+    batch is a probe: its offset and the time its batch was acknowledged. Batches are built
+    with aiokafka's batch API, which costs the harness a fraction of per-message sends, so the
+    worker keeps the cores it is being measured on.
+    """
+    producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all", enable_idempotence=True,
+                                max_batch_size=4 * 1024 * 1024, request_timeout_ms=60_000)
     await producer.start()
+    rng = random.Random(7)
     probes: list[Probe] = []
     try:
-        deadline = time.monotonic() + duration_s
-        i = 0
-        while time.monotonic() < deadline:
+        started = time.monotonic()
+        sent = 0
+        pending: list[Any] = []
+        while (now := time.monotonic()) - started < duration_s:
+            due = int((now - started + TICK_S) * rate) - sent
             ts = int(time.time())
-            server, topic_name = "probe", f"t-{i % TOPICS}"
-            value = json.dumps({"origin_server": server, "topic": topic_name, "timestamp": ts})
-            meta = await producer.send_and_wait(topic, value.encode(),
-                                                key=f"{server}|{topic_name}".encode())
-            probes.append(Probe(meta.partition, meta.offset, time.monotonic()))
-            key = (server, topic_name, ts - ts % BUCKET_S)
-            expected[key] = expected.get(key, 0) + 1
-            i += 1
-            await asyncio.sleep(1 / rate)
+            for p in range(partitions):
+                batch = producer.create_batch()
+                count = due // partitions + (1 if p < due % partitions else 0)
+                for _ in range(count):
+                    server, topic_name = f"s-{rng.randrange(SERVERS)}", f"t-{rng.randrange(TOPICS)}"
+                    value = (f'{{"origin_server":"{server}","topic":"{topic_name}",'
+                             f'"timestamp":{ts}}}').encode()
+                    if batch.append(key=None, value=value, timestamp=None) is None:
+                        raise RuntimeError("steady batch overflowed; lower TICK_S")
+                    key = (server, topic_name, ts - ts % BUCKET_S)
+                    expected[key] = expected.get(key, 0) + 1
+                if count:
+                    batch.close()
+                    pending.append((p, count, await producer.send_batch(batch, topic, partition=p)))
+            sent += due
+            for p, count, fut in pending:
+                meta = await fut
+                probes.append(Probe(p, meta.offset + count - 1, time.monotonic()))
+            pending.clear()
+            await asyncio.sleep(max(0.0, started + (sent / rate) - time.monotonic()))
     finally:
         await producer.stop()
     return probes

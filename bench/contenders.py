@@ -18,13 +18,20 @@ from typing import Any
 
 from bench.bucket_worker import BucketWorker
 from bench.common import (
+    BUCKET_S,
     REPO,
+    SERVERS,
+    TOPICS,
     Key,
     Probe,
+    create_topic,
+    end_offsets,
     http_get,
     http_json,
     peak_rss_mb,
-    produce_probes,
+    preload,
+    preload_distinct,
+    produce_steady,
 )
 
 BENCH = Path(__file__).resolve().parent
@@ -128,23 +135,25 @@ class Sampler(threading.Thread):
 
     def stop(self) -> None:
         self.halt.set()
-        self.join(30)
+        if self.ident is not None:  # started
+            self.join(30)
 
 
 def reflected(health: dict[str, Any] | None) -> dict[int, int]:
     if not health:
         return {}
-    return {int(p): int(v.get("offset") or -1) for p, v in health.get("partitions", {}).items()}
+    return {int(p): -1 if v.get("offset") is None else int(v["offset"])
+            for p, v in health.get("partitions", {}).items()}
 
 
-def bucket_app(job: Job, workers: int, expected: dict[Key, int], probe_rate: float,
+def bucket_app(job: Job, workers: int, expected: dict[Key, int], load: float,
                probe_s: float, sql_from: int, sql_pause: float) -> Result:
     name = f"bucket_app x{workers}"
     app_id = f"bench-app-{uuid.uuid4().hex[:8]}"
     procs = [BucketWorker(job.workdir / f"bucket_app-{workers}-{i}", job.brokers, job.topic,
                           app_id, len(job.ends)).start() for i in range(workers)]
     try:
-        return _measure_bucket_app(name, procs, job, expected, probe_rate, probe_s, sql_from,
+        return _measure_bucket_app(name, procs, job, expected, load, probe_s, sql_from,
                                   sql_pause)
     finally:
         for worker in procs:
@@ -152,7 +161,7 @@ def bucket_app(job: Job, workers: int, expected: dict[Key, int], probe_rate: flo
 
 
 def _measure_bucket_app(name: str, procs: list[BucketWorker], job: Job,
-                        expected: dict[Key, int], probe_rate: float, probe_s: float,
+                        expected: dict[Key, int], load: float, probe_s: float,
                         sql_from: int, sql_pause: float) -> Result:
     first = procs[0]
     sql = (f"SELECT * FROM default WHERE server_name='s-1' AND bucket_start >= {sql_from}")
@@ -170,7 +179,9 @@ def _measure_bucket_app(name: str, procs: list[BucketWorker], job: Job,
         now = time.monotonic()
         if started is None and any(a and a["worker"]["counted"] for a in answers):
             started = now
-            sql_sampler.start()
+        if not sql_sampler.is_alive() and started is not None and answers[0] and (
+                answers[0]["rst_id"]):
+            sql_sampler.start()  # once the snapshot exists: earlier queries wait for it
         offsets = reflected(answers[0])
         if started is not None and all(offsets.get(p, -1) >= t for p, t in targets.items()):
             break
@@ -179,22 +190,26 @@ def _measure_bucket_app(name: str, procs: list[BucketWorker], job: Job,
     sql_sampler.stop()
     sql_ms = [(done - t0) * 1000 for t0, done, status in sql_sampler.samples if status == 200]
     sql_failed = len(sql_sampler.samples) - len(sql_ms)
-    latency, probes = _latency_phase(first, job, expected, probe_rate, probe_s)
+    messages = job.messages
+    rate = load * messages / seconds
+    latency, probes = _latency_phase(first, job, expected, rate, probe_s)
     exact = _exact(procs, job, expected)
-    return Result(name, job.messages, seconds, _rss(procs), latency_ms=latency, sql_ms=sql_ms,
+    return Result(name, messages, seconds, _rss(procs), latency_ms=latency, sql_ms=sql_ms,
                   exact=exact, note=f"{len(sql_ms)} SQL queries during ingestion, "
-                  f"{sql_failed} not 200, {len(latency)}/{probes} probes seen within 30 s")
+                  f"{sql_failed} not 200; latency at {rate:.0f} msg/s ({load:.0%} of the "
+                  f"sustained rate) for {probe_s:.0f} s: {len(latency)}/{probes} probes seen "
+                  "within 30 s")
 
 
 def _latency_phase(worker: BucketWorker, job: Job, expected: dict[Key, int],
-                   probe_rate: float, probe_s: float) -> tuple[list[float], int]:
-    """Probe messages at ``probe_rate``/s: time from the produce ack to the snapshot showing it."""
+                   rate: float, probe_s: float) -> tuple[list[float], int]:
+    """Produce at ``rate`` msg/s; per batch, time from its ack to the snapshot showing it."""
     if probe_s <= 0:
         return [], 0
     watcher = Sampler(lambda: reflected(worker.health()), 0.02)
     watcher.start()
     probes: list[Probe] = asyncio.run(
-        produce_probes(job.brokers, job.topic, probe_rate, probe_s, expected))
+        produce_steady(job.brokers, job.topic, len(job.ends), rate, probe_s, expected))
     last = {p.partition: p.offset for p in probes}  # probes are acked in offset order
     wait_until = time.monotonic() + 30  # a probe not seen by then is reported, not hidden
     while time.monotonic() < wait_until:
@@ -232,3 +247,71 @@ def _exact(procs: list[BucketWorker], job: Job, expected: dict[Key, int]) -> boo
 
 def _rss(procs: list[BucketWorker]) -> float:
     return sum(peak_rss_mb(w.proc.pid) for w in procs if w.proc is not None)
+
+
+def bucket_app_sql(brokers: str, partitions: int, rows: int, backlog: int, workdir: Path,
+                   sql_pause: float, timeout_s: float) -> Result:
+    """SQL latency over a snapshot of ``rows`` rows while the worker ingests at full rate.
+
+    One worker builds the snapshot from ``rows`` single-message window-keys; then ``backlog``
+    more messages arrive at once and a typical filtered /c/ query runs every ``sql_pause`` s
+    until the worker has counted them. Exactness is checked with count(*) and sum(count).
+    """
+    name = "bucket_app SQL"
+    topic = f"bench-sql-{uuid.uuid4().hex[:8]}"
+    asyncio.run(create_topic(brokers, topic, partitions))
+    expected, first = asyncio.run(preload_distinct(brokers, topic, rows))
+    worker = BucketWorker(workdir / "bucket_app-sql", brokers, topic,
+                          f"bench-sql-{uuid.uuid4().hex[:8]}", partitions).start()
+    count_sql = "SELECT count(*) AS n, sum(count) AS total FROM default"
+    try:
+        deadline = time.monotonic() + timeout_s
+        built = _wait_rows(worker, count_sql, len(expected), sum(expected.values()), deadline)
+        if built is None:
+            return Result(name, rows, None, _rss([worker]),
+                          note=f"snapshot of {rows} rows not built; log tail:\n{worker.tail()}")
+        recent = first + (rows // (SERVERS * TOPICS) - 60) * BUCKET_S
+        sql = f"SELECT * FROM default WHERE server_name='s-1' AND bucket_start >= {recent}"
+        sql_url = worker.url + "/c/" + urllib.parse.quote(sql)
+        sampler = Sampler(lambda: http_get(sql_url), sql_pause)
+        t0 = time.monotonic()
+        more = asyncio.run(preload(brokers, topic, backlog, seed=9))
+        for key, n in more.items():
+            expected[key] = expected.get(key, 0) + n
+        sampler.start()
+        ends = asyncio.run(end_offsets(brokers, topic, partitions))
+        targets = {p: end - 1 for p, end in ends.items() if end > 0}
+        while not all(reflected(worker.health()).get(p, -1) >= t for p, t in targets.items()):
+            if time.monotonic() > deadline or not worker.alive():
+                sampler.stop()
+                return Result(name, rows, None, _rss([worker]),
+                              note=f"backlog not counted; log tail:\n{worker.tail()}")
+            time.sleep(0.1)
+        seconds = time.monotonic() - t0
+        sampler.stop()
+        sql_ms = [(done - t0) * 1000 for t0, done, status in sampler.samples if status == 200]
+        failed = len(sampler.samples) - len(sql_ms)
+        final = _wait_rows(worker, count_sql, len(expected), sum(expected.values()),
+                           time.monotonic() + 60)
+        return Result(name, backlog, seconds, _rss([worker]), sql_ms=sql_ms,
+                      exact=final is not None,
+                      note=f"{built} rows, then {backlog} messages; {len(sql_ms)} queries "
+                      f"during ingestion, {failed} not 200; msg/s includes producing the "
+                      "backlog")
+    finally:
+        worker.stop()
+
+
+def _wait_rows(worker: BucketWorker, count_sql: str, rows: int, total: int,
+               deadline: float) -> int | None:
+    """Wait until the snapshot holds ``rows`` rows summing to ``total``; return the rows."""
+    url = worker.url + "/c/" + urllib.parse.quote(count_sql)
+    while time.monotonic() < deadline and worker.alive():
+        try:
+            answer = http_json(url, timeout=30)
+        except OSError:
+            answer = None
+        if answer and answer[0]["n"] == rows and answer[0]["total"] == total:
+            return rows
+        time.sleep(0.5)
+    return None

@@ -33,7 +33,7 @@ from bench.common import (
 from bench.contenders import Job, Result
 
 LOCAL_PORT = 9492
-ALL = ["bare", "quix", "faust-naive", "bucket_app-1", "bucket_app-2"]
+ALL = ["bare", "quix", "faust-naive", "bucket_app-1", "bucket_app-2", "sql"]
 
 
 def main() -> None:
@@ -43,10 +43,16 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--brokers", help=f"default: a broker started on 127.0.0.1:{LOCAL_PORT}")
     parser.add_argument("--contenders", default=",".join(ALL), help=",".join(ALL))
-    parser.add_argument("--probe-rate", type=float, default=20, help="probe messages per second")
-    parser.add_argument("--probe-seconds", type=float, default=10)
+    parser.add_argument("--load", type=float, default=0.8,
+                        help="latency phase: produce at this fraction of the sustained rate")
+    parser.add_argument("--probe-seconds", type=float, default=15,
+                        help="latency phase: seconds of steady production")
     parser.add_argument("--sql-pause", type=float, default=0.2,
                         help="seconds between SQL queries during bucket_app's ingestion")
+    parser.add_argument("--sql-rows", type=int, default=1_000_000,
+                        help="sql: rows in the snapshot the SQL latency is measured over")
+    parser.add_argument("--sql-backlog", type=int, default=300_000,
+                        help="sql: messages ingested while the queries run")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per contender")
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "latest.json")
     args = parser.parse_args()
@@ -84,12 +90,21 @@ def run(args: argparse.Namespace, brokers: str, chosen: list[str]) -> list[Resul
         "quix": contenders.quix,
         "faust-naive": contenders.naive_faust,
         "bucket_app-1": lambda job: contenders.bucket_app(
-            job, 1, expected, args.probe_rate, args.probe_seconds, sql_from, args.sql_pause),
+            job, 1, expected, args.load, args.probe_seconds, sql_from, args.sql_pause),
         "bucket_app-2": lambda job: contenders.bucket_app(
-            job, 2, expected, args.probe_rate, args.probe_seconds, sql_from, args.sql_pause),
+            job, 2, expected, args.load, args.probe_seconds, sql_from, args.sql_pause),
     }
     results = []
     for name in chosen:
+        if name == "sql":
+            print(f"running sql: {args.sql_rows} rows, then {args.sql_backlog} messages ...",
+                  flush=True)
+            result = contenders.bucket_app_sql(brokers, args.partitions, args.sql_rows,
+                                               args.sql_backlog, workdir, args.sql_pause,
+                                               args.timeout)
+            print(f"  sql: {result.note}", flush=True)
+            results.append(result)
+            continue
         ends = asyncio.run(end_offsets(brokers, topic, args.partitions))
         job = Job(brokers, topic, ends, workdir, args.timeout)
         print(f"running {name} on {job.messages} messages ...", flush=True)
@@ -129,6 +144,9 @@ def rows(results: list[Result]) -> list[dict[str, Any]]:
             "sql_ms_p50": percentile(r.sql_ms, 50),
             "sql_ms_p99": percentile(r.sql_ms, 99),
             "sql_samples": len(r.sql_ms),
+            "sql_ms_max": max(r.sql_ms) if r.sql_ms else None,
+            "sql_ms_series": [round(ms, 1) for ms in r.sql_ms],
+            "latency_ms_max": max(r.latency_ms) if r.latency_ms else None,
             "exact": r.exact,
             "note": r.note,
         })
@@ -153,7 +171,7 @@ def write_json(path: Path, results: list[Result], args: argparse.Namespace,
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "messages": args.messages, "partitions": args.partitions, "brokers": brokers,
-           "probe_rate": args.probe_rate, "probe_seconds": args.probe_seconds,
+           "load": args.load, "probe_seconds": args.probe_seconds,
            "sql_pause": args.sql_pause,
            "cores": os.cpu_count(), "load_average_at_end": os.getloadavg(),
            "results": rows(results)}

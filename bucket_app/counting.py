@@ -17,21 +17,34 @@ import logging
 import time
 from bisect import bisect_right
 from collections import Counter as Tally
-from collections.abc import MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from bucket_app.buckets import FieldMap, TimeField, bucket_start
-from bucket_app.codecs import make_decoder
+import orjson
+
+from bucket_app.buckets import MAX_TS_S, MIN_TS_S, FieldMap, TimeField, bucket_start
+from bucket_app.codecs import JsonDecoder, make_decoder
 from bucket_app.errors import BadInput, TimeError
 from bucket_app.settings import Settings
 
 log = logging.getLogger(__name__)
 
+_loads = orjson.loads
+
 # Faust's TumblingWindow stores a window as (start, start + size - 0.1); we write the same.
 WINDOW_END_EPSILON_S = 0.1
 
 WindowKey = tuple[tuple[Any, ...], tuple[float, float]]
+
+
+class KeyValues(Protocol):
+    """What counting needs of a table: the Faust table, a TableBatch, or a dict in tests."""
+
+    def get(self, key: Any, default: Any = None) -> Any: ...
+
+    def __setitem__(self, key: Any, value: Any) -> None: ...
+
+    def __delitem__(self, key: Any) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -47,29 +60,76 @@ class Classifier:
     """Decode, read the event time and the mapped fields, and name the window-key."""
 
     def __init__(self, settings: Settings) -> None:
-        self._decode = make_decoder(settings.avro_schema).decode
+        decoder = make_decoder(settings.avro_schema)
+        self._decode = decoder.decode
         self._fields = FieldMap(settings.msg_map)
         self._time = TimeField(settings.bucket_field, settings.bucket_type)
         self._interval_s = settings.bucket_interval_s
         self._window_len_s = settings.bucket_interval_s - WINDOW_END_EPSILON_S
         self._max_future_skew_s = settings.max_future_skew_s
+        plain = "." not in settings.bucket_field and not any("." in p for p in self._fields.paths)
+        if isinstance(decoder, JsonDecoder) and settings.bucket_type == "epoch" and plain:
+            self.locate = self._locate_json_epoch  # type: ignore[method-assign]
 
     def classify(
         self, value: bytes | None, partition: int, record_ts_s: float | None,
         now_s: float | None = None,
     ) -> Classified:
         """Raise a :class:`BadInput` subclass when the record cannot be counted."""
+        key, start, ts = self.locate(
+            value, partition, record_ts_s, time.time() if now_s is None else now_s)
+        return Classified(key=key, bucket_start_s=start, event_time_s=ts)
+
+    def _locate_json_epoch(
+        self, value: bytes | None, partition: int, record_ts_s: float | None, now_s: float,
+    ) -> tuple[WindowKey, int, float]:
+        """:meth:`locate` for the common configuration: JSON, epoch times, top-level fields.
+
+        Handles the well-formed record in one flat function (about half the time of the
+        general path, which goes through the decoder, time-field and field-map layers); any
+        record it is not sure of - not JSON, not an object, a time that is not a plain number
+        in range or too far ahead, a dict or list field - goes to the general path, which
+        gives the answer and the error. Tests check both agree.
+        """
+        try:
+            msg = _loads(value)  # type: ignore[arg-type]
+        except (orjson.JSONDecodeError, TypeError):
+            return self._locate(value, partition, record_ts_s, now_s)
+        if msg.__class__ is not dict:
+            return self._locate(value, partition, record_ts_s, now_s)
+        ts: Any = msg.get(self._time.path)
+        cls = ts.__class__
+        if (cls is not int and cls is not float) or not (
+            MIN_TS_S <= ts <= now_s + self._max_future_skew_s and ts <= MAX_TS_S
+        ):
+            return self._locate(value, partition, record_ts_s, now_s)
+        values = tuple(map(msg.get, self._fields.paths))
+        for each in values:
+            if each.__class__ is dict or each.__class__ is list:
+                return self._locate(value, partition, record_ts_s, now_s)
+        interval = self._interval_s
+        start = int(ts // interval) * interval
+        return ((partition, *values), (float(start), start + self._window_len_s)), start, float(ts)
+
+    def locate(
+        self, value: bytes | None, partition: int, record_ts_s: float | None, now_s: float,
+    ) -> tuple[WindowKey, int, float]:
+        """:meth:`classify` as a plain ``(key, bucket_start_s, event_time_s)``, for the hot loop."""
+        return self._locate(value, partition, record_ts_s, now_s)
+
+    def _locate(
+        self, value: bytes | None, partition: int, record_ts_s: float | None, now_s: float,
+    ) -> tuple[WindowKey, int, float]:
         msg = self._decode(value or b"")
         ts = self._time.get(msg, record_ts_s)
-        now = time.time() if now_s is None else now_s
-        if ts > now + self._max_future_skew_s:
+        if ts > now_s + self._max_future_skew_s:
             raise TimeError(
                 f"event time {ts:.0f} is more than {self._max_future_skew_s:.0f} s ahead of "
                 "the wall clock", reason="future_time",
             )
         start = bucket_start(ts, self._interval_s)
         key = ((partition, *self._fields.extract(msg)), (float(start), start + self._window_len_s))
-        return Classified(key=key, bucket_start_s=start, event_time_s=ts)
+        return key, start, ts
 
 
 @dataclass
@@ -91,6 +151,7 @@ class Counter:
         self.skipped: Tally[str] = Tally()
         self.counted = 0
         self.replayed = 0
+        self.batches = 0
 
     def partition(self, partition: int) -> PartitionProgress:
         try:
@@ -105,15 +166,19 @@ class Counter:
 
     def admit(self, item: Classified, partition: int) -> None:
         """Refuse ``item`` if its bucket is past retention; else move the watermark with it."""
-        state = self.partition(partition)
-        if item.bucket_start_s + self.interval_s <= state.watermark_s - self.retention_s:
+        self.admit_at(self.partition(partition), item.bucket_start_s, item.event_time_s)
+
+    def admit_at(self, state: PartitionProgress, bucket_start_s: int, event_time_s: float) -> None:
+        """:meth:`admit` for a record of the partition whose progress is ``state``."""
+        if bucket_start_s + self.interval_s <= state.watermark_s - self.retention_s:
             raise BadInput(
-                f"bucket {item.bucket_start_s} is older than the retention "
+                f"bucket {bucket_start_s} is older than the retention "
                 f"({self.retention_s:.0f} s behind the watermark)", reason="expired",
             )
-        state.watermark_s = max(state.watermark_s, item.event_time_s)
+        if event_time_s > state.watermark_s:
+            state.watermark_s = event_time_s
 
-    def add(self, table: MutableMapping[Any, Any], key: WindowKey, offsets: list[int]) -> int:
+    def add(self, table: KeyValues, key: WindowKey, offsets: list[int]) -> int:
         """Count the records at ``offsets`` (ascending) toward ``key``, once each.
 
         The stored value is ``[count, highest offset counted]``; offsets at or below it were
@@ -130,7 +195,7 @@ class Counter:
         return fresh
 
     def apply(
-        self, table: MutableMapping[Any, Any], item: Classified, partition: int, offset: int,
+        self, table: KeyValues, item: Classified, partition: int, offset: int,
     ) -> bool:
         """Count one record; return False if it was a replay. Raises BadInput past retention."""
         self.admit(item, partition)

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -118,6 +119,12 @@ class SnapshotStore:
             f"CREATE INDEX {quote_identifier(self.table + '_bucket_start')} "
             f"ON {table} (bucket_start)"
         )
+        # Typical queries filter on a mapped field and a time range: one index per mapped column.
+        for column in self.mapped:
+            conn.execute(
+                f"CREATE INDEX {quote_identifier(f'{self.table}_{column}_bucket_start')} "
+                f"ON {table} ({quote_identifier(column)}, bucket_start)"
+            )
         self._conn = conn
         self.parts.clear()
         self.rows.clear()
@@ -201,7 +208,6 @@ class ReaderState:
     # source partition -> end offset (next offset to be written) at the last refresh
     source_end: dict[int, int] = field(default_factory=dict)
     started: bool = False
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def caught_up(self) -> bool:
@@ -242,7 +248,8 @@ class SnapshotReader:
         self.state = ReaderState(partitions)
         self.source = [TopicPartition(settings.topic, p) for p in range(partitions)]
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="bucket_app-snapshot")
-        self._refresh_now = asyncio.Event()
+        # set from the web server's thread, polled by the reader's loop
+        self._refresh_now = threading.Event()
 
     async def in_thread(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -299,11 +306,10 @@ class SnapshotReader:
                 last_refresh = time.monotonic()
                 batch, pending = pending, Decoded()
                 self.state.generation = await self.in_thread(self.store.apply, batch.counts)
-                self.state.progress.update(batch.progress)
+                # replaced, not updated: the web server's thread reads these concurrently
+                self.state.progress = {**self.state.progress, **batch.progress}
                 self.state.changelog = dict(positions)
                 with contextlib.suppress(KafkaError):
                     ends = await consumer.end_offsets(self.source)
                     self.state.source_end = {tp.partition: end for tp, end in ends.items()}
-                self.state.changed.set()
-                self.state.changed = asyncio.Event()
                 self.state.refreshed_at_s = time.time()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -35,6 +34,8 @@ log = logging.getLogger(__name__)
 API = "/api/v1"
 JSON_TYPE = "application/json"
 SQL_THREADS = 2
+# how often a request waiting for min_offsets looks at the snapshot reader's position
+WAIT_POLL_S = 0.02
 DEFAULT_WAIT_MS = 2_000
 MAX_WAIT_MS = 30_000
 MIN_OFFSETS_HEADER = "X-Min-Offsets"
@@ -183,8 +184,8 @@ class Service:
                     retry_after_s=1, wanted={str(p): o for p, o in wanted.items()},
                     position={str(p): o for p, o in state.position().items()},
                 )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(state.changed.wait(), remaining)
+            # The web server runs in its own thread and event loop: poll the reader's state.
+            await asyncio.sleep(min(WAIT_POLL_S, remaining))
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.pool, self.sandbox.execute, sql, params)
 
@@ -207,7 +208,8 @@ class Service:
                 for p in range(state.partitions)
             },
             "worker": {
-                **self.processor.assignment(),
+                **self.processor.assignment,
+                "batches": counter.batches,
                 "counted": counter.counted,
                 "replayed": counter.replayed,
                 "skipped": dict(counter.skipped),

@@ -148,6 +148,15 @@ kafka_pid_alive() {
   [[ $'\n'"${cmdline}"$'\n' == *$'\n'"${props}"$'\n'* ]]
 }
 
+# kafka_pid_running PID: the process exists and is not a zombie (whatever it runs).
+kafka_pid_running() {
+  local pid="$1" stat
+  [[ "${pid}" =~ ^[0-9]+$ ]] || return 1
+  stat="$(cat "/proc/${pid}/stat" 2>/dev/null)" || return 1
+  stat="${stat##*) }"
+  [[ -n "${stat}" && "${stat:0:1}" != "Z" ]]
+}
+
 kafka_read_pid() { # PIDFILE -> prints pid or nothing
   if [[ -f "$1" ]]; then head -n1 "$1" 2>/dev/null | tr -dc '0-9' || true; fi
 }
@@ -273,7 +282,9 @@ kafka_wait_ready() {
   local label="$1" pid="$2" props="$3" port="$4" logfile="$5" offset="$6" outfile="$7"
   local deadline=$((SECONDS + KAFKA_START_TIMEOUT))
   while :; do
-    if ! kafka_pid_alive "${pid}" "${props}"; then
+    # Until the launcher's subshell has exec'd java (slow on a loaded machine) the pid's
+    # cmdline is bash's, so only a pid that is gone or a zombie counts as an exit here.
+    if ! kafka_pid_alive "${pid}" "${props}" && ! kafka_pid_running "${pid}"; then
       kafka_err "${label} (pid ${pid}) exited during startup; see ${logfile} and ${outfile}"
       kafka_show_tail "${outfile}" 0 "${logfile}" "${offset}"
       return 1

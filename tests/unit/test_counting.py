@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,31 @@ def test_events_past_retention_are_refused_and_the_watermark_only_moves_forward(
     assert len(table) == 2
     # retention is per partition: partition 1 has its own (empty) watermark
     counter.apply(table, classifier.classify(msg(timestamp=NOW - 200), 1, None, NOW), 1, 1)
+
+
+def test_json_epoch_fast_path_agrees_with_the_general_path(settings):
+    """The flat path for JSON + epoch gives the general path's key or error on odd input."""
+    classifier = Classifier(settings)
+    assert classifier.locate.__func__ is Classifier._locate_json_epoch  # the fast one is on
+    rng = random.Random(5)
+    times = [NOW - 5, NOW - 5.5, int(NOW) + 3599, NOW + 3601, True, None, "1440179085",
+             "x", float("nan"), float("inf"), -1e300, 1e20, 0, [1], {"a": 1}]
+    servers = ["a", "", None, 7, 2.5, True, [1, {"b": 2}], {"z": 1, "a": [2]}, "é"]
+    cases = [b"", b"not json", b"[1, 2]", b'"text"', b"null", b"\xff\xfe", None]
+    for _ in range(600):
+        msg = {"origin_server": rng.choice(servers), "timestamp": rng.choice(times)}
+        if rng.random() < 0.2:
+            del msg["timestamp"]
+        if rng.random() < 0.8:
+            msg["topic"] = rng.choice(servers)
+        cases.append(json.dumps(msg).encode())
+    for value in cases:
+        for record_ts in (None, NOW - 100):
+            try:
+                expected = classifier._locate(value, 2, record_ts, NOW)
+            except BadInput as exc:
+                with pytest.raises(BadInput) as caught:
+                    classifier.locate(value, 2, record_ts, NOW)
+                assert caught.value.reason == exc.reason, value
+            else:
+                assert classifier.locate(value, 2, record_ts, NOW) == expected, value

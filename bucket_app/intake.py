@@ -1,0 +1,274 @@
+"""Batch intake: source records reach the counting code one fetched batch at a time.
+
+Faust delivers every message through its conductor, a per-topic queue and the stream iterator
+(futures for ``wait_first``, a lock, ``sleep(0)`` and four sensor hooks per message), which caps
+a worker at a few thousand table updates a second. :class:`BatchIntake` replaces the body of the
+consumer's fetch loop (``Consumer._drain_messages``) and hands each partition's records of the
+source topic to a callback as one list; records of any other topic take Faust's own path, one
+message at a time, unchanged. Faust's consumer group, assignment, pause/resume during table
+recovery, offset commits, tables, changelog and web stay as they are.
+
+Rebalance safety: Faust changes the generation and stops the flow on the event loop, and this
+loop checks both after each fetch and then counts the whole fetch without yielding to the loop.
+A fetch that straddles a rebalance (records fetched for the old generation, or while the flow
+is stopped) is dropped uncounted and unacknowledged; Faust seeks every partition back to its
+committed offset when the flow resumes, so those records come again, to whichever replica then
+owns their partition. Only partitions that are assigned and not paused at that moment are
+counted, so a replica never writes the changelog of a partition another replica may own.
+
+The callback counts a batch synchronously (RocksDB written) and returns the batch's changelog
+records; the intake sends them as whole Kafka batches and acknowledges the batch's offsets only
+once the brokers have acknowledged those changelog batches, so a committed source offset always
+has its counts in the changelog. Until then the batch's last message is in Faust's set of
+unacknowledged messages, which Faust waits to empty before it gives up partitions in a
+rebalance. Offsets are acknowledged the way Faust's ``Consumer.ack`` does (per offset, with gaps
+recorded for offsets that never arrive), so Faust's commit logic decides what is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from time import monotonic
+from typing import Any
+
+from faust.events import Event
+from faust.streams import _current_event
+from faust.types import TP
+from mode.utils.futures import notify
+
+from bucket_app.changelog import ChangelogRecord, ChangelogSender
+
+log = logging.getLogger(__name__)
+
+#: Changelog messages allowed to wait in Faust's producer buffer (the sweep's tombstones go
+#: through it) before the intake stops fetching until it drains to PRODUCER_LOW.
+PRODUCER_HIGH = 20_000
+PRODUCER_LOW = 5_000
+
+#: Fetch at most this often. Each fetch writes every window-key it touched once (RocksDB, the
+#: changelog, then the snapshot), so when the worker keeps up, fetching as fast as records
+#: arrive would write the same keys many times a second. Behind a backlog a fetch takes longer
+#: than this anyway. Costs at most this much latency.
+MIN_FETCH_INTERVAL_S = 0.2
+
+#: Counts one partition's batch; returns the changelog records to send.
+BatchHandler = Callable[[int, Sequence[Any]], list[ChangelogRecord]]
+
+
+@dataclass
+class Counted:
+    """A counted batch whose offsets are acknowledged once its changelog records are durable."""
+
+    tp: TP
+    offsets: list[int]
+    previous: int | None  # the read offset before this batch (for gap detection)
+    sentinel: Any  # Faust message kept in the consumer's unacknowledged set until then
+    changes: list[ChangelogRecord]
+
+
+class BatchIntake:
+    """The fetch loop of one Faust consumer, with a batch path for ``topic``."""
+
+    def __init__(self, consumer: Any, topic: str, handle: BatchHandler,
+                 sender: ChangelogSender) -> None:
+        self.consumer = consumer
+        self.app = consumer.app
+        self.topic = topic
+        self.handle = handle
+        self.sender = sender
+        self.batches = 0
+        self.records = 0
+        self.dropped = 0
+        self.in_flight: set[int] = set()  # ids of sentinels not yet settled
+
+    def install(self) -> None:
+        """Make the consumer's Fetcher run :meth:`drain` instead of Faust's per-message loop."""
+        self.consumer._drain_messages = self.drain
+
+    async def drain(self, fetcher: Any) -> None:
+        consumer = self.consumer
+        consumer_stopped = consumer._stopped.is_set
+        fetcher_stopped = fetcher._stopped.is_set
+        try:
+            last_fetch = 0.0
+            while not (consumer_stopped() or fetcher_stopped()):
+                await asyncio.sleep(max(0.0, last_fetch + MIN_FETCH_INTERVAL_S - monotonic()))
+                last_fetch = monotonic()
+                generation = self.app.consumer_generation_id
+                records, _ = await consumer._wait_next_records(1.0)
+                if not records or consumer.should_stop:
+                    continue
+                if not consumer.flow_active or self.app.consumer_generation_id != generation:
+                    # Fetched across a rebalance: Faust seeks back to the committed offsets.
+                    self.dropped += sum(len(batch) for batch in records.values())
+                    if not consumer.flow_active:
+                        await self._seek_back()
+                    continue
+                counted, others = self._count(records)
+                for done in counted:
+                    await self._send(done)
+                for tp, other in others:
+                    await self._deliver(tp, other)
+                await self._ebb()
+                commit_every = consumer._commit_every
+                if commit_every is not None and consumer._n_acked >= commit_every:
+                    consumer._n_acked = 0
+                    await consumer.commit()
+        except consumer.consumer_stopped_errors:
+            if self.app.should_stop:
+                log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.app.should_stop:
+                log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            log.exception("Drain messages raised: %r", exc)
+            raise
+
+    def _count(
+        self, records: dict[TP, list[Any]],
+    ) -> tuple[list[Counted], list[tuple[TP, list[Any]]]]:
+        """Count every source batch of one fetch without yielding; return them and the
+        batches of other topics."""
+        consumer = self.consumer
+        active = consumer._get_active_partitions()
+        buffered = consumer._buffered_partitions
+        counted, others = [], []
+        for tp, batch in records.items():
+            if tp not in active and tp not in buffered:
+                self.dropped += len(batch)
+                continue
+            if tp.topic != self.topic:
+                others.append((tp, batch))
+                continue
+            fresh = self._after_read_offset(tp, batch)
+            if not fresh:
+                continue
+            event = self._event_for(tp, fresh[-1])
+            consumer._unacked_messages.add(event.message)
+            self.in_flight.add(id(event.message))
+            token = _current_event.set(weakref.ref(event))
+            try:
+                changes = self.handle(tp.partition, fresh)
+            finally:
+                _current_event.reset(token)
+            counted.append(Counted(tp, [r.offset for r in fresh], consumer._read_offset[tp],
+                                   event.message, changes))
+            consumer._read_offset[tp] = fresh[-1].offset
+            self.batches += 1
+            self.records += len(fresh)
+        return counted, others
+
+    async def _send(self, batch: Counted) -> None:
+        """Send a counted batch's changelog records; acknowledge its offsets once they are in."""
+        try:
+            futures = await self.sender.send(batch.tp.partition, batch.changes)
+        except BaseException:
+            self._release(batch)
+            raise
+        if not futures:
+            self._settle(batch)
+            return
+
+        def done(result: asyncio.Future[Any]) -> None:
+            if result.cancelled() or result.exception() is not None:
+                self._release(batch)
+                error = result.exception() if not result.cancelled() else "cancelled"
+                log.error("changelog write for %s failed, its offsets stay uncommitted: %r",
+                          batch.tp, error)
+                asyncio.ensure_future(self.app.crash(RuntimeError(
+                    f"changelog write for {batch.tp} failed: {error!r}")))
+                return
+            self._settle(batch)
+
+        asyncio.gather(*futures).add_done_callback(done)
+
+    def _settle(self, batch: Counted) -> None:
+        self._ack(batch.tp, batch.offsets, batch.previous)
+        self._release(batch)
+
+    def _release(self, batch: Counted) -> None:
+        consumer = self.consumer
+        batch.sentinel.acked = True
+        consumer._unacked_messages.discard(batch.sentinel)
+        self.in_flight.discard(id(batch.sentinel))
+        notify(consumer._waiting_for_ack)
+
+    def _after_read_offset(self, tp: TP, batch: list[Any]) -> list[Any]:
+        # Faust drops records below the partition's read offset (re-fetched after a seek).
+        read = self.consumer._read_offset[tp]
+        if read is None or batch[0].offset >= read:
+            return batch
+        return [record for record in batch if record.offset >= read]
+
+    def _event_for(self, tp: TP, record: Any) -> Event:
+        """A Faust event for a record of ``tp``: Faust routes table writes by the current one."""
+        message = self.consumer._to_message(tp, record)
+        return Event(self.app, record.key, record.value, None, message)
+
+    def _ack(self, tp: TP, offsets: list[int], previous: int | None) -> None:
+        """Acknowledge ``offsets`` as Faust's ``Consumer.ack`` would, one offset at a time.
+
+        ``previous`` is the read offset before them: offsets between it and the first one, or
+        between two of them, never arrived (transaction markers, compaction) and are recorded
+        as gaps, or Faust would never commit past them.
+        """
+        consumer = self.consumer
+        committed = consumer._committed_offset[tp]
+        if committed is not None and offsets[0] < committed:
+            offsets = [offset for offset in offsets if offset >= committed]
+        index = consumer._acked_index[tp]
+        if index:
+            offsets = [offset for offset in offsets if offset not in index]
+        if not offsets:
+            return
+        gaps = consumer._gap[tp]
+        added_gap = False
+        for offset in offsets:
+            if previous and offset - previous > 1:
+                start = previous + 1 if committed is None else max(previous + 1, committed + 1)
+                if start < offset:
+                    gaps.addi(start, offset)
+                    added_gap = True
+            previous = offset
+        if added_gap:
+            gaps.merge_overlaps()
+        consumer._acked[tp].extend(offsets)
+        index.update(offsets)
+        consumer._n_acked += len(offsets)
+
+    async def _deliver(self, tp: TP, batch: list[Any]) -> None:
+        """Faust's own per-message path, for records of topics other than the source."""
+        consumer = self.consumer
+        for record in batch:
+            offset = record.offset
+            read = consumer._read_offset[tp]
+            if read is None or offset >= read:
+                if read and offset - read > 1 and self.app.topics.acks_enabled_for(tp.topic):
+                    await consumer._add_gap(tp, read + 1, offset)
+                await consumer.wait_first(
+                    consumer.callback(consumer._to_message(tp, record)),
+                    consumer.suspend_flow.wait(),
+                )
+                consumer._read_offset[tp] = offset
+
+    async def _seek_back(self) -> None:
+        try:
+            await self.consumer.perform_seek()
+        except Exception as exc:  # noqa: BLE001 - Faust's getmany logs and goes on, as here
+            log.warning("exception performing seek when flow not active %r", exc)
+
+    async def _ebb(self) -> None:
+        """Wait while Faust's producer buffer holds more than PRODUCER_HIGH changelog writes."""
+        buffer = self.app.producer.buffer
+        if buffer.size <= PRODUCER_HIGH:
+            return
+        while buffer.size > PRODUCER_LOW and not self.consumer.should_stop:
+            await buffer.flush_atmost(buffer.size - PRODUCER_LOW)
