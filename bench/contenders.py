@@ -22,6 +22,7 @@ from bench.common import (
     REPO,
     SERVERS,
     TOPICS,
+    KeepAlive,
     Key,
     Probe,
     create_topic,
@@ -206,7 +207,8 @@ def _latency_phase(worker: BucketWorker, job: Job, expected: dict[Key, int],
     """Produce at ``rate`` msg/s; per batch, time from its ack to the snapshot showing it."""
     if probe_s <= 0:
         return [], 0
-    watcher = Sampler(lambda: reflected(worker.health()), 0.02)
+    health = KeepAlive(worker.url)
+    watcher = Sampler(lambda: reflected(health.get_json("/health")), 0.02)
     watcher.start()
     probes: list[Probe] = asyncio.run(
         produce_steady(job.brokers, job.topic, len(job.ends), rate, probe_s, expected))

@@ -23,6 +23,7 @@ from typing import Any
 
 import faust
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.consumer.fetcher import PartitionRecords
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
@@ -165,6 +166,24 @@ def shorten_fetch_wait(max_wait_ms: int) -> None:
     AIOKafkaConsumerThread._create_worker_consumer = create  # type: ignore[method-assign]
 
 
+def raw_source_records(source_topic: str) -> None:
+    """Let aiokafka hand over the source topic's records as it decoded them.
+
+    For every record aiokafka builds a ConsumerRecord (eleven fields, a headers tuple, two
+    ``len`` calls) that the counting code reads three fields of: about 1 µs of the 2 µs a
+    record costs to fetch, measured here. The decoded record (offset, timestamp, key, value,
+    headers) is passed on as it is for ``source_topic``; other topics are unchanged.
+    """
+    original = PartitionRecords._consumer_record
+
+    def consumer_record(self: PartitionRecords, tp: Any, record: Any) -> Any:
+        if tp.topic == source_topic:
+            return record
+        return original(self, tp, record)
+
+    PartitionRecords._consumer_record = consumer_record  # type: ignore[method-assign]
+
+
 class CountsTable(faust.Table):
     """Faust's tumbling-window Table, with Faust's own window expiry turned off.
 
@@ -266,7 +285,7 @@ class Processor:
                 admit(state, start, ts)
             except BadInput as exc:
                 counter.record_skip(exc.reason)
-                self.bad_log.bad_record(exc, record.topic, partition, offset)
+                self.bad_log.bad_record(exc, self.settings.topic, partition, offset)
                 continue
             offsets = pending.get(key)
             if offsets is None:
@@ -380,6 +399,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     n_partitions = partitions if partitions is not None else source_partitions(settings)
     seek_uncommitted_to_beginning(settings.topic)
     shorten_fetch_wait(FETCH_MAX_WAIT_MS)
+    raw_source_records(settings.topic)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = BucketApp(

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from time import monotonic
 from typing import Any
 
+from aiokafka.structs import ConsumerRecord
 from faust.events import Event
 from faust.streams import _current_event
 from faust.types import TP
@@ -109,8 +110,8 @@ class BatchIntake:
                         await self._seek_back()
                     continue
                 counted, others = self._count(records)
-                for done in counted:
-                    await self._send(done)
+                # every partition's changelog batch in flight at once, not one after another
+                await asyncio.gather(*(self._send(done) for done in counted))
                 for tp, other in others:
                     await self._deliver(tp, other)
                 await self._ebb()
@@ -209,8 +210,17 @@ class BatchIntake:
         return [record for record in batch if record.offset >= read]
 
     def _event_for(self, tp: TP, record: Any) -> Event:
-        """A Faust event for a record of ``tp``: Faust routes table writes by the current one."""
-        message = self.consumer._to_message(tp, record)
+        """A Faust event for a record of ``tp``: Faust routes table writes by the current one.
+
+        Source records arrive as aiokafka decoded them (see ``agent.raw_source_records``);
+        Faust's message is built from a full ConsumerRecord.
+        """
+        key, value = record.key, record.value
+        full = ConsumerRecord(
+            tp.topic, tp.partition, record.offset, record.timestamp, record.timestamp_type,
+            key, value, record.checksum, -1 if key is None else len(key),
+            -1 if value is None else len(value), tuple(record.headers))
+        message = self.consumer._to_message(tp, full)
         return Event(self.app, record.key, record.value, None, message)
 
     def _ack(self, tp: TP, offsets: list[int], previous: int | None) -> None:

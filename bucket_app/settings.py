@@ -204,7 +204,7 @@ KEYS: tuple[Key, ...] = (
     Key("HTTPEndpointSetting", "web_host", _host, "127.0.0.1", "address the web server binds"),
     Key("HTTPEndpointSetting", "web_port", _port, "5000",
         "port of the web server ($PORT overrides it too)"),
-    Key("HTTPEndpointSetting", "snapshot_interval", _seconds_duration, "1s",
+    Key("HTTPEndpointSetting", "snapshot_interval", _seconds_duration, "0.5s",
         "how often the SQLite snapshot is refreshed; bare number = seconds"),
     Key("HTTPEndpointSetting", "sql_time_limit", _seconds_duration, "2s",
         "time limit of one SQL query; bare number = seconds"),

@@ -80,7 +80,7 @@ def test_seed_example_loads_with_resolved_paths_and_defaults(tmp_path):
     assert settings.snapshot_path == tmp_path / "data" / "snapshot-memory.sqlite3"
     assert settings.web_port == 5000
     assert settings.web_host == "127.0.0.1"
-    assert settings.snapshot_interval_s == 1
+    assert settings.snapshot_interval_s == 0.5
 
 
 def test_repo_settings_ini_loads():
