@@ -96,8 +96,9 @@ class SnapshotStore:
         self.mapped = tuple(settings.msg_map.values())
         self.schema = dict(settings.sqlite_schema)
         self.parts: dict[PartKey, int] = {}
-        # (mapped values, bucket start) -> [summed count, rowid]
-        self.rows: dict[tuple[tuple[Any, ...], int], list[int]] = {}
+        # (mapped values, bucket start) -> (summed count, rowid); tuples of atoms are smaller
+        # than lists and the cycle collector does not track them (a million rows here)
+        self.rows: dict[tuple[tuple[Any, ...], int], tuple[int, int]] = {}
         self.generation = 0
         self._conn: sqlite3.Connection | None = None
 
@@ -185,14 +186,15 @@ class SnapshotStore:
                              count=delta)
             by_column[RST_COLUMN] = generation
             cursor = conn.execute(self._insert, [by_column.get(c) for c in self._order])
-            self.rows[row_key] = [delta, int(cursor.lastrowid or 0)]
+            self.rows[row_key] = (delta, int(cursor.lastrowid or 0))
             return
-        entry[0] += delta
-        if entry[0] <= 0:
-            conn.execute(self._delete, (entry[1],))
+        count, rowid = entry[0] + delta, entry[1]
+        if count <= 0:
+            conn.execute(self._delete, (rowid,))
             del self.rows[row_key]
         else:
-            conn.execute(self._update, (entry[0], generation, entry[1]))
+            conn.execute(self._update, (count, generation, rowid))
+            self.rows[row_key] = (count, rowid)
 
 
 @dataclass

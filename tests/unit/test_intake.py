@@ -147,3 +147,34 @@ def test_table_batch_writes_the_bytes_faust_writes(settings):
                              (records[1][0], None)]
     assert db.get(records[1][0]) is None
     assert records[1][0] not in store._key_index
+
+
+def test_rocksdb_holds_only_buckets_within_retention(tmp_path):
+    """Three hours of one-minute buckets through the worker's write path into real RocksDB:
+    the sweep's deletes keep the partition's database to about clean_interval of buckets."""
+    ini = replace_line(SEED_INI, "clean_interval", "10m")
+    ini = replace_line(ini, "bucket_interval", "60")
+    ini = ini.replace("[HTTPEndpointSetting]\n",
+                      f"[HTTPEndpointSetting]\ndata_dir = {tmp_path}/data\n")
+    settings = load(write_config(tmp_path, ini), {})
+    app = create_app(settings, partitions=4)
+    processor = app.processor
+    start = int(time.time()) // 60 * 60 - 3 * 3600
+    offset = 0
+    for minute in range(180):
+        records = []
+        for server in ("a", "b", "c"):
+            value = json.dumps({"origin_server": server, "topic": "t",
+                                "timestamp": start + minute * 60 + 5}).encode()
+            records.append(record(1, offset, value))
+            offset += 1
+        processor.counter.partition(1).last_sweep_mono = float("-inf")  # sweep every batch
+        changes = processor.count_and_write(1, records)
+        assert changes  # the changelog gets the writes and the tombstones
+    db = processor.counts.data._db_for_partition(1)
+    keys = [k for k in db.keys() if not k.startswith(b"__")]  # Faust's own offset key aside
+    rows = [json.loads(k) for k in keys if b"__progress__" not in k]
+    buckets = {row[1][0] for row in rows}
+    assert len(buckets) <= 12  # 10 minutes of retention plus the bucket at each edge
+    assert len(rows) == 3 * len(buckets)
+    assert len(processor.counts.data._key_index) <= len(keys)
