@@ -8,13 +8,13 @@ source topic to a callback as one list; records of any other topic take Faust's 
 message at a time, unchanged. Faust's consumer group, assignment, pause/resume during table
 recovery, offset commits, tables, changelog and web stay as they are.
 
-Rebalance safety: Faust changes the generation and stops the flow on the event loop, and this
-loop checks both after each fetch and then counts the whole fetch without yielding to the loop.
-A fetch that straddles a rebalance (records fetched for the old generation, or while the flow
-is stopped) is dropped uncounted and unacknowledged; Faust seeks every partition back to its
-committed offset when the flow resumes, so those records come again, to whichever replica then
-owns their partition. Only partitions that are assigned and not paused at that moment are
-counted, so a replica never writes the changelog of a partition another replica may own.
+Rebalance safety: Faust stops the flow and changes the generation on the event loop. This loop
+drops a fetch that returns while the flow is stopped (unacknowledged; Faust seeks back to the
+committed offsets), and counts the source records of any other fetch without yielding to the
+loop, only for partitions that are assigned and not paused at that moment, so a replica never
+writes the changelog of a partition another replica may own. Records of other topics (the
+changelog, for table recovery) are delivered one by one as in Faust's ``getmany``, stopping as
+soon as the flow stops or the generation changes.
 
 The callback counts a batch synchronously (RocksDB written) and returns the batch's changelog
 records; the intake sends them as whole Kafka batches and acknowledges the batch's offsets only
@@ -99,21 +99,22 @@ class BatchIntake:
             while not (consumer_stopped() or fetcher_stopped()):
                 await asyncio.sleep(max(0.0, last_fetch + MIN_FETCH_INTERVAL_S - monotonic()))
                 last_fetch = monotonic()
-                generation = self.app.consumer_generation_id
                 records, _ = await consumer._wait_next_records(1.0)
+                # As in Faust's getmany: the generation is the one the fetch returned in.
+                generation = self.app.consumer_generation_id
                 if not records or consumer.should_stop:
                     continue
-                if not consumer.flow_active or self.app.consumer_generation_id != generation:
-                    # Fetched across a rebalance: Faust seeks back to the committed offsets.
+                if not consumer.flow_active:
+                    # Returned during a rebalance: Faust seeks back to the committed offsets.
                     self.dropped += sum(len(batch) for batch in records.values())
-                    if not consumer.flow_active:
-                        await self._seek_back()
+                    await self._seek_back()
                     continue
                 counted, others = self._count(records)
                 # every partition's changelog batch in flight at once, not one after another
                 await asyncio.gather(*(self._send(done) for done in counted))
                 for tp, other in others:
-                    await self._deliver(tp, other)
+                    if not await self._deliver(tp, other, generation):
+                        break
                 await self._ebb()
                 commit_every = consumer._commit_every
                 if commit_every is not None and consumer._n_acked >= commit_every:
@@ -254,20 +255,30 @@ class BatchIntake:
         index.update(offsets)
         consumer._n_acked += len(offsets)
 
-    async def _deliver(self, tp: TP, batch: list[Any]) -> None:
-        """Faust's own per-message path, for records of topics other than the source."""
+    async def _deliver(self, tp: TP, batch: list[Any], generation: int) -> bool:
+        """Faust's own per-message path, for records of topics other than the source.
+
+        Like Faust's ``getmany``, it stops (returning False) as soon as the flow stops or the
+        generation changes: a changelog record fetched for a standby before a rebalance and
+        handed to table recovery after it would overwrite the newer value that recovery just
+        restored (seen here: counts lost in the scaling test after this path had no check).
+        """
         consumer = self.consumer
+        app = self.app
         for record in batch:
+            if not consumer.flow_active or app.consumer_generation_id != generation:
+                return False
             offset = record.offset
             read = consumer._read_offset[tp]
             if read is None or offset >= read:
-                if read and offset - read > 1 and self.app.topics.acks_enabled_for(tp.topic):
+                if read and offset - read > 1 and app.topics.acks_enabled_for(tp.topic):
                     await consumer._add_gap(tp, read + 1, offset)
                 await consumer.wait_first(
                     consumer.callback(consumer._to_message(tp, record)),
                     consumer.suspend_flow.wait(),
                 )
                 consumer._read_offset[tp] = offset
+        return True
 
     async def _seek_back(self) -> None:
         try:
