@@ -28,6 +28,7 @@ class BucketWorker:
     topic: str
     app_id: str
     partitions: int
+    bucket_type: str = "epoch"
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
 
@@ -50,7 +51,7 @@ app_id = {self.app_id}
 [MsgSettings]
 bucket_interval = {BUCKET_S}
 bucket_field = timestamp
-bucket_type = epoch
+bucket_type = {self.bucket_type}
 msg_map_schema = msg_map_schema.json
 
 [HTTPEndpointSetting]

@@ -16,6 +16,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +63,17 @@ async def create_topic(brokers: str, name: str, partitions: int) -> None:
         await admin.close()
 
 
-def message(i: int, rng: random.Random, base: int, n: int) -> tuple[bytes, bytes, Key]:
-    """Message ``i`` of ``n``: (Kafka key, JSON value, counting key). Event time rises with i."""
+def message(i: int, rng: random.Random, base: int, n: int,
+            iso: bool = False) -> tuple[bytes, bytes, Key]:
+    """Message ``i`` of ``n``: (Kafka key, JSON value, counting key). Event time rises with i;
+    ``iso`` writes it as an ISO-8601 string (every fourth with a +02:00 offset), else epoch s."""
     server, topic = f"s-{rng.randrange(SERVERS)}", f"t-{rng.randrange(TOPICS)}"
     ts = base + i * SPAN_S // n
-    value = json.dumps({"origin_server": server, "topic": topic, "timestamp": ts, "i": i})
+    when: int | str = ts
+    if iso:
+        zone = timezone(timedelta(hours=2)) if i % 4 == 0 else UTC
+        when = datetime.fromtimestamp(ts, zone).isoformat()
+    value = json.dumps({"origin_server": server, "topic": topic, "timestamp": when, "i": i})
     return f"{server}|{topic}".encode(), value.encode(), (server, topic, ts - ts % BUCKET_S)
 
 
@@ -85,7 +92,8 @@ async def produce_all(brokers: str, topic: str,
         await producer.stop()
 
 
-async def preload(brokers: str, topic: str, n: int, seed: int = 4) -> dict[Key, int]:
+async def preload(brokers: str, topic: str, n: int, seed: int = 4,
+                  iso: bool = False) -> dict[Key, int]:
     """Produce ``n`` messages (keyed, idempotent, acks=all); return the expected counts."""
     rng = random.Random(seed)
     base = (int(time.time()) - 2 * SPAN_S) // BUCKET_S * BUCKET_S
@@ -93,7 +101,7 @@ async def preload(brokers: str, topic: str, n: int, seed: int = 4) -> dict[Key, 
 
     def messages() -> Iterator[tuple[bytes, bytes, int | None]]:
         for i in range(n):
-            key, value, count_key = message(i, rng, base, n)
+            key, value, count_key = message(i, rng, base, n, iso)
             expected[count_key] = expected.get(count_key, 0) + 1
             yield key, value, (base + i * SPAN_S // n) * 1000
 

@@ -149,11 +149,13 @@ def reflected(health: dict[str, Any] | None) -> dict[int, int]:
 
 
 def bucket_app(job: Job, workers: int, expected: dict[Key, int], load: float,
-               probe_s: float, sql_from: int, sql_pause: float) -> Result:
-    name = f"bucket_app x{workers}"
+               probe_s: float, sql_from: int, sql_pause: float,
+               bucket_type: str = "epoch") -> Result:
+    name = f"bucket_app x{workers}" + (f" {bucket_type}" if bucket_type != "epoch" else "")
     app_id = f"bench-app-{uuid.uuid4().hex[:8]}"
-    procs = [BucketWorker(job.workdir / f"bucket_app-{workers}-{i}", job.brokers, job.topic,
-                          app_id, len(job.ends)).start() for i in range(workers)]
+    procs = [BucketWorker(job.workdir / f"bucket_app-{bucket_type}-{workers}-{i}", job.brokers,
+                          job.topic, app_id, len(job.ends), bucket_type).start()
+             for i in range(workers)]
     try:
         return _measure_bucket_app(name, procs, job, expected, load, probe_s, sql_from,
                                   sql_pause)

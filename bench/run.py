@@ -33,7 +33,7 @@ from bench.common import (
 from bench.contenders import SQL_CONTENDER, Job, Result
 
 LOCAL_PORT = 9492
-ALL = ["bare", "quix", "faust-naive", "bucket_app-1", "bucket_app-2", "sql"]
+ALL = ["bare", "quix", "faust-naive", "bucket_app-1", "bucket_app-2", "bucket_app-iso", "sql"]
 
 
 def main() -> None:
@@ -49,6 +49,8 @@ def main() -> None:
                         help="latency phase: seconds of steady production")
     parser.add_argument("--sql-pause", type=float, default=0.2,
                         help="seconds between SQL queries during bucket_app's ingestion")
+    parser.add_argument("--iso-messages", type=int, default=300_000,
+                        help="bucket_app-iso: messages in its own topic with ISO-8601 times")
     parser.add_argument("--sql-rows", type=int, default=1_000_000,
                         help="sql: rows in the snapshot the SQL latency is measured over")
     parser.add_argument("--sql-backlog", type=int, default=300_000,
@@ -96,6 +98,18 @@ def run(args: argparse.Namespace, brokers: str, chosen: list[str]) -> list[Resul
     }
     results = []
     for name in chosen:
+        if name == "bucket_app-iso":
+            iso_topic = f"{topic}-iso"
+            asyncio.run(create_topic(brokers, iso_topic, args.partitions))
+            iso_expected = asyncio.run(preload(brokers, iso_topic, args.iso_messages, iso=True))
+            ends = asyncio.run(end_offsets(brokers, iso_topic, args.partitions))
+            job = Job(brokers, iso_topic, ends, workdir, args.timeout)
+            print(f"running {name} on {job.messages} messages with ISO times ...", flush=True)
+            result = contenders.bucket_app(job, 1, iso_expected, args.load, 0, sql_from,
+                                           args.sql_pause, bucket_type="iso")
+            print(f"  {name}: {fmt(result.rate, '.0f')} msg/s  {result.note}", flush=True)
+            results.append(result)
+            continue
         if name == "sql":
             print(f"running sql: {args.sql_rows} rows, then {args.sql_backlog} messages ...",
                   flush=True)
