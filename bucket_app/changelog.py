@@ -13,7 +13,6 @@ commit, which flushes that producer before it commits source offsets, covers the
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,8 +21,6 @@ from aiokafka import AIOKafkaProducer
 from faust.types import TP
 from faust.utils.json import on_default
 from rocksdict import WriteBatch
-
-log = logging.getLogger(__name__)
 
 ChangelogRecord = tuple[bytes, bytes | None]  # (key, value); None is a tombstone
 
@@ -93,7 +90,6 @@ class ChangelogSender:
         self.app = app
         self.store = store
         self.topic = topic
-        self.sent = 0
 
     async def send(self, partition: int, records: Sequence[ChangelogRecord]) -> list[Any]:
         """Hand ``records`` to the producer; return the futures of their Kafka batches.
@@ -115,7 +111,6 @@ class ChangelogSender:
             count += 1
         if count:
             futures.append(await self._send(producer, batch, partition, count))
-        self.sent += len(records)
         return futures
 
     async def _send(self, producer: AIOKafkaProducer, batch: Any, partition: int,

@@ -111,15 +111,10 @@ class Classifier:
         start = int(ts // interval) * interval
         return ((partition, *values), (float(start), start + self._window_len_s)), start, float(ts)
 
-    def locate(
-        self, value: bytes | None, partition: int, record_ts_s: float | None, now_s: float,
-    ) -> tuple[WindowKey, int, float]:
-        """:meth:`classify` as a plain ``(key, bucket_start_s, event_time_s)``, for the hot loop."""
-        return self._locate(value, partition, record_ts_s, now_s)
-
     def _locate(
         self, value: bytes | None, partition: int, record_ts_s: float | None, now_s: float,
     ) -> tuple[WindowKey, int, float]:
+        """:meth:`classify` as a plain ``(key, bucket_start_s, event_time_s)``, for the hot loop."""
         msg = self._decode(value or b"")
         ts = self._time.get(msg, record_ts_s)
         if ts > now_s + self._max_future_skew_s:
@@ -130,6 +125,9 @@ class Classifier:
         start = bucket_start(ts, self._interval_s)
         key = ((partition, *self._fields.extract(msg)), (float(start), start + self._window_len_s))
         return key, start, ts
+
+    # The general path; an instance using the JSON/epoch path has its own ``locate``.
+    locate = _locate
 
 
 @dataclass

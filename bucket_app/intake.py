@@ -81,10 +81,6 @@ class BatchIntake:
         self.topic = topic
         self.handle = handle
         self.sender = sender
-        self.batches = 0
-        self.records = 0
-        self.dropped = 0
-        self.in_flight: set[int] = set()  # ids of sentinels not yet settled
 
     def install(self) -> None:
         """Make the consumer's Fetcher run :meth:`drain` instead of Faust's per-message loop."""
@@ -106,7 +102,6 @@ class BatchIntake:
                     continue
                 if not consumer.flow_active:
                     # Returned during a rebalance: Faust seeks back to the committed offsets.
-                    self.dropped += sum(len(batch) for batch in records.values())
                     await self._seek_back()
                     continue
                 counted, others = self._count(records)
@@ -145,7 +140,6 @@ class BatchIntake:
         counted, others = [], []
         for tp, batch in records.items():
             if tp not in active and tp not in buffered:
-                self.dropped += len(batch)
                 continue
             if tp.topic != self.topic:
                 others.append((tp, batch))
@@ -155,7 +149,6 @@ class BatchIntake:
                 continue
             event = self._event_for(tp, fresh[-1])
             consumer._unacked_messages.add(event.message)
-            self.in_flight.add(id(event.message))
             token = _current_event.set(weakref.ref(event))
             try:
                 changes = self.handle(tp.partition, fresh)
@@ -164,8 +157,6 @@ class BatchIntake:
             counted.append(Counted(tp, [r.offset for r in fresh], consumer._read_offset[tp],
                                    event.message, changes))
             consumer._read_offset[tp] = fresh[-1].offset
-            self.batches += 1
-            self.records += len(fresh)
         return counted, others
 
     async def _send(self, batch: Counted) -> None:
@@ -200,7 +191,6 @@ class BatchIntake:
         consumer = self.consumer
         batch.sentinel.acked = True
         consumer._unacked_messages.discard(batch.sentinel)
-        self.in_flight.discard(id(batch.sentinel))
         notify(consumer._waiting_for_ack)
 
     def _after_read_offset(self, tp: TP, batch: list[Any]) -> list[Any]:
