@@ -25,11 +25,18 @@ from rocksdict import WriteBatch
 ChangelogRecord = tuple[bytes, bytes | None]  # (key, value); None is a tombstone
 
 _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
+# keys per RocksDB write: about 0.7 ms each
+WRITE_CHUNK = 1000
 
 
 def _faust_json(value: Any) -> bytes:
-    """The bytes Faust's "json" serializer writes (faust.utils.json.dumps with orjson)."""
-    return orjson.dumps(value, default=on_default, option=_JSON_OPTIONS)
+    """The bytes Faust's "json" serializer writes (faust.utils.json.dumps with orjson).
+
+    Copied once: a bytes object from orjson.dumps keeps its 4 KiB write buffer (measured with
+    tracemalloc: 4,097 bytes for a 59-byte key), and a batch's records wait in memory until the
+    brokers acknowledge them; 40,000 of them held 164 MB in the 1,000,000-row SQL benchmark.
+    """
+    return bytes(memoryview(orjson.dumps(value, default=on_default, option=_JSON_OPTIONS)))
 
 
 class TableBatch:
@@ -64,21 +71,25 @@ class TableBatch:
         self.writes[self._encode_key(key)] = None
 
     def apply(self) -> list[ChangelogRecord]:
-        """Write everything to RocksDB at once; return the changelog records, in write order."""
+        """Write everything to RocksDB, WRITE_CHUNK keys a write; return the changelog records
+        in write order."""
         if not self.writes:
             return []
-        batch = WriteBatch(raw_mode=True)
         key_index = self.store._key_index
-        for raw_key, raw_value in self.writes.items():
-            if raw_value is None:
-                batch.delete(raw_key)
-                # Faust's store remembers every key it ever set and never forgets one
-                key_index.pop(raw_key, None)
-            else:
-                batch.put(raw_key, raw_value)
-                key_index[raw_key] = self.partition
-        self.db.write(batch)
         records = list(self.writes.items())
+        # rocksdict holds the GIL through a write (15 ms for 20,000 keys, which the web
+        # server's thread waited out); chunks give it the lock between them.
+        for first in range(0, len(records), WRITE_CHUNK):
+            batch = WriteBatch(raw_mode=True)
+            for raw_key, raw_value in records[first:first + WRITE_CHUNK]:
+                if raw_value is None:
+                    batch.delete(raw_key)
+                    # Faust's store remembers every key it ever set and never forgets one
+                    key_index.pop(raw_key, None)
+                else:
+                    batch.put(raw_key, raw_value)
+                    key_index[raw_key] = self.partition
+            self.db.write(batch)
         self.writes = {}
         return records
 

@@ -1,8 +1,9 @@
 """Read-only user SQL over the SQLite snapshot, guarded in layers.
 
 The snapshot module writes a WAL-mode SQLite file (and may swap it atomically); the web
-views hand user SQL to :class:`SqlSandbox` here, in a worker thread, and render the
-:class:`QueryResult` or the :class:`~bucket_app.errors.HttpError` it raises. The guards
+views hand user SQL to :class:`SqlSandbox` here, in a child process of the worker
+(:mod:`bucket_app.sqlproc`), and render the :class:`QueryResult` or the
+:class:`~bucket_app.errors.HttpError` it raises. The guards
 follow datasette: the connection is opened ``mode=ro`` with ``PRAGMA query_only``; a
 statement check gives friendly messages (one statement, starting with SELECT, WITH, VALUES
 or EXPLAIN); an authorizer enforces what the check only suggests; a progress handler
@@ -17,6 +18,7 @@ writes, dangerous functions), 503 when the snapshot file does not exist yet or i
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import sqlite3
@@ -30,6 +32,7 @@ from bucket_app.errors import HttpError
 
 __all__ = [
     "SQLITE_KEYWORDS",
+    "json_default",
     "QueryResult",
     "SqlSandbox",
     "check_statement",
@@ -140,6 +143,13 @@ class QueryResult:
     rows: list[dict[str, Any]]
     truncated: bool
     elapsed_ms: float
+
+
+def json_default(value: Any) -> Any:
+    """orjson's fallback for SQLite values JSON has no type for: BLOBs as base64 text."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode()
+    raise TypeError(f"cannot encode {type(value).__name__}")
 
 
 def quote_identifier(name: str) -> str:
@@ -295,9 +305,14 @@ class SqlSandbox:
         self.time_limit_ms = time_limit_ms
 
     def execute(
-        self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None,
+        row_limit: int | None = None,
     ) -> QueryResult:
-        """Run ``sql`` with ``params``; return at most ``row_limit`` rows or raise HttpError."""
+        """Run ``sql`` with ``params``; return at most ``row_limit`` rows or raise HttpError.
+
+        ``row_limit`` may lower the sandbox's limit for this query, never raise it.
+        """
+        limit = self.row_limit if row_limit is None else max(min(row_limit, self.row_limit), 0)
         check_statement(sql)
         query = quote_table_name(sql, self.table)
         if not os.path.exists(self.db_path):
@@ -316,17 +331,17 @@ class SqlSandbox:
             conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 1000)
             cursor = conn.execute(query, () if params is None else params)
             columns = [description[0] for description in cursor.description or ()]
-            fetched = cursor.fetchmany(self.row_limit + 1) if columns else []
+            fetched = cursor.fetchmany(limit + 1) if columns else []
         except (sqlite3.Error, sqlite3.Warning, ValueError, TypeError, OverflowError) as exc:
             timed_out = time.monotonic() > deadline
             raise self._http_error(exc, sql, denied, timed_out) from exc
         finally:
             conn.close()
         elapsed_ms = (time.perf_counter() - started) * 1000
-        truncated = len(fetched) > self.row_limit
+        truncated = len(fetched) > limit
         # Duplicate column names (SELECT 1 AS a, 2 AS a) keep the last value in the dict;
         # ``columns`` still lists both.
-        rows = [dict(zip(columns, row, strict=True)) for row in fetched[: self.row_limit]]
+        rows = [dict(zip(columns, row, strict=True)) for row in fetched[:limit]]
         return QueryResult(columns, rows, truncated, elapsed_ms)
 
     def _connect(self) -> sqlite3.Connection:

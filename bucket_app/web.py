@@ -1,11 +1,11 @@
 """Web views: the seed's routes (/a, /c, /r, /rst), the JSON API (/api/v1) and /health.
 
-Views read only the SQLite snapshot (through the read-only :mod:`bucket_app.sql` sandbox, in the
-snapshot reader's worker thread pool) and the reader's in-memory state; they never touch the
-Faust table, so they cannot trip Faust's "outside of stream iteration" checks or block the
-agent. Every error is an :class:`~bucket_app.errors.HttpError` rendered as JSON in one place
-(:func:`error_middleware`), which also turns aiohttp's own 404/405 and any unexpected exception
-into the same shape, so a client never sees an HTML page or a traceback.
+Views read only the SQLite snapshot (through the read-only :mod:`bucket_app.sql` sandbox, run
+in child processes by :mod:`bucket_app.sqlproc`) and the snapshot reader's in-memory state;
+they never touch the Faust table, so they cannot trip Faust's "outside of stream iteration"
+checks or block the agent. Every error is an :class:`~bucket_app.errors.HttpError` rendered as
+JSON in one place (:func:`error_middleware`), which also turns aiohttp's own 404/405 and any
+unexpected exception into the same shape, so a client never sees an HTML page or a traceback.
 """
 
 from __future__ import annotations
@@ -27,13 +27,15 @@ from bucket_app.buckets import parse_epoch, parse_iso
 from bucket_app.errors import BadInput, HttpError
 from bucket_app.settings import RST_COLUMN, Settings
 from bucket_app.snapshot import SnapshotReader
-from bucket_app.sql import QueryResult, SqlSandbox, quote_identifier
+from bucket_app.sql import json_default, quote_identifier
+from bucket_app.sqlproc import EncodedResult, SqlPool
 
 log = logging.getLogger(__name__)
 
 API = "/api/v1"
 JSON_TYPE = "application/json"
-SQL_THREADS = 2
+# child processes running user SQL, and as many threads waiting on them
+SQL_PROCESSES = 2
 # how often a request waiting for min_offsets looks at the snapshot reader's position
 WAIT_POLL_S = 0.02
 DEFAULT_WAIT_MS = 2_000
@@ -41,16 +43,10 @@ MAX_WAIT_MS = 30_000
 MIN_OFFSETS_HEADER = "X-Min-Offsets"
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, bytes | bytearray | memoryview):
-        return base64.b64encode(bytes(value)).decode()
-    raise TypeError(f"cannot encode {type(value).__name__}")
-
-
 def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None,
                   ) -> aioweb.Response:
     return aioweb.Response(
-        body=orjson.dumps(body, default=_json_default), status=status,
+        body=orjson.dumps(body, default=json_default), status=status,
         content_type=JSON_TYPE, headers=headers,
     )
 
@@ -153,15 +149,15 @@ class Service:
         self.settings = settings
         self.reader = reader
         self.processor = processor
-        self.pool = ThreadPoolExecutor(SQL_THREADS, thread_name_prefix="bucket_app-sql")
-        self.sandbox = SqlSandbox(
-            str(settings.snapshot_path), settings.sqlite_table,
+        self.threads = ThreadPoolExecutor(SQL_PROCESSES, thread_name_prefix="bucket_app-sql")
+        self.sql = SqlPool(
+            SQL_PROCESSES, str(settings.snapshot_path), settings.sqlite_table,
             row_limit=settings.sql_row_limit,
             time_limit_ms=int(settings.sql_time_limit_s * 1000),
         )
 
     async def query(self, request: Any, sql: str, params: Any = None, *,
-                    query_params: bool = True) -> QueryResult:
+                    query_params: bool = True, row_limit: int | None = None) -> EncodedResult:
         """Run ``sql`` once the snapshot is ready and as fresh as the request asks.
 
         A request may name a position (``min_offsets`` query parameter, or the X-Min-Offsets
@@ -187,7 +183,7 @@ class Service:
             # The web server runs in its own thread and event loop: poll the reader's state.
             await asyncio.sleep(min(WAIT_POLL_S, remaining))
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, self.sandbox.execute, sql, params)
+        return await loop.run_in_executor(self.threads, self.sql.execute, sql, params, row_limit)
 
     def status(self) -> dict[str, Any]:
         state = self.reader.state
@@ -216,7 +212,7 @@ class Service:
             },
         }
 
-    def headers(self, result: QueryResult | None = None) -> dict[str, str]:
+    def headers(self, result: EncodedResult | None = None) -> dict[str, str]:
         state = self.reader.state
         headers = {
             "X-RST-ID": str(state.generation),
@@ -235,6 +231,11 @@ def register(app: faust.App, settings: Settings, reader: SnapshotReader, process
     app.web.web_app.middlewares.append(error_middleware)  # type: ignore[attr-defined]
     table = settings.sqlite_table
     all_rows_sql = f"SELECT * FROM {quote_identifier(table)}"
+
+    @app.task
+    async def start_sql_processes() -> None:
+        # Started with the worker, so the first query does not wait for a Python to start.
+        await asyncio.to_thread(service.sql.start)
 
     @app.page("/a/{table}")
     class AllRows(faust.web.View):
@@ -304,10 +305,9 @@ def register(app: faust.App, settings: Settings, reader: SnapshotReader, process
             sql = all_rows_sql + (" WHERE " + " AND ".join(where) if where else "")
             sql += " ORDER BY bucket_start, rowid LIMIT ?"
             params.append(limit + 1)
-            result = await service.query(request, sql, params)
-            truncated = result.truncated or len(result.rows) > limit
+            result = await service.query(request, sql, params, row_limit=limit)
             return json_response(
-                {"rows": result.rows[:limit], "truncated": truncated} | service.status(),
+                {"rows": result.rows, "truncated": result.truncated} | service.status(),
                 headers=service.headers(result),
             )
 

@@ -18,7 +18,7 @@ from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 
 from bucket_app.agent import Processor, create_app
-from bucket_app.changelog import TableBatch
+from bucket_app.changelog import WRITE_CHUNK, TableBatch
 from bucket_app.intake import BatchIntake
 from bucket_app.settings import load
 from bucket_app.snapshot import PROGRESS_KEY
@@ -147,6 +147,26 @@ def test_table_batch_writes_the_bytes_faust_writes(settings):
                              (records[1][0], None)]
     assert db.get(records[1][0]) is None
     assert records[1][0] not in store._key_index
+
+
+def test_table_batch_larger_than_a_write_chunk_lands_whole(settings):
+    app = create_app(settings, partitions=4)
+    store = app.processor.counts.data
+    db = store._db_for_partition(1)
+    n = 2 * WRITE_CHUNK + 7
+    keys = [((1, f"s-{i}", "t"), (1000.0, 1019.9)) for i in range(n)]
+    batch = TableBatch(store, 1)
+    for i, key in enumerate(keys):
+        batch[key] = [i + 1, i]
+    del batch[keys[WRITE_CHUNK]]  # a tombstone in the second chunk
+    records = batch.apply()
+    assert len(records) == n
+    for i, key in enumerate(keys):
+        raw = db.get(store._encode_key(key))
+        if i == WRITE_CHUNK:
+            assert raw is None
+        else:
+            assert store._decode_value(raw) == [i + 1, i]
 
 
 def test_rocksdb_holds_only_buckets_within_retention(tmp_path):

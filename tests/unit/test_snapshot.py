@@ -1,0 +1,98 @@
+"""SnapshotStore against an independent model: per-partition counts summed into SQLite rows."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bucket_app.settings import load
+from bucket_app.snapshot import PartKey, SnapshotStore
+from tests.unit.test_settings import SEED_INI, write_config
+
+SERVERS = ["s-1", "s-2", "ünï", None, 'q"uote']
+TOPICS = ["orders", "pay", "7"]
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    ini = SEED_INI.replace("sqlite_db = :memory:", f"sqlite_db = {tmp_path}/snap.sqlite3")
+    store = SnapshotStore(load(write_config(tmp_path, ini), {}))
+    store.create()
+    yield store
+    store.close()
+
+
+def snapshot_rows(store: SnapshotStore) -> dict[tuple[Any, ...], tuple[int, int]]:
+    """(server, topic, start, end) -> (count, RST_ID), read by a separate connection."""
+    with sqlite3.connect(f"file:{store.path}?mode=ro", uri=True) as conn:
+        rows = conn.execute('SELECT server_name, topic, bucket_start, bucket_end, count, RST_ID '
+                            'FROM "default"').fetchall()
+    answer = {tuple(row[:4]): (row[4], row[5]) for row in rows}
+    assert len(answer) == len(rows), "one row per group and bucket"
+    return answer
+
+
+def test_rows_sum_partitions_exactly_through_random_refreshes(store: SnapshotStore) -> None:
+    rng = random.Random(4)
+    parts: dict[PartKey, int] = {}  # the model: what each partition holds now
+    last_change: dict[tuple[Any, ...], int] = {}
+    generation = 0
+    for _ in range(60):
+        changes: dict[PartKey, int | None] = {}
+        for _ in range(rng.choice([0, 1, 5, 40, 200])):
+            key = (rng.randrange(4), (rng.choice(SERVERS), rng.choice(TOPICS)),
+                   rng.randrange(5) * 20)
+            changes[key] = rng.choice([None, None, rng.randrange(1, 50), rng.randrange(1, 5000)])
+        before = _expected(parts)
+        for key, new in changes.items():
+            if new:
+                parts[key] = new
+            else:
+                parts.pop(key, None)
+        after = _expected(parts)
+        changed = {row for row in before.keys() | after.keys() if before.get(row) != after.get(row)}
+        applied = store.apply(changes)
+        if changed:
+            generation += 1
+            for row in changed:
+                last_change[row] = generation
+        assert applied == generation == store.generation
+        assert snapshot_rows(store) == {row: (n, last_change[row]) for row, n in after.items()}
+
+
+def _expected(parts: dict[PartKey, int]) -> dict[tuple[Any, ...], int]:
+    rows: dict[tuple[Any, ...], int] = {}
+    for (_, (server, topic), start), n in parts.items():
+        row = (server, topic, start, start + 20)
+        rows[row] = rows.get(row, 0) + n
+    return rows
+
+
+def test_create_starts_from_nothing(store: SnapshotStore) -> None:
+    store.apply({(0, ("s-1", "orders"), 0): 3, (1, ("s-1", "orders"), 0): 4})
+    assert snapshot_rows(store) == {("s-1", "orders", 0, 20): (7, 1)}
+    store.create()
+    assert snapshot_rows(store) == {}
+    store.apply({(1, ("s-1", "orders"), 0): 2})
+    assert snapshot_rows(store) == {("s-1", "orders", 0, 20): (2, 1)}
+
+
+def test_a_refresh_that_changes_no_row_keeps_the_generation(store: SnapshotStore) -> None:
+    assert store.apply({(0, ("s-1", "orders"), 0): 3}) == 1
+    assert store.apply({(0, ("s-1", "orders"), 0): 3}) == 1
+    assert store.apply({(2, ("s-9", "orders"), 0): None}) == 1
+    assert store.apply({}) == 1
+    assert snapshot_rows(store) == {("s-1", "orders", 0, 20): (3, 1)}
+
+
+def test_the_side_file_is_not_in_the_snapshot(store: SnapshotStore) -> None:
+    store.apply({(0, ("s-1", "orders"), 0): 3})
+    with sqlite3.connect(f"file:{store.path}?mode=ro", uri=True) as conn:
+        tables = {name for (name,) in conn.execute(
+            "SELECT name FROM sqlite_schema WHERE type = 'table'")}
+    assert tables == {"default"}
+    assert store.side_path.exists()
