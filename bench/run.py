@@ -47,7 +47,7 @@ def main() -> None:
                         help="latency phase: produce at this fraction of the sustained rate")
     parser.add_argument("--probe-seconds", type=float, default=15,
                         help="latency phase: seconds of steady production")
-    parser.add_argument("--sql-pause", type=float, default=0.2,
+    parser.add_argument("--sql-pause", type=float, default=0.05,
                         help="seconds between SQL queries during bucket_app's ingestion")
     parser.add_argument("--iso-messages", type=int, default=300_000,
                         help="bucket_app-iso: messages in its own topic with ISO-8601 times")

@@ -137,6 +137,11 @@ class BatchIntake:
         consumer = self.consumer
         active = consumer._get_active_partitions()
         buffered = consumer._buffered_partitions
+        # Faust's stall detector reads this (set per event by its monitor); unset, it logs
+        # "Stream has not started processing" errors for partitions counted here.
+        monitor = consumer.app.monitor
+        inbound = monitor.stream_inbound_time if monitor is not None else {}
+        now = monotonic()
         counted, others = [], []
         for tp, batch in records.items():
             if tp not in active and tp not in buffered:
@@ -157,6 +162,7 @@ class BatchIntake:
             counted.append(Counted(tp, [r.offset for r in fresh], consumer._read_offset[tp],
                                    event.message, changes))
             consumer._read_offset[tp] = fresh[-1].offset
+            inbound[tp] = now
         return counted, others
 
     async def _send(self, batch: Counted) -> None:

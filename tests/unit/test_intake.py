@@ -120,6 +120,27 @@ def test_acknowledged_batches_commit_like_faust_acks(settings):
     assert consumer._new_offset(tp) == 27
 
 
+def test_counted_batches_tell_fausts_stall_detector_the_partition_is_processed(
+        settings, monkeypatch):
+    """Faust logs "Stream has not started processing" for a fetching partition whose stream
+    saw no event; the intake counts outside that stream, so it must say so itself."""
+    app = create_app(settings, partitions=4)
+    consumer, intake = app.consumer, app.intake
+    tp = TP(TOPIC, 1)
+    monkeypatch.setattr(consumer, "_get_active_partitions", lambda: {tp})
+    records, tally = make_records(50, 1, seed=3)
+    assert tp not in app.monitor.stream_inbound_time
+    before = time.monotonic()
+    counted, others = intake._count({tp: records})
+    assert [c.tp for c in counted] == [tp] and not others
+    assert app.monitor.stream_inbound_time[tp] >= before
+    # and the batch was counted: its changelog records hold the tally
+    keys = [json.loads(k) for k, _ in counted[0].changes]
+    written = {(PROGRESS_KEY,) if key[0] == PROGRESS_KEY else (tuple(key[0]), tuple(key[1])):
+               json.loads(v) for key, (_, v) in zip(keys, counted[0].changes, strict=True)}
+    assert table_counts(written) == tally
+
+
 def test_table_batch_writes_the_bytes_faust_writes(settings):
     app = create_app(settings, partitions=4)
     store = app.processor.counts.data
