@@ -50,10 +50,12 @@ log = logging.getLogger(__name__)
 PRODUCER_HIGH = 20_000
 PRODUCER_LOW = 5_000
 
-#: Fetch at most this often. Each fetch writes every window-key it touched once (RocksDB, the
-#: changelog, then the snapshot), so when the worker keeps up, fetching as fast as records
-#: arrive would write the same keys many times a second. Behind a backlog a fetch takes longer
-#: than this anyway. Costs at most this much latency.
+#: Fetch at most this often while keeping up. Each fetch writes every window-key it touched
+#: once (RocksDB, the changelog, then the snapshot), so fetching as fast as records arrive would
+#: write the same keys many times a second. Costs at most this much latency. Behind a backlog
+#: (a counted partition's high watermark beyond what was read) the next fetch goes out at once:
+#: with the pause there too, one worker was capped at 20,000 records per 0.2 s and spent 60% of
+#: its time asleep.
 MIN_FETCH_INTERVAL_S = 0.2
 
 #: Counts one partition's batch; returns the changelog records to send.
@@ -92,10 +94,13 @@ class BatchIntake:
         fetcher_stopped = fetcher._stopped.is_set
         try:
             last_fetch = 0.0
+            behind = False
             while not (consumer_stopped() or fetcher_stopped()):
-                await asyncio.sleep(max(0.0, last_fetch + MIN_FETCH_INTERVAL_S - monotonic()))
+                if not behind:
+                    await asyncio.sleep(max(0.0, last_fetch + MIN_FETCH_INTERVAL_S - monotonic()))
                 last_fetch = monotonic()
                 records, _ = await consumer._wait_next_records(1.0)
+                behind = False
                 # As in Faust's getmany: the generation is the one the fetch returned in.
                 generation = self.app.consumer_generation_id
                 if not records or consumer.should_stop:
@@ -105,6 +110,7 @@ class BatchIntake:
                     await self._seek_back()
                     continue
                 counted, others = self._count(records)
+                behind = any(self._behind(done.tp) for done in counted)
                 # every partition's changelog batch in flight at once, not one after another
                 await asyncio.gather(*(self._send(done) for done in counted))
                 for tp, other in others:
@@ -164,6 +170,12 @@ class BatchIntake:
             consumer._read_offset[tp] = fresh[-1].offset
             inbound[tp] = now
         return counted, others
+
+    def _behind(self, tp: TP) -> bool:
+        """More of ``tp`` is on the broker than this consumer has read."""
+        high = self.consumer.highwater(tp)
+        read = self.consumer._read_offset.get(tp)
+        return high is not None and read is not None and read + 1 < high
 
     async def _send(self, batch: Counted) -> None:
         """Send a counted batch's changelog records; acknowledge its offsets once they are in."""
