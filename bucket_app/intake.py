@@ -53,9 +53,10 @@ PRODUCER_LOW = 5_000
 #: Fetch at most this often while keeping up. Each fetch writes every window-key it touched
 #: once (RocksDB, the changelog, then the snapshot), so fetching as fast as records arrive would
 #: write the same keys many times a second. Costs at most this much latency. Behind a backlog
-#: (a counted partition's high watermark beyond what was read) the next fetch goes out at once:
-#: with the pause there too, one worker was capped at 20,000 records per 0.2 s and spent 60% of
-#: its time asleep.
+#: of a full fetch (``broker_max_poll_records`` records beyond what was read, over the partitions
+#: just counted) the next fetch goes out at once: with the pause there too, one worker was capped
+#: at 20,000 records per 0.2 s and spent 60% of its time asleep. A smaller backlog waits for the
+#: pause, so that a steady stream is still counted in batches of 0.2 s.
 MIN_FETCH_INTERVAL_S = 0.2
 
 #: Counts one partition's batch; returns the changelog records to send.
@@ -95,6 +96,8 @@ class BatchIntake:
         try:
             last_fetch = 0.0
             behind = False
+            # a backlog of this many records is fetched without pausing (no limit: never)
+            full = self.app.conf.broker_max_poll_records or float("inf")
             while not (consumer_stopped() or fetcher_stopped()):
                 if not behind:
                     await asyncio.sleep(max(0.0, last_fetch + MIN_FETCH_INTERVAL_S - monotonic()))
@@ -110,7 +113,7 @@ class BatchIntake:
                     await self._seek_back()
                     continue
                 counted, others = self._count(records)
-                behind = any(self._behind(done.tp) for done in counted)
+                behind = sum(self._lag(done.tp) for done in counted) >= full
                 # every partition's changelog batch in flight at once, not one after another
                 await asyncio.gather(*(self._send(done) for done in counted))
                 for tp, other in others:
@@ -171,11 +174,11 @@ class BatchIntake:
             inbound[tp] = now
         return counted, others
 
-    def _behind(self, tp: TP) -> bool:
-        """More of ``tp`` is on the broker than this consumer has read."""
+    def _lag(self, tp: TP) -> int:
+        """Records of ``tp`` on the broker (as of the last fetch) not read yet."""
         high = self.consumer.highwater(tp)
         read = self.consumer._read_offset.get(tp)
-        return high is not None and read is not None and read + 1 < high
+        return 0 if high is None or read is None else max(high - read - 1, 0)
 
     async def _send(self, batch: Counted) -> None:
         """Send a counted batch's changelog records; acknowledge its offsets once they are in."""
