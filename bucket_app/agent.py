@@ -493,8 +493,11 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     @app.task
     async def quiet_logging() -> None:
         quiet_debug_logging()
+
+    @app.task
+    async def freeze_start_up_objects() -> None:
         # What exists once the worker has started lives as long as it does: keep it out of
-        # every full collection.
+        # every full collection (see GC_YOUNG_THRESHOLD).
         gc.freeze()
 
     reader = snapshot.SnapshotReader(settings, n_partitions)

@@ -4,11 +4,11 @@ Faust writes a table key with one RocksDB put and one changelog message, each me
 through Faust's producer buffer, its sensors and a separate ``producer.send`` before a callback
 records the changelog offset in RocksDB (about 60 µs a key here). :class:`TableBatch` collects
 the reads and writes the counting code makes for one partition's batch; :meth:`TableBatch.apply`
-writes them to the partition's RocksDB database in one ``WriteBatch`` and returns the changelog
-records, which :class:`ChangelogSender` appends to one aiokafka batch per changelog partition on
-Faust's own producer. The bytes are Faust's (the store's key and value encoders), so Faust's
-recovery, standbys and the snapshot reader read them as if Faust had written them, and Faust's
-commit, which flushes that producer before it commits source offsets, covers them.
+writes them to the partition's RocksDB database in ``WriteBatch``es of ``WRITE_CHUNK`` keys and
+returns the changelog records, which :class:`ChangelogSender` appends to whole aiokafka batches
+on Faust's own producer. The bytes are Faust's (the store's key and value encoders), so Faust's
+recovery and the snapshot reader read them as if Faust had written them, and Faust's commit,
+which flushes that producer before it commits source offsets, covers them.
 """
 
 from __future__ import annotations

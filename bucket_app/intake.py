@@ -148,7 +148,7 @@ class BatchIntake:
         buffered = consumer._buffered_partitions
         # Faust's stall detector reads this (set per event by its monitor); unset, it logs
         # "Stream has not started processing" errors for partitions counted here.
-        monitor = consumer.app.monitor
+        monitor = self.app.monitor
         inbound = monitor.stream_inbound_time if monitor is not None else {}
         now = monotonic()
         counted, others = [], []

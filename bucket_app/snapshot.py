@@ -136,7 +136,9 @@ class SnapshotStore:
         conn.execute("ATTACH DATABASE ? AS side", (str(self.side_path),))
         conn.execute("PRAGMA side.journal_mode=MEMORY")
         conn.execute("PRAGMA side.synchronous=OFF")
-        # k is the row's key, JSON [mapped values, bucket start]; p a source partition.
+        # k is the row's key, JSON [mapped values, bucket start]; p a source partition. row.n
+        # repeats the row's count as an INTEGER: the main table's count column has whatever
+        # type sqlite_schema declares.
         conn.execute("CREATE TABLE side.part (k BLOB NOT NULL, p INTEGER NOT NULL, "
                      "n INTEGER NOT NULL, PRIMARY KEY (k, p)) WITHOUT ROWID")
         conn.execute("CREATE TABLE side.row (k BLOB PRIMARY KEY, id INTEGER NOT NULL, "
