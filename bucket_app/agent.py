@@ -34,6 +34,7 @@ from bucket_app.errors import BadInput, BucketAppError
 from bucket_app.intake import BatchIntake
 from bucket_app.settings import Settings
 from bucket_app.snapshot import COUNTS_TABLE, PROGRESS_KEY, changelog_topic, progress_key
+from bucket_app.snapshotproc import SnapshotProcess
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,13 @@ KAFKA_TIMEOUT_S = 30.0
 # The web server's thread waits for the GIL while the main loop counts; CPython hands it over
 # after this long (default 5 ms), and an HTTP answer needs several hand-overs.
 SWITCH_INTERVAL_S = 0.001
-# how long the broker may hold a fetch of the source topic (see shorten_fetch_wait)
-FETCH_MAX_WAIT_MS = 100
+# The broker answers a fetch once it has FETCH_MIN_BYTES for it, or after FETCH_MAX_WAIT_MS
+# (see batch_fetches): a steady stream is counted in batches of up to 0.2 s, a backlog in full
+# fetches at once.
+FETCH_MAX_WAIT_MS = 200
+FETCH_MIN_BYTES = 1024 * 1024
+# the most one fetch returns, all partitions together: the most one batch counts
+FETCH_MAX_BYTES = 4 * 1024 * 1024
 # how often /health's view of this worker's partitions is refreshed
 ASSIGNMENT_REFRESH_S = 0.25
 # Allocations between young garbage collections (CPython's default is 700). A batch makes
@@ -161,20 +167,33 @@ def seek_uncommitted_to_beginning(source_topic: str) -> None:
     AIOKafkaConsumerThread.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
 
 
-def shorten_fetch_wait(max_wait_ms: int) -> None:
-    """Make the worker's consumer ask the broker to answer a fetch within ``max_wait_ms``.
+def batch_fetches(min_bytes: int, max_wait_ms: int, max_bytes: int) -> None:
+    """Make the broker batch the worker's fetches: answer once ``min_bytes`` are there for the
+    fetch, or after ``max_wait_ms``, with at most ``max_bytes``.
 
-    Faust builds it with ``fetch_max_wait_ms=1500`` (a literal, not a setting), and measured
-    here the broker then answered the source fetches about every 1.5 s even while records kept
-    arriving: at 7,000 msg/s the counts became visible 1.5 s (p50) after they were produced
-    instead of 0.8 s, in bursts of 11,000 records. Idle, a shorter wait costs a few empty
-    fetches a second.
+    Each counted batch writes every window-key it touched once (RocksDB, the changelog, then
+    the snapshot), so counting whatever arrived every few milliseconds would write the same
+    keys many times a second. The broker's fetch wait batches without a pause in the worker:
+    aiokafka has the next fetch in flight while a batch is counted, and a backlog is answered
+    at once. A pause in the worker instead (0.2 s between fetches, skipped behind a backlog of
+    a full fetch) capped a steady stream at about 100,000 msg/s, 20,000 records per pause:
+    at 120,000 msg/s the counts fell behind by 3.5 s in 20 s, with the worker at 85% of a core.
+
+    Each fetch is counted whole (``broker_max_poll_records`` is unset): records left unread
+    keep aiokafka from fetching any partition of their broker for up to 0.1 s, and with
+    20,000 records a batch the worker waited for fetches 25% of the time. ``max_bytes``
+    bounds a batch instead.
+
+    Faust builds the consumer with ``fetch_max_wait_ms=1500`` (a literal, not a setting) and
+    aiokafka's ``fetch_min_bytes=1`` and ``fetch_max_bytes`` of 50 MiB.
     """
     original = AIOKafkaConsumerThread._create_worker_consumer
 
     def create(self: AIOKafkaConsumerThread, transport: Any) -> Any:
         consumer = original(self, transport)
+        consumer._fetch_min_bytes = min_bytes
         consumer._fetch_max_wait_ms = max_wait_ms
+        consumer._fetch_max_bytes = max_bytes
         return consumer
 
     AIOKafkaConsumerThread._create_worker_consumer = create  # type: ignore[method-assign]
@@ -412,7 +431,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
 
     n_partitions = partitions if partitions is not None else source_partitions(settings)
     seek_uncommitted_to_beginning(settings.topic)
-    shorten_fetch_wait(FETCH_MAX_WAIT_MS)
+    batch_fetches(FETCH_MIN_BYTES, FETCH_MAX_WAIT_MS, FETCH_MAX_BYTES)
     raw_source_records(settings.topic)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
@@ -444,8 +463,8 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         # HTTP answers from its own thread and event loop, so a query does not wait behind
         # counting batches on the main loop (it only shares the GIL; see SWITCH_INTERVAL_S).
         web_in_thread=True,
-        # Bigger fetches make bigger batches: fewer table writes per record when behind.
-        broker_max_poll_records=20_000,
+        # Each fetch is counted whole (see batch_fetches).
+        broker_max_poll_records=None,
         # Commit on the commit_interval timer (2.8 s) only: a commit flushes the changelog
         # producer and, when triggered by the ack count, stalls the fetch loop while it does.
         broker_commit_every=1_000_000,
@@ -500,11 +519,12 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         # every full collection (see GC_YOUNG_THRESHOLD).
         gc.freeze()
 
-    reader = snapshot.SnapshotReader(settings, n_partitions)
+    reader = snapshot.SnapshotReader(
+        settings, n_partitions, SnapshotProcess(snapshot.store_config(settings)))
 
     @app.task
     async def run_snapshot() -> None:
-        await reader.run()
+        await reader.run_in_thread()
 
     web.register(app, settings, reader, processor)
     app.bucket_processor = processor  # type: ignore[attr-defined]

@@ -50,15 +50,6 @@ log = logging.getLogger(__name__)
 PRODUCER_HIGH = 20_000
 PRODUCER_LOW = 5_000
 
-#: Fetch at most this often while keeping up. Each fetch writes every window-key it touched
-#: once (RocksDB, the changelog, then the snapshot), so fetching as fast as records arrive would
-#: write the same keys many times a second. Costs at most this much latency. Behind a backlog
-#: of a full fetch (``broker_max_poll_records`` records beyond what was read, over the partitions
-#: just counted) the next fetch goes out at once: with the pause there too, one worker was capped
-#: at 20,000 records per 0.2 s and spent 60% of its time asleep. A smaller backlog waits for the
-#: pause, so that a steady stream is still counted in batches of 0.2 s.
-MIN_FETCH_INTERVAL_S = 0.2
-
 #: Counts one partition's batch; returns the changelog records to send.
 BatchHandler = Callable[[int, Sequence[Any]], list[ChangelogRecord]]
 
@@ -94,16 +85,9 @@ class BatchIntake:
         consumer_stopped = consumer._stopped.is_set
         fetcher_stopped = fetcher._stopped.is_set
         try:
-            last_fetch = 0.0
-            behind = False
-            # a backlog of this many records is fetched without pausing (no limit: never)
-            full = self.app.conf.broker_max_poll_records or float("inf")
+            # The broker batches the fetches (agent.batch_fetches): no pause here.
             while not (consumer_stopped() or fetcher_stopped()):
-                if not behind:
-                    await asyncio.sleep(max(0.0, last_fetch + MIN_FETCH_INTERVAL_S - monotonic()))
-                last_fetch = monotonic()
                 records, _ = await consumer._wait_next_records(1.0)
-                behind = False
                 # As in Faust's getmany: the generation is the one the fetch returned in.
                 generation = self.app.consumer_generation_id
                 if not records or consumer.should_stop:
@@ -113,7 +97,6 @@ class BatchIntake:
                     await self._seek_back()
                     continue
                 counted, others = self._count(records)
-                behind = sum(self._lag(done.tp) for done in counted) >= full
                 # every partition's changelog batch in flight at once, not one after another
                 await asyncio.gather(*(self._send(done) for done in counted))
                 for tp, other in others:
@@ -173,12 +156,6 @@ class BatchIntake:
             consumer._read_offset[tp] = fresh[-1].offset
             inbound[tp] = now
         return counted, others
-
-    def _lag(self, tp: TP) -> int:
-        """Records of ``tp`` on the broker (as of the last fetch) not read yet."""
-        high = self.consumer.highwater(tp)
-        read = self.consumer._read_offset.get(tp)
-        return 0 if high is None or read is None else max(high - read - 1, 0)
 
     async def _send(self, batch: Counted) -> None:
         """Send a counted batch's changelog records; acknowledge its offsets once they are in."""

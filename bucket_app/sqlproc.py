@@ -54,13 +54,13 @@ class ChildGone(Exception):
     """The child closed its pipe: it crashed, or was killed as hung."""
 
 
-def _write_frame(stream: IO[bytes], payload: bytes) -> None:
+def write_frame(stream: IO[bytes], payload: bytes) -> None:
     stream.write(_LENGTH.pack(len(payload)))
     stream.write(payload)
     stream.flush()
 
 
-def _read_frame(stream: IO[bytes]) -> bytes | None:
+def read_frame(stream: IO[bytes]) -> bytes | None:
     header = stream.read(_LENGTH.size)
     if len(header) < _LENGTH.size:
         return None
@@ -71,16 +71,18 @@ def _read_frame(stream: IO[bytes]) -> bytes | None:
     return payload
 
 
-class SqlChild:
-    """One child process and its two pipes; used by one thread at a time."""
+class ChildProcess:
+    """One child process (``python -m module config``) and its two pipes; used by one thread
+    at a time."""
 
-    def __init__(self, config: Mapping[str, Any]) -> None:
+    def __init__(self, module: str, config: Mapping[str, Any]) -> None:
+        self.module = module
         self.config = dict(config)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.proc = subprocess.Popen(  # noqa: S603 - our own module, with our settings
-            [sys.executable, "-m", "bucket_app.sqlproc", orjson.dumps(self.config).decode()],
+            [sys.executable, "-m", self.module, orjson.dumps(self.config).decode()],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
         )
 
@@ -96,8 +98,8 @@ class SqlChild:
                 with contextlib.suppress(OSError):
                     stream.close()
 
-    def call(self, request: bytes, timeout_s: float) -> tuple[bytes, bytes]:
-        """Send one request; return (meta, rows) frames, or raise ChildGone."""
+    def call(self, request: bytes, timeout_s: float, replies: int = 2) -> list[bytes]:
+        """Send one request; return its ``replies`` answer frames, or raise ChildGone."""
         if self.proc is None or self.proc.poll() is not None:
             self.stop()
             self.start()
@@ -107,17 +109,18 @@ class SqlChild:
         watchdog = threading.Timer(timeout_s, proc.kill)
         watchdog.daemon = True
         watchdog.start()
+        answers: list[bytes] = []
         try:
-            _write_frame(proc.stdin, request)
-            meta = _read_frame(proc.stdout)
-            rows = _read_frame(proc.stdout) if meta is not None else None
+            write_frame(proc.stdin, request)
+            while len(answers) < replies and (frame := read_frame(proc.stdout)) is not None:
+                answers.append(frame)
         except OSError as exc:
             raise ChildGone(str(exc)) from exc
         finally:
             watchdog.cancel()
-        if meta is None or rows is None:
+        if len(answers) < replies:
             raise ChildGone(f"exit status {proc.poll()}")
-        return meta, rows
+        return answers
 
 
 class SqlPool:
@@ -130,8 +133,8 @@ class SqlPool:
         self.config = {"db_path": db_path, "table": table, "row_limit": row_limit,
                        "time_limit_ms": time_limit_ms}
         self.timeout_s = time_limit_ms / 1000 + HANG_GRACE_S
-        self._idle: queue.SimpleQueue[SqlChild] = queue.SimpleQueue()
-        self._children = [SqlChild(self.config) for _ in range(size)]
+        self._idle: queue.SimpleQueue[ChildProcess] = queue.SimpleQueue()
+        self._children = [ChildProcess("bucket_app.sqlproc", self.config) for _ in range(size)]
         for child in self._children:
             self._idle.put(child)
 
@@ -169,21 +172,21 @@ class SqlPool:
 
 def serve(sandbox: SqlSandbox, requests: IO[bytes], answers: IO[bytes]) -> None:
     """The child's loop: one request frame in, a meta frame and a rows frame out, until EOF."""
-    while (frame := _read_frame(requests)) is not None:
+    while (frame := read_frame(requests)) is not None:
         request = orjson.loads(frame)
         try:
             result = sandbox.execute(request["sql"], request["params"],
                                      row_limit=request["row_limit"])
         except HttpError as exc:
             error = {"status": exc.status, "message": exc.message, "context": exc.context}
-            _write_frame(answers, orjson.dumps({"error": error}, default=json_default))
-            _write_frame(answers, b"[]")
+            write_frame(answers, orjson.dumps({"error": error}, default=json_default))
+            write_frame(answers, b"[]")
             continue
         rows = orjson.dumps(result.rows, default=json_default)
         meta = {"columns": result.columns, "row_count": len(result.rows),
                 "truncated": result.truncated, "elapsed_ms": result.elapsed_ms}
-        _write_frame(answers, orjson.dumps(meta))
-        _write_frame(answers, rows)
+        write_frame(answers, orjson.dumps(meta))
+        write_frame(answers, rows)
 
 
 def main() -> None:

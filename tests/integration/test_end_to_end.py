@@ -9,9 +9,12 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import random
+import signal
 import sqlite3
 import struct
+import subprocess
 import time
 from collections import Counter
 from urllib.parse import quote
@@ -293,3 +296,20 @@ def test_missing_source_topic_is_created_with_the_configured_partitions(make_wor
     last = produce(topic, [Record(body.encode(), p) for p in range(5)])
     worker.wait_caught_up(last)
     assert [r["count"] for r in worker.get("/a/default").json()] == [5]
+
+
+def test_worker_stops_with_an_error_when_its_snapshot_process_dies(make_worker):
+    """A snapshot that no longer follows the changelog is never served: the worker exits."""
+    topic = unique("snapdies")
+    create_topic(topic, 2)
+    worker = make_worker(topic, partitions=2).start()
+    body = json.dumps({"origin_server": "n", "topic": "t", "timestamp": time.time() - 100})
+    worker.wait_caught_up(produce(topic, [Record(body.encode(), p) for p in range(2)]))
+    assert worker.proc is not None
+    children = subprocess.run(["pgrep", "-P", str(worker.proc.pid), "-f", "snapshotproc"],
+                              capture_output=True, text=True, check=True).stdout.split()
+    assert len(children) == 1
+    os.kill(int(children[0]), signal.SIGKILL)
+    produce(topic, [Record(body.encode(), 0)])  # the next refresh finds the child gone
+    assert worker.proc.wait(timeout=60) != 0
+    assert "SnapshotError('the snapshot process ended" in worker.log_path.read_text()

@@ -10,17 +10,20 @@ from typing import Any
 import pytest
 
 from bucket_app.settings import load
-from bucket_app.snapshot import PartKey, SnapshotStore
+from bucket_app.snapshot import PartKey, SnapshotStore, store_config
+from bucket_app.snapshotproc import SnapshotError, SnapshotProcess
 from tests.unit.test_settings import SEED_INI, write_config
 
 SERVERS = ["s-1", "s-2", "ünï", None, 'q"uote']
 TOPICS = ["orders", "pay", "7"]
 
 
-@pytest.fixture
-def store(tmp_path: Path):
+@pytest.fixture(params=["in-process", "child-process"])
+def store(tmp_path: Path, request: pytest.FixtureRequest):
+    """The store, and the worker's child process running it: both answer every test."""
     ini = SEED_INI.replace("sqlite_db = :memory:", f"sqlite_db = {tmp_path}/snap.sqlite3")
-    store = SnapshotStore(load(write_config(tmp_path, ini), {}))
+    config = store_config(load(write_config(tmp_path, ini), {}))
+    store = SnapshotStore(**config) if request.param == "in-process" else SnapshotProcess(config)
     store.create()
     yield store
     store.close()
@@ -95,4 +98,38 @@ def test_the_side_file_is_not_in_the_snapshot(store: SnapshotStore) -> None:
         tables = {name for (name,) in conn.execute(
             "SELECT name FROM sqlite_schema WHERE type = 'table'")}
     assert tables == {"default"}
-    assert store.side_path.exists()
+    assert Path(f"{store.path}-parts").exists()
+
+
+def test_the_childs_errors_reach_the_worker_and_it_goes_on(tmp_path: Path) -> None:
+    ini = SEED_INI.replace("sqlite_db = :memory:", f"sqlite_db = {tmp_path}/snap.sqlite3")
+    store = SnapshotProcess(store_config(load(write_config(tmp_path, ini), {})))
+    try:
+        store.create()
+        with pytest.raises(SnapshotError, match="TypeError"):
+            store.apply({(0, 5, 0): 3})  # type: ignore[dict-item] - values that are no tuple
+        assert store.apply({(0, ("s-1", "orders"), 0): 3}) == 1
+        assert snapshot_rows(store) == {("s-1", "orders", 0, 20): (3, 1)}
+    finally:
+        store.close()
+
+
+def test_a_killed_child_is_an_error_and_closing_its_stdin_ends_one(tmp_path: Path) -> None:
+    ini = SEED_INI.replace("sqlite_db = :memory:", f"sqlite_db = {tmp_path}/snap.sqlite3")
+    store = SnapshotProcess(store_config(load(write_config(tmp_path, ini), {})))
+    try:
+        store.create()
+        proc = store.child.proc
+        assert proc is not None
+        proc.kill()
+        proc.wait()
+        with pytest.raises(SnapshotError, match="ended"):
+            store.apply({(0, ("s-1", "orders"), 0): 3})
+        store.create()  # a new child
+        replacement = store.child.proc
+        assert replacement is not None and replacement.pid != proc.pid
+        assert replacement.stdin is not None
+        replacement.stdin.close()
+        assert replacement.wait(timeout=10) == 0
+    finally:
+        store.close()
