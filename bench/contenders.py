@@ -60,6 +60,8 @@ class Result:
     seconds: float | None
     peak_rss_mb: float
     latency_ms: list[float] = field(default_factory=list)
+    # seconds from the start of the latency phase to each probe's ack, as latency_ms
+    latency_at_s: list[float] = field(default_factory=list)
     sql_ms: list[float] = field(default_factory=list)
     exact: bool | None = None
     note: str = ""
@@ -206,9 +208,10 @@ def _measure_bucket_app(name: str, procs: list[BucketWorker], job: Job,
         window = (f"after the group settled ({messages} messages; {overall:.0f} msg/s from the "
                   "first count)")
     rate = load * messages / seconds
-    latency, probes = _latency_phase(first, job, expected, rate, probe_s)
+    latency, latency_at, probes = _latency_phase(first, job, expected, rate, probe_s)
     exact = _exact(procs, job, expected)
-    return Result(name, messages, seconds, _rss(procs), latency_ms=latency, sql_ms=sql_ms,
+    return Result(name, messages, seconds, _rss(procs), latency_ms=latency,
+                  latency_at_s=latency_at, sql_ms=sql_ms,
                   exact=exact, note=f"msg/s {window}; {len(sql_ms)} SQL queries during ingestion, "
                   f"{sql_failed} not 200; latency at {rate:.0f} msg/s ({load:.0%} of the "
                   f"sustained rate) for {probe_s:.0f} s: {len(latency)}/{probes} probes seen "
@@ -226,13 +229,15 @@ def _group_settled(answers: list[dict[str, Any] | None], partitions: int) -> boo
 
 
 def _latency_phase(worker: BucketWorker, job: Job, expected: dict[Key, int],
-                   rate: float, probe_s: float) -> tuple[list[float], int]:
-    """Produce at ``rate`` msg/s; per batch, time from its ack to the snapshot showing it."""
+                   rate: float, probe_s: float) -> tuple[list[float], list[float], int]:
+    """Produce at ``rate`` msg/s; per batch, time from its ack to the snapshot showing it, and
+    when in the phase it was acknowledged."""
     if probe_s <= 0:
-        return [], 0
+        return [], [], 0
     health = KeepAlive(worker.url)
     watcher = Sampler(lambda: reflected(health.get_json("/health")), 0.02)
     watcher.start()
+    phase_started = time.monotonic()
     probes: list[Probe] = asyncio.run(
         produce_steady(job.brokers, job.topic, len(job.ends), rate, probe_s, expected))
     last = {p.partition: p.offset for p in probes}  # probes are acked in offset order
@@ -243,15 +248,16 @@ def _latency_phase(worker: BucketWorker, job: Job, expected: dict[Key, int],
             break
         time.sleep(0.1)
     watcher.stop()
-    latencies = []
+    latencies, at = [], []
     for probe in probes:
         for _, done, offsets in watcher.samples:
             if done >= probe.acked and offsets and offsets.get(probe.partition, -1) >= probe.offset:
                 latencies.append((done - probe.acked) * 1000)
+                at.append(probe.acked - phase_started)
                 break
     for probe in probes:
         job.ends[probe.partition] = max(job.ends.get(probe.partition, 0), probe.offset + 1)
-    return latencies, len(probes)
+    return latencies, at, len(probes)
 
 
 def _exact(procs: list[BucketWorker], job: Job, expected: dict[Key, int]) -> bool:

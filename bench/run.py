@@ -139,6 +139,16 @@ def pct(values: list[float]) -> str:
     return f"{percentile(values, 50):.0f}/{percentile(values, 99):.0f}"
 
 
+def by_second(at_s: list[float], values: list[float]) -> list[float]:
+    """The largest value of each whole second of the phase (0 for a second without one)."""
+    out: list[float] = []
+    for at, value in zip(at_s, values, strict=True):
+        second = int(at)
+        out.extend([0.0] * (second + 1 - len(out)))
+        out[second] = max(out[second], round(value))
+    return out
+
+
 def rows(results: list[Result]) -> list[dict[str, Any]]:
     by_name = {r.contender: r.rate for r in results}
     bare_rate, quix_rate = by_name.get("bare"), by_name.get("quix")
@@ -163,6 +173,7 @@ def rows(results: list[Result]) -> list[dict[str, Any]]:
             "sql_ms_max": max(r.sql_ms) if r.sql_ms else None,
             "sql_ms_series": [round(ms, 1) for ms in r.sql_ms],
             "latency_ms_max": max(r.latency_ms) if r.latency_ms else None,
+            "latency_ms_max_by_second": by_second(r.latency_at_s, r.latency_ms),
             "exact": r.exact,
             "note": r.note,
         })

@@ -103,7 +103,9 @@ class SnapshotStore:
     partition's own count; the per-partition counts and each row's rowid live in a side database
     (``<snapshot>-parts``, attached as ``side``) rather than in Python dicts, which took about
     1 KB a row (1.1 GB of RSS at a million rows). Both files are rebuilt from the changelog at
-    start-up, so the side file needs no journal on disk.
+    start-up, so the side file has no journal: a refresh that fails part-way stops the worker
+    (see :mod:`bucket_app.snapshotproc`) rather than roll back. An in-memory journal grew the
+    snapshot process from 78 to 153 MB over five refreshes of 50,000 updated counts.
     """
 
     def __init__(self, path: str, table: str, interval_s: int, mapped: Sequence[str],
@@ -143,7 +145,7 @@ class SnapshotStore:
                 f"ON {table} ({quote_identifier(column)}, bucket_start)"
             )
         conn.execute("ATTACH DATABASE ? AS side", (str(self.side_path),))
-        conn.execute("PRAGMA side.journal_mode=MEMORY")
+        conn.execute("PRAGMA side.journal_mode=OFF")
         conn.execute("PRAGMA side.synchronous=OFF")
         # k is the row's key, JSON [mapped values, bucket start]; p a source partition. row.n
         # repeats the row's count as an INTEGER: the main table's count column has whatever
