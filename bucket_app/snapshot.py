@@ -78,6 +78,37 @@ class Decoded:
     progress: dict[int, Progress] = field(default_factory=dict)
 
 
+# How a progress record's key starts (orjson's encoding of progress_key); count keys start "[[".
+PROGRESS_PREFIX = orjson.dumps([PROGRESS_KEY])[:-1]
+
+
+@dataclass
+class Pending:
+    """Changelog records read since the last refresh: the counts' latest raw key and value
+    (decoded where they are applied, in the snapshot process), the progress decoded."""
+
+    records: dict[bytes, bytes | None] = field(default_factory=dict)
+    progress: dict[int, Progress] = field(default_factory=dict)
+
+    def add(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            return
+        if key.startswith(PROGRESS_PREFIX):
+            decoded = Decoded()
+            decode_record(key, value, decoded)
+            self.progress.update(decoded.progress)
+        else:
+            self.records[key] = value
+
+
+def decode_records(records: Iterable[tuple[bytes, bytes | None]]) -> dict[PartKey, int | None]:
+    """Count records (raw changelog key and value) as per-partition counts, None = deleted."""
+    decoded = Decoded()
+    for key, value in records:
+        decode_record(key, value, decoded)
+    return decoded.counts
+
+
 def decode_record(key: bytes | None, value: bytes | None, into: Decoded) -> None:
     """Fold one changelog record into ``into``; unknown shapes are ignored with a log line."""
     if key is None:
@@ -211,6 +242,10 @@ class SnapshotStore:
             self.generation = generation
         return self.generation
 
+    def apply_records(self, records: Mapping[bytes, bytes | None]) -> int:
+        """:meth:`apply` for raw changelog records (key -> value, None = tombstone)."""
+        return self.apply(decode_records(records.items()))
+
     def _write_row(self, conn: sqlite3.Connection, key: bytes, delta: int, rowid: int | None,
                    count: int | None, generation: int) -> None:
         if rowid is None:
@@ -221,7 +256,7 @@ class SnapshotStore:
             by_column.update(bucket_start=start, bucket_end=start + self.interval_s,
                              count=delta)
             by_column[RST_COLUMN] = generation
-            cursor = conn.execute(self._insert, [by_column.get(c) for c in self._order])
+            cursor = conn.execute(self._insert, [_bindable(by_column.get(c)) for c in self._order])
             conn.execute("INSERT INTO side.row VALUES (?, ?, ?)", (key, cursor.lastrowid, delta))
             return
         total = (count or 0) + delta
@@ -231,6 +266,14 @@ class SnapshotStore:
         else:
             conn.execute(self._update, (total, generation, rowid))
             conn.execute("UPDATE side.row SET n = ? WHERE k = ?", (total, key))
+
+
+def _bindable(value: Any) -> Any:
+    """``value`` as SQLite can store it: an integer beyond 64 bits (valid JSON, which orjson
+    reads) as its decimal text; binding it raised OverflowError, failing every refresh."""
+    if value.__class__ is int and not -(2**63) <= value < 2**63:
+        return str(value)
+    return value
 
 
 @dataclass
@@ -363,26 +406,28 @@ class SnapshotReader:
         return []
 
     async def _loop(self, consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition]) -> None:
-        pending = Decoded()
+        pending = Pending()
         interval_s = self.settings.snapshot_interval_s
         last_refresh = time.monotonic()
         positions: dict[int, tuple[int, int]] = {}
         while not self._stopping.is_set():
             batches = await consumer.getmany(timeout_ms=100, max_records=50_000)
             for records in batches.values():
+                add = pending.add
                 for record in records:
-                    decode_record(record.key, record.value, pending)
+                    add(record.key, record.value)
             for tp in tps:
                 position = await consumer.position(tp)
                 high = consumer.highwater(tp)
                 positions[tp.partition] = (position, high if high is not None else 0)
             due = (time.monotonic() - last_refresh >= interval_s or self._refresh_now.is_set()
-                   or len(pending.counts) >= MAX_PENDING)
+                   or len(pending.records) >= MAX_PENDING)
             if due:
                 self._refresh_now.clear()
                 last_refresh = time.monotonic()
-                batch, pending = pending, Decoded()
-                self.state.generation = await self.in_thread(self.store.apply, batch.counts)
+                batch, pending = pending, Pending()
+                self.state.generation = await self.in_thread(self.store.apply_records,
+                                                             batch.records)
                 # replaced, not updated: the web server's thread reads these concurrently
                 self.state.progress = {**self.state.progress, **batch.progress}
                 self.state.changelog = dict(positions)
