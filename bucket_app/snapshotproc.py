@@ -19,6 +19,7 @@ value. The answer is JSON: the generation, or an error. The child exits when its
 
 from __future__ import annotations
 
+import os
 import signal
 import struct
 import sys
@@ -34,6 +35,9 @@ from bucket_app.sqlproc import ChildGone, ChildProcess, read_frame, write_frame
 # A refresh that takes longer than this is taken for a hung child (a catching-up refresh of
 # 50,000 changes takes about a second).
 APPLY_TIMEOUT_S = 300.0
+# The child's scheduling priority below the worker's and the SQL children's: a refresh is
+# background work, a query is someone waiting.
+NICENESS = 5
 _CREATE, _APPLY = b"C", b"A"
 _RECORD = struct.Struct(">Ii")  # key length, value length or -1
 
@@ -122,6 +126,7 @@ def serve(store: SnapshotStore, requests: IO[bytes], answers: IO[bytes]) -> None
 def main() -> None:
     # As for the SQL children: the worker decides when we stop, by closing our stdin.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.nice(NICENESS)
     store = SnapshotStore(**orjson.loads(sys.argv[1]))
     try:
         serve(store, sys.stdin.buffer, sys.stdout.buffer)
