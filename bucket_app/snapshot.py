@@ -322,8 +322,8 @@ class SnapshotReader:
     """Reads the counts changelog of all partitions and refreshes the SQLite snapshot."""
 
     def __init__(self, settings: Settings, partitions: int, store: Any) -> None:
-        """``store`` is a :class:`SnapshotStore` or anything with its ``create`` and ``apply_records``
-        (the worker's is a :class:`~bucket_app.snapshotproc.SnapshotProcess`)."""
+        """``store`` is a :class:`SnapshotStore` or anything with its ``create`` and
+        ``apply_records`` (the worker's is a :class:`~bucket_app.snapshotproc.SnapshotProcess`)."""
         self.settings = settings
         self.partitions = partitions
         self.topic = changelog_topic(settings)
