@@ -388,6 +388,8 @@ class SnapshotReader:
         await consumer.start()
         try:
             tps = await self._partitions(consumer)
+            if not tps:  # stopped before the changelog topic appeared
+                return
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             self.state.started = True
