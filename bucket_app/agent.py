@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,8 @@ from bucket_app.snapshot import COUNTS_TABLE, PROGRESS_KEY, changelog_topic, pro
 from bucket_app.snapshotproc import SnapshotProcess
 
 log = logging.getLogger(__name__)
+
+_VALUE, _OFFSET = attrgetter("value"), attrgetter("offset")
 
 KAFKA_TIMEOUT_S = 30.0
 # The web server's thread waits for the GIL while the main loop counts; CPython hands it over
@@ -296,15 +299,41 @@ class Processor:
         the counts table for this batch (:class:`~bucket_app.changelog.TableBatch`, which the
         worker then applies to RocksDB and the changelog at once); by default the table itself.
         Records are grouped per window-key first, so the table sees one read and one write per
-        window-key per batch, then one progress write.
+        window-key per batch, then one progress write. A batch the classifier can group whole
+        (:meth:`~bucket_app.counting.Classifier.group_json_epoch`: all well-formed, none a
+        replay, none past retention) is grouped in one go; any other is counted record by record.
         """
         state = self._state(partition)
-        done = state.offset
         counter = self.counter
         counter.batches += 1
+        counts = self.counts if table is None else table
+        now_s = time.time()
+        group = self.classifier.group
+        grouped = None
+        if group is not None and records and records[0].offset > state.offset:
+            grouped = group(list(map(_VALUE, records)), list(map(_OFFSET, records)), partition,
+                            now_s)
+        if grouped is not None and counter.admits_all(state, grouped):
+            counter.add_grouped(counts, grouped)
+            state.watermark_s = max(state.watermark_s, grouped.max_time_s)
+            last = records[-1].offset
+        else:
+            last = self._count_each(state, partition, records, counts, now_s)
+            if last == state.offset:
+                return
+        state.offset = last
+        counts[progress_key(partition)] = [last, max(state.watermark_s, 0.0)]
+        if time.monotonic() - state.last_sweep_mono >= self.settings.clean_freq_s:
+            self.sweep(partition, counts)
+
+    def _count_each(self, state: PartitionProgress, partition: int, records: Sequence[Any],
+                    counts: KeyValues, now_s: float) -> int:
+        """Count a batch record by record (each gets its own answer: replay, bad input, past
+        retention); return the offset of the last record that was not a replay."""
+        done = state.offset
+        counter = self.counter
         locate = self.classifier.locate
         admit = counter.admit_at
-        now_s = time.time()
         pending: dict[Any, list[int]] = {}
         last = done
         for record in records:
@@ -327,15 +356,9 @@ class Processor:
                 pending[key] = [offset]
             else:
                 offsets.append(offset)
-        if last == done:
-            return
-        counts = self.counts if table is None else table
         for key, offsets in pending.items():
             counter.add(counts, key, offsets)
-        state.offset = last
-        counts[progress_key(partition)] = [last, max(state.watermark_s, 0.0)]
-        if time.monotonic() - state.last_sweep_mono >= self.settings.clean_freq_s:
-            self.sweep(partition, counts)
+        return last
 
     def count_and_write(self, partition: int, records: Sequence[Any]) -> list[ChangelogRecord]:
         """:meth:`count_batch` into a :class:`TableBatch`, applied to RocksDB; returns the

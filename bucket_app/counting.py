@@ -18,6 +18,7 @@ import time
 from bisect import bisect_right
 from collections import Counter as Tally
 from dataclasses import dataclass, field
+from operator import methodcaller
 from typing import Any, Protocol
 
 import orjson
@@ -36,6 +37,8 @@ WINDOW_END_EPSILON_S = 0.1
 
 WindowKey = tuple[tuple[Any, ...], tuple[float, float]]
 
+_NUMBERS = frozenset((int, float))
+
 
 class KeyValues(Protocol):
     """What counting needs of a table: the Faust table, a TableBatch, or a dict in tests."""
@@ -45,6 +48,27 @@ class KeyValues(Protocol):
     def __setitem__(self, key: Any, value: Any) -> None: ...
 
     def __delitem__(self, key: Any) -> None: ...
+
+
+@dataclass
+class Grouped:
+    """A batch of well-formed records grouped by window-key, in order of first appearance."""
+
+    keys: list[WindowKey]
+    counts: list[int]  # records of each key
+    lasts: list[int]  # highest offset of each key
+    min_start_s: int  # earliest bucket start in the batch
+    max_time_s: float  # latest event time in the batch
+    first_offset: int
+    _groups: list[Any]  # each record's group, for :meth:`count_after`
+    _offsets: list[int]
+
+    def count_after(self, index: int, offset: int) -> int:
+        """Records of key ``index`` above ``offset`` (the rare replay of a partly counted
+        batch: the key's stored offset is inside this batch)."""
+        group = self._groups[self._offsets.index(self.lasts[index])]
+        return sum(1 for each, at in zip(self._groups, self._offsets, strict=True)
+                   if at > offset and each == group)
 
 
 @dataclass(frozen=True)
@@ -68,8 +92,13 @@ class Classifier:
         self._window_len_s = settings.bucket_interval_s - WINDOW_END_EPSILON_S
         self._max_future_skew_s = settings.max_future_skew_s
         plain = "." not in settings.bucket_field and not any("." in p for p in self._fields.paths)
+        #: :meth:`group_json_epoch` where it applies, else None
+        self.group: Any = None
         if isinstance(decoder, JsonDecoder) and settings.bucket_type == "epoch" and plain:
             self.locate = self._locate_json_epoch  # type: ignore[method-assign]
+            self.group = self.group_json_epoch
+            self._get_time = methodcaller("get", self._time.path)
+            self._getters = [methodcaller("get", path) for path in self._fields.paths]
 
     def classify(
         self, value: bytes | None, partition: int, record_ts_s: float | None,
@@ -110,6 +139,42 @@ class Classifier:
         interval = self._interval_s
         start = int(ts // interval) * interval
         return ((partition, *values), (float(start), start + self._window_len_s)), start, float(ts)
+
+    def group_json_epoch(self, values: list[Any], offsets: list[int], partition: int,
+                         now_s: float) -> Grouped | None:
+        """Group a batch by window-key, or None unless every record is well-formed.
+
+        :meth:`_locate_json_epoch` for a whole batch at once: decoding, field reads, type and
+        range checks run as C loops (``map``, ``set``, ``min``, ``Counter``) over the batch
+        instead of Python code per record, which took 1 µs of a record's 2.5 µs here. The
+        checks are the ones that send a record to the general path there; a batch failing
+        any of them is counted record by record, which gives each record its own answer.
+        """
+        try:
+            msgs = list(map(_loads, values))
+            times = list(map(self._get_time, msgs))
+            columns = [list(map(get, msgs)) for get in self._getters]
+        except (orjson.JSONDecodeError, TypeError, AttributeError):  # not all JSON objects
+            return None
+        if not set(map(type, times)) <= _NUMBERS:  # exact types: bool is not a time here
+            return None
+        low, high = min(times), max(times)
+        if not (MIN_TS_S <= low and high <= MAX_TS_S and high <= now_s + self._max_future_skew_s):
+            return None
+        for column in columns:
+            kinds = set(map(type, column))
+            if dict in kinds or list in kinds:
+                return None
+        interval, window_len = self._interval_s, self._window_len_s
+        starts = [int(ts // interval) * interval for ts in times]
+        groups = list(zip(*columns, starts, strict=True))  # (*mapped values, start), flat
+        tally = Tally(groups)  # in order of first appearance
+        lasts = dict(zip(groups, offsets, strict=True))  # the last offset of each wins
+        keys = [((partition, *group[:-1]), (float(group[-1]), group[-1] + window_len))
+                for group in tally]
+        return Grouped(keys=keys, counts=list(tally.values()), lasts=[lasts[g] for g in tally],
+                       min_start_s=min(starts), max_time_s=float(high),
+                       first_offset=offsets[0], _groups=groups, _offsets=offsets)
 
     def _locate(
         self, value: bytes | None, partition: int, record_ts_s: float | None, now_s: float,
@@ -191,6 +256,30 @@ class Counter:
             table[key] = [(0 if current is None else current[0]) + fresh, offsets[-1]]
             self.counted += fresh
         return fresh
+
+    def admits_all(self, state: PartitionProgress, grouped: Grouped) -> bool:
+        """No record of ``grouped`` is past retention, however the watermark moves within
+        it (it never passes the batch's latest event time)."""
+        watermark_s = max(state.watermark_s, grouped.max_time_s)
+        return grouped.min_start_s + self.interval_s > watermark_s - self.retention_s
+
+    def add_grouped(self, table: KeyValues, grouped: Grouped) -> None:
+        """:meth:`add` for every key of a grouped batch."""
+        first = grouped.first_offset
+        get = table.get
+        for index, key in enumerate(grouped.keys):
+            current = get(key)
+            n = grouped.counts[index]
+            if current is None:
+                table[key] = [n, grouped.lasts[index]]
+                self.counted += n
+                continue
+            done = current[1]
+            fresh = n if done < first else grouped.count_after(index, done)
+            self.replayed += n - fresh
+            if fresh:
+                table[key] = [current[0] + fresh, grouped.lasts[index]]
+                self.counted += fresh
 
     def apply(
         self, table: KeyValues, item: Classified, partition: int, offset: int,

@@ -101,6 +101,86 @@ def test_replay_after_lost_progress_uses_each_keys_offset(settings):
     assert fresh.counter.replayed == sum(expected.values())
 
 
+def odd_value(rng: random.Random, now: int, clean: bool) -> bytes:
+    """A well-formed record value if ``clean``, else one that is odd about a quarter of the
+    time: not JSON, not an object, a bad or missing time, a compound or missing field."""
+    if clean:
+        msg: dict = {"origin_server": rng.choice(["a", "b", None]), "topic": "t",
+                     "timestamp": now - rng.randrange(600)}
+        return json.dumps(msg).encode()
+    if rng.random() < 0.05:
+        return rng.choice([b"not json", b"[1, 2]", b'"text"', b"null", b"", b"7"])
+    times = [now - rng.randrange(600), now - 5.5, now - 2 * 86400, now + 7200, True, None,
+             "1440179085", 10**30, -(10**30)]
+    fields = ["a", "b", None, 7, 2.5, True, {"z": 1}, [1]]
+    msg = {"origin_server": rng.choice(fields[:3]), "topic": "t",
+           "timestamp": now - rng.randrange(600)}
+    if rng.random() < 0.1:
+        msg["timestamp"] = rng.choice(times)
+    if rng.random() < 0.05:
+        del msg["timestamp"]
+    if rng.random() < 0.1:
+        msg["topic"] = rng.choice(fields)
+    if rng.random() < 0.05:
+        del msg["origin_server"]
+    return json.dumps(msg).encode()
+
+
+def test_grouped_batches_count_as_record_by_record(settings):
+    """The whole-batch path gives the record-by-record path's table, counters and progress,
+    batch after batch: clean batches, mixed ones, replays and records past retention."""
+    rng = random.Random(11)
+    now = int(time.time())
+    # stretches of 100 records: clean ones, and ones where about a quarter are odd
+    records = [record(3, offset, odd_value(rng, now, clean=offset // 100 % 2 == 0))
+               for offset in range(6100)]
+    grouped_table: dict = {}
+    each_table: dict = {}
+    grouped = Processor(None, settings, grouped_table)  # type: ignore[arg-type]
+    each = Processor(None, settings, each_table)  # type: ignore[arg-type]
+    each.classifier.group = None
+    whole = batches = 0
+    group = grouped.classifier.group
+
+    def counting_group(*args):
+        nonlocal whole
+        answer = group(*args)
+        whole += answer is not None
+        return answer
+
+    grouped.classifier.group = counting_group
+    i, end = 0, 6050  # the rest are counted after a lost progress write, below
+    while i < end:
+        # small batches are often clean (the whole-batch path), large ones rarely
+        batch = records[i:min(end, i + rng.choice([1, 3, 10, 400]))]
+        if rng.random() < 0.1:  # a redelivery: back up and start over from memory
+            batch = records[max(0, i - rng.randrange(0, 50)):min(end, i + 5)]
+            for processor in (grouped, each):
+                processor.forget({3})
+        for processor in (grouped, each):
+            processor.count_batch(3, batch)
+        batches += 1
+        i = batch[-1].offset + 1
+        assert grouped_table == each_table
+        for name in ("counted", "replayed", "skipped"):
+            assert getattr(grouped.counter, name) == getattr(each.counter, name), name
+    assert whole > batches / 3  # and the whole-batch path did many of them
+    assert set(each.counter.skipped) >= {"not_json", "bad_time", "future_time", "expired"}
+
+    # The progress write lost after a crash, and a clean batch from inside the last one
+    # counted: each key's own offset decides which of its records were counted.
+    for table in (grouped_table, each_table):
+        del table[(PROGRESS_KEY, 3)]
+    before = whole
+    for processor in (grouped, each):
+        processor.forget({3})
+        processor.count_batch(3, records[6020:])
+    assert whole == before + 1
+    assert grouped_table == each_table
+    assert (grouped.counter.counted, grouped.counter.replayed) == (
+        each.counter.counted, each.counter.replayed)
+
+
 def test_acknowledged_batches_commit_like_faust_acks(settings):
     app = create_app(settings, partitions=4)
     consumer = app.consumer
