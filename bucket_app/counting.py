@@ -166,7 +166,12 @@ class Classifier:
             if dict in kinds or list in kinds:
                 return None
         interval, window_len = self._interval_s, self._window_len_s
-        starts = [int(ts // interval) * interval for ts in times]
+        distinct = dict.fromkeys(times)
+        if len(distinct) * 4 < len(times):  # whole seconds, say: once per distinct time
+            start_of = {ts: int(ts // interval) * interval for ts in distinct}
+            starts = list(map(start_of.__getitem__, times))
+        else:
+            starts = [int(ts // interval) * interval for ts in times]
         groups = list(zip(*columns, starts, strict=True))  # (*mapped values, start), flat
         tally = Tally(groups)  # in order of first appearance
         lasts = dict(zip(groups, offsets, strict=True))  # the last offset of each wins

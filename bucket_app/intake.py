@@ -32,6 +32,7 @@ import logging
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from time import monotonic
 from typing import Any
 
@@ -44,6 +45,8 @@ from mode.utils.futures import notify
 from bucket_app.changelog import ChangelogRecord, ChangelogSender
 
 log = logging.getLogger(__name__)
+
+_OFFSET = attrgetter("offset")
 
 #: Changelog messages allowed to wait in Faust's producer buffer (the sweep's tombstones go
 #: through it) before the intake stops fetching until it drains to PRODUCER_LOW.
@@ -151,7 +154,7 @@ class BatchIntake:
                 changes = self.handle(tp.partition, fresh)
             finally:
                 _current_event.reset(token)
-            counted.append(Counted(tp, [r.offset for r in fresh], consumer._read_offset[tp],
+            counted.append(Counted(tp, list(map(_OFFSET, fresh)), consumer._read_offset[tp],
                                    event.message, changes))
             consumer._read_offset[tp] = fresh[-1].offset
             inbound[tp] = now
@@ -224,9 +227,13 @@ class BatchIntake:
         if committed is not None and offsets[0] < committed:
             offsets = [offset for offset in offsets if offset >= committed]
         index = consumer._acked_index[tp]
-        if index:
+        if index and not index.isdisjoint(offsets):
             offsets = [offset for offset in offsets if offset not in index]
         if not offsets:
+            return
+        if offsets[-1] - offsets[0] == len(offsets) - 1 and (
+                not previous or offsets[0] - previous <= 1):  # contiguous: no gap to record
+            self._acked(tp, offsets)
             return
         gaps = consumer._gap[tp]
         added_gap = False
@@ -239,8 +246,12 @@ class BatchIntake:
             previous = offset
         if added_gap:
             gaps.merge_overlaps()
+        self._acked(tp, offsets)
+
+    def _acked(self, tp: TP, offsets: list[int]) -> None:
+        consumer = self.consumer
         consumer._acked[tp].extend(offsets)
-        index.update(offsets)
+        consumer._acked_index[tp].update(offsets)
         consumer._n_acked += len(offsets)
 
     async def _deliver(self, tp: TP, batch: list[Any], generation: int) -> bool:
