@@ -47,6 +47,9 @@ def main() -> None:
                         help="latency phase: produce at this fraction of the sustained rate")
     parser.add_argument("--probe-seconds", type=float, default=15,
                         help="latency phase: seconds of steady production")
+    parser.add_argument("--live-seconds", type=float, default=15,
+                        help="live phase: seconds of production faster than the backlog was "
+                        "counted, to measure the sustained rate (0: use the backlog rate)")
     parser.add_argument("--sql-pause", type=float, default=0.05,
                         help="seconds between SQL queries during bucket_app's ingestion")
     parser.add_argument("--iso-messages", type=int, default=300_000,
@@ -96,9 +99,11 @@ def run(args: argparse.Namespace, brokers: str, chosen: list[str]) -> list[Resul
         "quix": contenders.quix,
         "faust-naive": contenders.naive_faust,
         "bucket_app-1": lambda job: contenders.bucket_app(
-            job, 1, expected, args.load, args.probe_seconds, sql_from, args.sql_pause),
+            job, 1, expected, args.load, args.probe_seconds, args.live_seconds, sql_from,
+            args.sql_pause),
         "bucket_app-2": lambda job: contenders.bucket_app(
-            job, 2, expected, args.load, args.probe_seconds, sql_from, args.sql_pause),
+            job, 2, expected, args.load, args.probe_seconds, args.live_seconds, sql_from,
+            args.sql_pause),
     }
     results = []
     for name in chosen:
@@ -109,7 +114,7 @@ def run(args: argparse.Namespace, brokers: str, chosen: list[str]) -> list[Resul
             ends = asyncio.run(end_offsets(brokers, iso_topic, args.partitions))
             job = Job(brokers, iso_topic, ends, workdir, args.timeout)
             print(f"running {name} on {job.messages} messages with ISO times ...", flush=True)
-            result = contenders.bucket_app(job, 1, iso_expected, args.load, 0, sql_from,
+            result = contenders.bucket_app(job, 1, iso_expected, args.load, 0, 0, sql_from,
                                            args.sql_pause, bucket_type="iso")
             print(f"  {name}: {fmt(result.rate, '.0f')} msg/s  {result.note}", flush=True)
             results.append(result)
@@ -167,6 +172,8 @@ def rows(results: list[Result]) -> list[dict[str, Any]]:
             # the SQL run's rate includes producing its backlog: not comparable
             "ratio_to_bare": r.rate / bare_rate if r.rate and bare_rate and sql_ok else None,
             "ratio_to_quix": r.rate / quix_rate if r.rate and quix_rate and sql_ok else None,
+            "live_msg_per_s": r.live_rate,
+            "live_kept_up": r.live_kept_up,
             "peak_rss_mb": r.peak_rss_mb,
             "latency_ms_p50": percentile(r.latency_ms, 50),
             "latency_ms_p99": percentile(r.latency_ms, 99),
@@ -178,6 +185,8 @@ def rows(results: list[Result]) -> list[dict[str, Any]]:
             "sql_ms_series": [round(ms, 1) for ms in r.sql_ms],
             "latency_ms_max": max(r.latency_ms) if r.latency_ms else None,
             "latency_ms_max_by_second": by_second(r.latency_at_s, r.latency_ms),
+            "backlog_rate_latency_ms_p50": percentile(r.drain_latency_ms, 50),
+            "backlog_rate_latency_ms_p99": percentile(r.drain_latency_ms, 99),
             "exact": r.exact,
             "note": r.note,
         })
@@ -185,7 +194,8 @@ def rows(results: list[Result]) -> list[dict[str, Any]]:
 
 
 def print_table(results: list[Result], messages: int) -> None:
-    header = (f"{'contender':<14} {'msg/s':>9} {'x bare':>7} {'x quix':>7} {'RSS MB':>7} "
+    header = (f"{'contender':<14} {'msg/s':>9} {'x bare':>7} {'x quix':>7} {'live msg/s':>11} "
+              f"{'RSS MB':>7} "
               f"{'lat ms p50/p99':>15} {'SQL ms p50/p99':>15} {'exact':>6}")
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\n{messages} pre-loaded messages, {os.cpu_count()} cores, load average {load}"
@@ -193,6 +203,7 @@ def print_table(results: list[Result], messages: int) -> None:
     for row, r in zip(rows(results), results, strict=True):
         print(f"{row['contender']:<14} {fmt(row['msg_per_s'], '9.0f'):>9} "
               f"{fmt(row['ratio_to_bare'], '.3f'):>7} {fmt(row['ratio_to_quix'], '.2f'):>7} "
+              f"{(('>' if r.live_kept_up else '') + fmt(r.live_rate, '.0f')):>11} "
               f"{row['peak_rss_mb']:7.0f} {pct(r.latency_ms):>15} {pct(r.sql_ms):>15} "
               f"{'-' if r.exact is None else ('yes' if r.exact else 'NO'):>6}")
 
@@ -203,6 +214,7 @@ def write_json(path: Path, results: list[Result], args: argparse.Namespace,
     doc = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "messages": args.messages, "partitions": args.partitions, "brokers": brokers,
            "load": args.load, "probe_seconds": args.probe_seconds,
+           "live_seconds": args.live_seconds,
            "sql_pause": args.sql_pause,
            "cores": os.cpu_count(), "load_average_at_end": os.getloadavg(),
            "results": rows(results)}
