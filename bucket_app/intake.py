@@ -204,7 +204,7 @@ class BatchIntake:
     def _event_for(self, tp: TP, record: Any) -> Event:
         """A Faust event for a record of ``tp``: Faust routes table writes by the current one.
 
-        Source records arrive as aiokafka decoded them (see ``agent.raw_source_records``);
+        Source records arrive as aiokafka decoded them (see ``agent.bulk_source_records``);
         Faust's message is built from a full ConsumerRecord.
         """
         key, value = record.key, record.value

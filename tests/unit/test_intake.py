@@ -9,15 +9,24 @@ from __future__ import annotations
 
 import json
 import random
+import struct
 import time
 from collections import Counter as Tally
 from pathlib import Path
 
 import pytest
+from aiokafka.consumer.fetcher import (
+    READ_COMMITTED,
+    READ_UNCOMMITTED,
+    FetchResult,
+    PartitionRecords,
+)
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 
-from bucket_app.agent import Processor, create_app
+from bucket_app.agent import Processor, bulk_source_records, create_app
 from bucket_app.changelog import WRITE_CHUNK, TableBatch
 from bucket_app.intake import BatchIntake
 from bucket_app.settings import load
@@ -180,6 +189,45 @@ def test_grouped_batches_count_as_record_by_record(settings):
     assert grouped_table == each_table
     assert (grouped.counter.counted, grouped.counter.replayed) == (
         each.counter.counted, each.counter.replayed)
+
+
+def record_batch(base: int, values: list[bytes], producer_id: int = -1) -> bytes:
+    """One Kafka record batch (format v2) starting at offset ``base``; transactional when it
+    has a producer id."""
+    builder = DefaultRecordBatchBuilder(2, 0, int(producer_id >= 0), producer_id, 0,
+                                        0 if producer_id >= 0 else -1, 1 << 20)
+    for i, value in enumerate(values):
+        builder.append(i, timestamp=1000 + i, key=None, value=value, headers=[])
+    raw = bytearray(builder.build())
+    raw[0:8] = struct.pack(">q", base)  # the base offset (outside the CRC)
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("isolation", [READ_COMMITTED, READ_UNCOMMITTED])
+def test_source_records_come_a_record_batch_at_a_time_as_aiokafka_would(monkeypatch, isolation):
+    """The source topic's fetch unpacking gives aiokafka's records and fetch position: records
+    below the fetch offset dropped, an aborted transaction skipped when reading committed."""
+    monkeypatch.setattr(PartitionRecords, "_unpack_records", PartitionRecords._unpack_records)
+    monkeypatch.setattr(FetchResult, "getall", FetchResult.getall)
+    bulk_source_records("source")
+    fetched = (record_batch(0, [b"a0", b"a1", b"a2", b"a3", b"a4"])
+               + record_batch(5, [b"t5", b"t6", b"t7"], producer_id=77)
+               + record_batch(8, [b"c8", b"c9", b"c10", b"c11"]))
+
+    def unpack(topic: str) -> tuple[list[tuple[int, bytes]], int]:
+        records = PartitionRecords(TP(topic, 0), MemoryRecords(fetched), [(77, 5)], 2,
+                                   None, None, True, isolation)
+        found = []
+        for item in records:
+            for each in item if topic == "source" else [item]:
+                found.append((each.offset, each.value))
+        return found, records.next_fetch_offset
+
+    mine, aiokafkas = unpack("source"), unpack("other")
+    assert mine == aiokafkas
+    skipped = {5, 6, 7} if isolation == READ_COMMITTED else set()
+    assert [offset for offset, _ in mine[0]] == [o for o in range(2, 12) if o not in skipped]
+    assert mine[1] == 12
 
 
 def test_acknowledged_batches_commit_like_faust_acks(settings):
