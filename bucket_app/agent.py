@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from itertools import chain, islice
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,14 @@ from aiokafka.errors import CorruptRecordException, KafkaError, TopicAlreadyExis
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
 from bucket_app.changelog import ChangelogRecord, ChangelogSender, TableBatch
-from bucket_app.counting import Classifier, Counter, KeyValues, PartitionProgress, RateLimitedLog
+from bucket_app.counting import (
+    GROUP_CHUNK,
+    Classifier,
+    Counter,
+    KeyValues,
+    PartitionProgress,
+    RateLimitedLog,
+)
 from bucket_app.errors import BadInput, BucketAppError
 from bucket_app.intake import BatchIntake
 from bucket_app.settings import Settings
@@ -241,7 +249,12 @@ def bulk_source_records(source_topic: str) -> None:
             if batch.is_control_batch:
                 self.next_fetch_offset = batch.next_offset
                 continue
-            decoded = list(batch)
+            decoded = []
+            # chain: aiokafka's batch raises if asked for a record after its last one
+            unread = chain(batch)
+            # a C loop holds the interpreter lock throughout: a thousand records at a time
+            while chunk := list(islice(unread, GROUP_CHUNK)):
+                decoded.extend(chunk)
             if decoded and decoded[0].offset < self.next_fetch_offset:
                 start = self.next_fetch_offset
                 decoded = [record for record in decoded if record.offset >= start]

@@ -39,6 +39,9 @@ WindowKey = tuple[tuple[Any, ...], tuple[float, float]]
 
 _NUMBERS = frozenset((int, float))
 
+#: Records decoded and grouped per C loop: about 1 ms of holding the interpreter lock.
+GROUP_CHUNK = 1000
+
 
 class KeyValues(Protocol):
     """What counting needs of a table: the Faust table, a TableBatch, or a dict in tests."""
@@ -149,7 +152,35 @@ class Classifier:
         instead of Python code per record, which took 1 µs of a record's 2.5 µs here. The
         checks are the ones that send a record to the general path there; a batch failing
         any of them is counted record by record, which gives each record its own answer.
+
+        The loops run over GROUP_CHUNK records at a time: a C loop holds the interpreter lock
+        from start to end, and over a whole fetch (8,000 records a partition) it kept the web
+        server's thread waiting for 7 ms at a time.
         """
+        groups: list[tuple[Any, ...]] = []
+        tally: Tally[tuple[Any, ...]] = Tally()  # in order of first appearance
+        lasts: dict[tuple[Any, ...], int] = {}  # the last offset of each group wins
+        min_start, max_time = MAX_TS_S, MIN_TS_S
+        for first in range(0, len(values), GROUP_CHUNK):
+            chunk = self._group_chunk(values[first:first + GROUP_CHUNK], now_s)
+            if chunk is None:
+                return None
+            chunk_groups, chunk_min_start, chunk_max_time = chunk
+            groups.extend(chunk_groups)
+            tally.update(chunk_groups)
+            lasts.update(zip(chunk_groups, offsets[first:first + GROUP_CHUNK], strict=True))
+            min_start, max_time = min(min_start, chunk_min_start), max(max_time, chunk_max_time)
+        window_len = self._window_len_s
+        keys = [((partition, *group[:-1]), (float(group[-1]), group[-1] + window_len))
+                for group in tally]
+        return Grouped(keys=keys, counts=list(tally.values()), lasts=[lasts[g] for g in tally],
+                       min_start_s=int(min_start), max_time_s=float(max_time),
+                       first_offset=offsets[0], _groups=groups, _offsets=offsets)
+
+    def _group_chunk(self, values: list[Any], now_s: float,
+                     ) -> tuple[list[tuple[Any, ...]], int, float] | None:
+        """Each record's group ``(*mapped values, bucket start)``, the earliest bucket start and
+        the latest event time; None unless every record is well-formed."""
         try:
             msgs = list(map(_loads, values))
             times = list(map(self._get_time, msgs))
@@ -165,21 +196,14 @@ class Classifier:
             kinds = set(map(type, column))
             if dict in kinds or list in kinds:
                 return None
-        interval, window_len = self._interval_s, self._window_len_s
+        interval = self._interval_s
         distinct = dict.fromkeys(times)
         if len(distinct) * 4 < len(times):  # whole seconds, say: once per distinct time
             start_of = {ts: int(ts // interval) * interval for ts in distinct}
             starts = list(map(start_of.__getitem__, times))
         else:
             starts = [int(ts // interval) * interval for ts in times]
-        groups = list(zip(*columns, starts, strict=True))  # (*mapped values, start), flat
-        tally = Tally(groups)  # in order of first appearance
-        lasts = dict(zip(groups, offsets, strict=True))  # the last offset of each wins
-        keys = [((partition, *group[:-1]), (float(group[-1]), group[-1] + window_len))
-                for group in tally]
-        return Grouped(keys=keys, counts=list(tally.values()), lasts=[lasts[g] for g in tally],
-                       min_start_s=min(starts), max_time_s=float(high),
-                       first_offset=offsets[0], _groups=groups, _offsets=offsets)
+        return list(zip(*columns, starts, strict=True)), min(starts), high
 
     def _locate(
         self, value: bytes | None, partition: int, record_ts_s: float | None, now_s: float,

@@ -7,11 +7,14 @@ offset it would commit.
 
 from __future__ import annotations
 
+import io
 import json
 import random
+import sqlite3
 import struct
 import time
 from collections import Counter as Tally
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -24,13 +27,14 @@ from aiokafka.consumer.fetcher import (
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import ConsumerRecord
+from fastavro import parse_schema, schemaless_writer
 from faust.types import TP
 
 from bucket_app.agent import Processor, bulk_source_records, create_app
 from bucket_app.changelog import WRITE_CHUNK, TableBatch
 from bucket_app.intake import BatchIntake
 from bucket_app.settings import load
-from bucket_app.snapshot import PROGRESS_KEY
+from bucket_app.snapshot import PROGRESS_KEY, SnapshotStore, store_config
 from tests.unit.test_settings import SEED_INI, replace_line, write_config
 
 TOPIC = "test"
@@ -135,9 +139,12 @@ def odd_value(rng: random.Random, now: int, clean: bool) -> bytes:
     return json.dumps(msg).encode()
 
 
-def test_grouped_batches_count_as_record_by_record(settings):
+@pytest.mark.parametrize("chunk", [1000, 7])
+def test_grouped_batches_count_as_record_by_record(settings, monkeypatch, chunk):
     """The whole-batch path gives the record-by-record path's table, counters and progress,
-    batch after batch: clean batches, mixed ones, replays and records past retention."""
+    batch after batch: clean batches, mixed ones, replays and records past retention; with
+    batches in one chunk and in many."""
+    monkeypatch.setattr("bucket_app.counting.GROUP_CHUNK", chunk)
     rng = random.Random(11)
     now = int(time.time())
     # stretches of 500 records: clean ones, and ones where about a quarter are odd
@@ -203,10 +210,14 @@ def record_batch(base: int, values: list[bytes], producer_id: int = -1) -> bytes
     return bytes(raw)
 
 
+@pytest.mark.parametrize("chunk", [1000, 2])
 @pytest.mark.parametrize("isolation", [READ_COMMITTED, READ_UNCOMMITTED])
-def test_source_records_come_a_record_batch_at_a_time_as_aiokafka_would(monkeypatch, isolation):
+def test_source_records_come_a_record_batch_at_a_time_as_aiokafka_would(monkeypatch, isolation,
+                                                                         chunk):
     """The source topic's fetch unpacking gives aiokafka's records and fetch position: records
-    below the fetch offset dropped, an aborted transaction skipped when reading committed."""
+    below the fetch offset dropped, an aborted transaction skipped when reading committed;
+    record batches read whole, in chunks, and in chunks that end with the batch."""
+    monkeypatch.setattr("bucket_app.agent.GROUP_CHUNK", chunk)
     monkeypatch.setattr(PartitionRecords, "_unpack_records", PartitionRecords._unpack_records)
     monkeypatch.setattr(FetchResult, "getall", FetchResult.getall)
     bulk_source_records("source")
@@ -268,6 +279,41 @@ def test_counted_batches_tell_fausts_stall_detector_the_partition_is_processed(
     written = {(PROGRESS_KEY,) if key[0] == PROGRESS_KEY else (tuple(key[0]), tuple(key[1])):
                json.loads(v) for key, (_, v) in zip(keys, counted[0].changes, strict=True)}
     assert table_counts(written) == tally
+
+
+def test_avro_logical_types_as_mapped_fields_reach_the_snapshot_as_text(tmp_path):
+    """fastavro gives bytes, Decimal, UUID and date objects for such fields: they are counted,
+    written to RocksDB and the changelog, and reach the snapshot as text (no crash loop)."""
+    schema = {"type": "record", "name": "M", "fields": [
+        {"name": "origin_server", "type": "bytes"},
+        {"name": "topic", "type": {"type": "bytes", "logicalType": "decimal", "precision": 5,
+                                   "scale": 2}},
+        {"name": "timestamp", "type": "long"}]}
+    (tmp_path / "m.avsc").write_text(json.dumps(schema))
+    ini = replace_line(SEED_INI, "avro_val_schema", str(tmp_path / "m.avsc"))
+    ini = replace_line(ini, "sqlite_db", str(tmp_path / "snap.sqlite3"))
+    ini = ini.replace("[HTTPEndpointSetting]\n",
+                      f"[HTTPEndpointSetting]\ndata_dir = {tmp_path}/data\n")
+    settings = load(write_config(tmp_path, ini), {})
+    now = int(time.time()) // 20 * 20
+    values = []
+    for server, price in [(b"\x00\xff", "1.50"), (b"\x00\xff", "1.50"), (b"ab", "2.00")]:
+        body = io.BytesIO()
+        schemaless_writer(body, parse_schema(schema),
+                          {"origin_server": server, "topic": Decimal(price), "timestamp": now})
+        values.append(body.getvalue())
+    app = create_app(settings, partitions=4)
+    changes = app.processor.count_and_write(0, [record(0, i, v) for i, v in enumerate(values)])
+    store = SnapshotStore(**store_config(settings))
+    store.create()
+    try:
+        store.apply_records(dict(changes))
+        with sqlite3.connect(str(tmp_path / "snap.sqlite3")) as conn:
+            rows = set(conn.execute('SELECT server_name, topic, bucket_start, count '
+                                    'FROM "default"'))
+    finally:
+        store.close()
+    assert rows == {(str(b"\x00\xff"), "1.50", now, 2), (str(b"ab"), "2.00", now, 1)}
 
 
 def test_table_batch_writes_the_bytes_faust_writes(settings):
