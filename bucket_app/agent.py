@@ -478,13 +478,27 @@ def guard_local_state(settings: Settings, tabledir: Path) -> None:
     store can hold increments the changelog never got, and such a worker would never send them
     (it skips the replayed events as already counted). Starting from the changelog instead makes
     it the single truth: recovery rebuilds the store and the replay counts what it lacks.
+
+    The tables also belong to one ``app_id`` and ``topic`` (their files are named by the
+    table alone): a worker started on the same data_dir with another of either (to count
+    afresh, say) starts from its own changelog rather than from counts of another one, which
+    Faust's recovery would either refuse with a ConsistencyError or silently build on.
     """
     marker = settings.data_dir / f"{settings.app_id}.running"
+    owner = settings.data_dir / "tables-owner"
+    identity = f"app_id = {settings.app_id}\ntopic = {settings.topic}\n"
+    # Faust has not set up logging yet at this point of start-up: say it on stderr.
     if marker.exists() and tabledir.exists():
-        # Faust has not set up logging yet at this point of start-up: say it on stderr.
         print(f"bucket_app: the previous worker on {settings.data_dir} did not stop cleanly; "
               "rebuilding its tables from the changelog", file=sys.stderr, flush=True)
         shutil.rmtree(tabledir)
+    elif owner.exists() and owner.read_text() != identity and tabledir.exists():
+        print(f"bucket_app: the tables in {settings.data_dir} are another app_id's or topic's "
+              f"({' '.join(owner.read_text().split())}); starting from this one's changelog",
+              file=sys.stderr, flush=True)
+        shutil.rmtree(tabledir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    owner.write_text(identity)
     marker.write_text("a worker is running or did not stop cleanly\n")
 
     def clean_exit() -> None:

@@ -30,7 +30,7 @@ from aiokafka.structs import ConsumerRecord
 from fastavro import parse_schema, schemaless_writer
 from faust.types import TP
 
-from bucket_app.agent import Processor, bulk_source_records, create_app
+from bucket_app.agent import Processor, bulk_source_records, create_app, guard_local_state
 from bucket_app.changelog import WRITE_CHUNK, TableBatch
 from bucket_app.intake import BatchIntake
 from bucket_app.settings import load
@@ -239,6 +239,33 @@ def test_source_records_come_a_record_batch_at_a_time_as_aiokafka_would(monkeypa
     skipped = {5, 6, 7} if isolation == READ_COMMITTED else set()
     assert [offset for offset, _ in mine[0]] == [o for o in range(2, 12) if o not in skipped]
     assert mine[1] == 12
+
+
+def test_local_tables_of_another_app_id_or_topic_are_not_used(tmp_path, capsys):
+    """Local RocksDB tables are kept for the same app_id and topic after a clean stop, and
+    wiped (the changelog rebuilds them) for another app_id or topic on the same data_dir."""
+    def settings_for(app_id: str = "first", topic: str = "test"):
+        ini = SEED_INI.replace("[HTTPEndpointSetting]\n",
+                               f"[HTTPEndpointSetting]\ndata_dir = {tmp_path}/data\n")
+        ini = ini.replace("[KafkaSettings]\n", f"[KafkaSettings]\napp_id = {app_id}\n")
+        return load(write_config(tmp_path, replace_line(ini, "topic", topic)), {})
+
+    tabledir = tmp_path / "data" / "v1" / "tables"
+
+    def start(settings) -> bool:
+        """A worker starts and stops cleanly; whether it found the tables it left."""
+        tabledir.mkdir(parents=True, exist_ok=True)
+        (tabledir / "counts-0.db").write_text(settings.app_id + settings.topic)
+        guard_local_state(settings, tabledir)
+        (settings.data_dir / f"{settings.app_id}.running").unlink()  # a clean stop
+        return tabledir.exists()
+
+    first = settings_for()
+    assert start(first) and start(first)  # the same app_id and topic keep their tables
+    assert not start(settings_for(app_id="another"))
+    assert "are another app_id's or topic's" in capsys.readouterr().err
+    assert start(settings_for(app_id="another"))
+    assert not start(settings_for(app_id="another", topic="elsewhere"))
 
 
 def test_acknowledged_batches_commit_like_faust_acks(settings):
