@@ -162,11 +162,12 @@ def reflected(health: dict[str, Any] | None) -> dict[int, int]:
 
 def bucket_app(job: Job, workers: int, expected: dict[Key, int], load: float,
                probe_s: float, live_s: float, sql_from: int, sql_pause: float,
-               bucket_type: str = "epoch") -> Result:
-    name = f"bucket_app x{workers}" + (f" {bucket_type}" if bucket_type != "epoch" else "")
+               bucket_type: str = "epoch", label: str = "") -> Result:
+    name = f"bucket_app x{workers}" + (f" {bucket_type}" if bucket_type != "epoch" else "") + (
+        f" {label}" if label else "")
     app_id = f"bench-app-{uuid.uuid4().hex[:8]}"
-    procs = [BucketWorker(job.workdir / f"bucket_app-{bucket_type}-{workers}-{i}", job.brokers,
-                          job.topic, app_id, len(job.ends), bucket_type).start()
+    procs = [BucketWorker(job.workdir / f"{app_id}-{i}", job.brokers, job.topic, app_id,
+                          len(job.ends), bucket_type).start()
              for i in range(workers)]
     try:
         return _measure_bucket_app(name, procs, job, expected, load, probe_s, live_s,

@@ -33,6 +33,7 @@ from bench.common import (
 from bench.contenders import SQL_CONTENDER, Job, Result
 
 LOCAL_PORT = 9492
+SAME_AS_X2 = "bucket_app-1-again"
 ALL = ["bare", "quix", "faust-naive", "bucket_app-1", "bucket_app-2", "bucket_app-iso", "sql"]
 
 
@@ -104,6 +105,10 @@ def run(args: argparse.Namespace, brokers: str, chosen: list[str]) -> list[Resul
         "bucket_app-2": lambda job: contenders.bucket_app(
             job, 2, expected, args.load, args.probe_seconds, args.live_seconds, sql_from,
             args.sql_pause),
+        # throughput only, on the messages bucket_app-2 then counts (the 1-worker run's live
+        # and latency phases have added some millions to the topic): the scaling ratio
+        SAME_AS_X2: lambda job: contenders.bucket_app(
+            job, 1, expected, args.load, 0, 0, sql_from, args.sql_pause, label="again"),
     }
     results = []
     for name in chosen:
@@ -128,12 +133,13 @@ def run(args: argparse.Namespace, brokers: str, chosen: list[str]) -> list[Resul
             print(f"  sql: {result.note}", flush=True)
             results.append(result)
             continue
-        ends = asyncio.run(end_offsets(brokers, topic, args.partitions))
-        job = Job(brokers, topic, ends, workdir, args.timeout)
-        print(f"running {name} on {job.messages} messages ...", flush=True)
-        result = runners[name](job)
-        print(f"  {name}: {fmt(result.rate, '.0f')} msg/s  {result.note}", flush=True)
-        results.append(result)
+        for each in [SAME_AS_X2, name] if name == "bucket_app-2" else [name]:
+            ends = asyncio.run(end_offsets(brokers, topic, args.partitions))
+            job = Job(brokers, topic, ends, workdir, args.timeout)
+            print(f"running {each} on {job.messages} messages ...", flush=True)
+            result = runners[each](job)
+            print(f"  {each}: {fmt(result.rate, '.0f')} msg/s  {result.note}", flush=True)
+            results.append(result)
     print(f"work files: {workdir}")
     return results
 
@@ -194,18 +200,28 @@ def rows(results: list[Result]) -> list[dict[str, Any]]:
 
 
 def print_table(results: list[Result], messages: int) -> None:
-    header = (f"{'contender':<14} {'msg/s':>9} {'x bare':>7} {'x quix':>7} {'live msg/s':>11} "
+    header = (f"{'contender':<20} {'msg/s':>9} {'x bare':>7} {'x quix':>7} {'live msg/s':>11} "
               f"{'RSS MB':>7} "
               f"{'lat ms p50/p99':>15} {'SQL ms p50/p99':>15} {'exact':>6}")
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\n{messages} pre-loaded messages, {os.cpu_count()} cores, load average {load}"
           f"\n{header}\n{'-' * len(header)}")
     for row, r in zip(rows(results), results, strict=True):
-        print(f"{row['contender']:<14} {fmt(row['msg_per_s'], '9.0f'):>9} "
+        print(f"{row['contender']:<20} {fmt(row['msg_per_s'], '9.0f'):>9} "
               f"{fmt(row['ratio_to_bare'], '.3f'):>7} {fmt(row['ratio_to_quix'], '.2f'):>7} "
               f"{(('>' if r.live_kept_up else '') + fmt(r.live_rate, '.0f')):>11} "
               f"{row['peak_rss_mb']:7.0f} {pct(r.latency_ms):>15} {pct(r.sql_ms):>15} "
               f"{'-' if r.exact is None else ('yes' if r.exact else 'NO'):>6}")
+    scale = scaling(results)
+    if scale is not None:
+        print(f"2 workers / 1 worker on the same messages: {scale:.2f}x")
+
+
+def scaling(results: list[Result]) -> float | None:
+    """bucket_app x2's rate over the 1-worker rate on the same messages (``again``)."""
+    rates = {r.contender: r.rate for r in results}
+    one, two = rates.get("bucket_app x1 again"), rates.get("bucket_app x2")
+    return two / one if one and two else None
 
 
 def write_json(path: Path, results: list[Result], args: argparse.Namespace,
@@ -217,6 +233,7 @@ def write_json(path: Path, results: list[Result], args: argparse.Namespace,
            "live_seconds": args.live_seconds,
            "sql_pause": args.sql_pause,
            "cores": os.cpu_count(), "load_average_at_end": os.getloadavg(),
+           "scaling_2_workers_over_1": scaling(results),
            "results": rows(results)}
     path.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {path}")
