@@ -31,8 +31,8 @@ from bench.common import (
     http_json,
     peak_rss_mb,
     percentile,
-    preload,
     preload_distinct,
+    preload_quickly,
     produce_steady,
 )
 
@@ -386,13 +386,13 @@ def bucket_app_sql(brokers: str, partitions: int, rows: int, backlog: int, workd
         sql = f"SELECT * FROM default WHERE server_name='s-1' AND bucket_start >= {recent}"
         sql_url = worker.url + "/c/" + urllib.parse.quote(sql)
         sampler = Sampler(lambda: http_get(sql_url), sql_pause)
-        # The backlog is produced while the worker is stopped (SIGSTOP, well inside its 15 s
-        # session timeout), so the queries then run while it ingests as fast as it can, and
-        # not against the harness's producer for the 2 cores.
+        # The backlog is produced while the worker is stopped (SIGSTOP, about 5 s: inside its
+        # 15 s session timeout, or the group rebalances), so the queries then run while it
+        # ingests as fast as it can, and not against the harness's producer for the 2 cores.
         assert worker.proc is not None
         worker.proc.send_signal(signal.SIGSTOP)
         try:
-            more = asyncio.run(preload(brokers, topic, backlog, seed=9))
+            more = asyncio.run(preload_quickly(brokers, topic, backlog, partitions, seed=9))
         finally:
             worker.proc.send_signal(signal.SIGCONT)
         for key, n in more.items():
