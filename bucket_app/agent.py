@@ -489,17 +489,17 @@ def guard_local_state(settings: Settings, tabledir: Path) -> None:
     marker = settings.data_dir / f"{settings.app_id}.running"
     owner = settings.data_dir / "tables-owner"
     identity = f"app_id = {settings.app_id}\ntopic = {settings.topic}\n"
+    owned_by = owner.read_text() if owner.exists() else identity
     # Faust has not set up logging yet at this point of start-up: say it on stderr.
     if marker.exists() and tabledir.exists():
         print(f"bucket_app: the previous worker on {settings.data_dir} did not stop cleanly; "
               "rebuilding its tables from the changelog", file=sys.stderr, flush=True)
         shutil.rmtree(tabledir)
-    elif owner.exists() and owner.read_text() != identity and tabledir.exists():
+    elif owned_by != identity and tabledir.exists():
         print(f"bucket_app: the tables in {settings.data_dir} are another app_id's or topic's "
-              f"({' '.join(owner.read_text().split())}); starting from this one's changelog",
+              f"({' '.join(owned_by.split())}); starting from this one's changelog",
               file=sys.stderr, flush=True)
         shutil.rmtree(tabledir)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     owner.write_text(identity)
     marker.write_text("a worker is running or did not stop cleanly\n")
 

@@ -280,11 +280,17 @@ class Counter:
         current = table.get(key)
         done = -1 if current is None else current[1]
         fresh = len(offsets) - bisect_right(offsets, done)
-        self.replayed += len(offsets) - fresh
-        if fresh:
-            table[key] = [(0 if current is None else current[0]) + fresh, offsets[-1]]
-            self.counted += fresh
+        self._credit(table, key, current, len(offsets), fresh, offsets[-1])
         return fresh
+
+    def _credit(self, table: KeyValues, key: WindowKey, current: list[int] | None, n: int,
+                fresh: int, last: int) -> None:
+        """Of ``n`` records for ``key``, ``fresh`` were not counted before: add them to its
+        stored value (``current``), with ``last`` as its highest offset counted."""
+        self.replayed += n - fresh
+        if fresh:
+            table[key] = [(0 if current is None else current[0]) + fresh, last]
+            self.counted += fresh
 
     def admits_all(self, state: PartitionProgress, grouped: Grouped) -> bool:
         """No record of ``grouped`` is past retention, however the watermark moves within
@@ -299,16 +305,11 @@ class Counter:
         for index, key in enumerate(grouped.keys):
             current = get(key)
             n = grouped.counts[index]
-            if current is None:
-                table[key] = [n, grouped.lasts[index]]
-                self.counted += n
-                continue
-            done = current[1]
-            fresh = n if done < first else grouped.count_after(index, done)
-            self.replayed += n - fresh
-            if fresh:
-                table[key] = [current[0] + fresh, grouped.lasts[index]]
-                self.counted += fresh
+            if current is None or current[1] < first:
+                fresh = n
+            else:
+                fresh = grouped.count_after(index, current[1])
+            self._credit(table, key, current, n, fresh, grouped.lasts[index])
 
     def apply(
         self, table: KeyValues, item: Classified, partition: int, offset: int,
