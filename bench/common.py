@@ -93,20 +93,23 @@ async def produce_all(brokers: str, topic: str,
         await producer.stop()
 
 
+def counted_messages(n: int, seed: int, expected: dict[Key, int],
+                     iso: bool = False) -> Iterator[tuple[bytes, bytes, int]]:
+    """:func:`message` 0 to ``n`` - 1 as (Kafka key, value, record timestamp in ms), their event
+    times over the last SPAN_S before 2 SPAN_S ago; each is added to ``expected`` as it goes."""
+    rng = random.Random(seed)
+    base = (int(time.time()) - 2 * SPAN_S) // BUCKET_S * BUCKET_S
+    for i in range(n):
+        key, value, count_key = message(i, rng, base, n, iso)
+        expected[count_key] = expected.get(count_key, 0) + 1
+        yield key, value, (base + i * SPAN_S // n) * 1000
+
+
 async def preload(brokers: str, topic: str, n: int, seed: int = 4,
                   iso: bool = False) -> dict[Key, int]:
     """Produce ``n`` messages (keyed, idempotent, acks=all); return the expected counts."""
-    rng = random.Random(seed)
-    base = (int(time.time()) - 2 * SPAN_S) // BUCKET_S * BUCKET_S
     expected: dict[Key, int] = {}
-
-    def messages() -> Iterator[tuple[bytes, bytes, int | None]]:
-        for i in range(n):
-            key, value, count_key = message(i, rng, base, n, iso)
-            expected[count_key] = expected.get(count_key, 0) + 1
-            yield key, value, (base + i * SPAN_S // n) * 1000
-
-    await produce_all(brokers, topic, messages())
+    await produce_all(brokers, topic, counted_messages(n, seed, expected, iso))
     return expected
 
 
@@ -116,12 +119,11 @@ BACKLOG_BATCH = 5_000
 
 async def preload_quickly(brokers: str, topic: str, n: int, partitions: int,
                           seed: int) -> dict[Key, int]:
-    """:func:`preload`'s messages (the same generator), spread over the partitions in whole
-    producer batches: a few seconds for 1,000,000 instead of half a minute, so that a worker
-    stopped meanwhile (SIGSTOP) stays within its 15 s session timeout."""
-    rng = random.Random(seed)
-    base = (int(time.time()) - 2 * SPAN_S) // BUCKET_S * BUCKET_S
+    """:func:`preload`'s messages, spread over the partitions in whole producer batches (and
+    without record timestamps): a few seconds for 1,000,000 instead of half a minute, so that
+    a worker stopped meanwhile (SIGSTOP) stays within its 15 s session timeout."""
     expected: dict[Key, int] = {}
+    messages = counted_messages(n, seed, expected)
     producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all", enable_idempotence=True,
                                 max_batch_size=4 * 1024 * 1024, request_timeout_ms=60_000)
     await producer.start()
@@ -129,9 +131,7 @@ async def preload_quickly(brokers: str, topic: str, n: int, partitions: int,
         pending = []
         for first in range(0, n, BACKLOG_BATCH):
             batch = producer.create_batch()
-            for i in range(first, min(n, first + BACKLOG_BATCH)):
-                key, value, count_key = message(i, rng, base, n)
-                expected[count_key] = expected.get(count_key, 0) + 1
+            for key, value, _ in itertools.islice(messages, BACKLOG_BATCH):
                 if batch.append(key=key, value=value, timestamp=None) is None:
                     raise RuntimeError("backlog batch overflowed; lower BACKLOG_BATCH")
             batch.close()

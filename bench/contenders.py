@@ -67,8 +67,8 @@ class Result:
     # seconds from the start of the latency phase to each probe's ack, as latency_ms
     latency_at_s: list[float] = field(default_factory=list)
     sql_ms: list[float] = field(default_factory=list)
-    # msg/s counted while produced live faster than counted (None: not measured); a lower
-    # bound if the workers kept up with everything produced
+    # msg/s made visible while produced live at the backlog rate (None: not measured); a
+    # lower bound if the workers kept up with everything produced
     live_rate: float | None = None
     live_kept_up: bool = False
     # latency at the load fraction of the backlog rate (msg/s above), for comparison
@@ -291,6 +291,11 @@ def _await_probes(worker: BucketWorker, job: Job, probes: list[Probe]) -> None:
         if all(seen.get(p, -1) >= off for p, off in last.items()):
             break
         time.sleep(0.2)
+    _record_probes(job, probes)
+
+
+def _record_probes(job: Job, probes: list[Probe]) -> None:
+    """The topic now ends after the probes: the exactness check waits for them too."""
     for probe in probes:
         job.ends[probe.partition] = max(job.ends.get(probe.partition, 0), probe.offset + 1)
 
@@ -332,8 +337,7 @@ def _latency_phase(worker: BucketWorker, job: Job, expected: dict[Key, int],
                 latencies.append((done - probe.acked) * 1000)
                 at.append(probe.acked - phase_started)
                 break
-    for probe in probes:
-        job.ends[probe.partition] = max(job.ends.get(probe.partition, 0), probe.offset + 1)
+    _record_probes(job, probes)
     return latencies, at, len(probes)
 
 
