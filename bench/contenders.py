@@ -73,6 +73,9 @@ class Result:
     live_kept_up: bool = False
     # latency at the load fraction of the backlog rate (msg/s above), for comparison
     drain_latency_ms: list[float] = field(default_factory=list)
+    # msg/s from the group settling until the first partition was drained: every worker had a
+    # backlog throughout (None: too short to tell)
+    busy_rate: float | None = None
     exact: bool | None = None
     note: str = ""
 
@@ -188,6 +191,7 @@ def _measure_bucket_app(name: str, procs: list[BucketWorker], job: Job,
     deadline = time.monotonic() + job.timeout_s
     started: float | None = None
     settled: tuple[float, int] | None = None  # (time, messages reflected) once the group settled
+    drained: tuple[float, int] | None = None  # the same once the first partition was drained
     while True:  # ingestion: wait for the first count, then for every partition's end offset
         if time.monotonic() > deadline or not all(w.alive() for w in procs):
             sql_sampler.halt.set()
@@ -203,6 +207,9 @@ def _measure_bucket_app(name: str, procs: list[BucketWorker], job: Job,
                 answers[0]["rst_id"]):
             sql_sampler.start()  # once the snapshot exists: earlier queries wait for it
         offsets = reflected(answers[0])
+        if settled is not None and drained is None and any(
+                offsets.get(p, -1) >= t for p, t in targets.items()):
+            drained = (now, sum(off + 1 for off in offsets.values()))
         if started is not None and all(offsets.get(p, -1) >= t for p, t in targets.items()):
             break
         time.sleep(0.1)
@@ -219,6 +226,11 @@ def _measure_bucket_app(name: str, procs: list[BucketWorker], job: Job,
         window = (f"after the group settled ({messages} messages; {overall:.0f} msg/s from the "
                   "first count)")
     drain_rate = messages / seconds
+    busy_rate, busy = None, ""
+    if settled is not None and drained is not None and drained[0] - settled[0] >= 2:
+        busy_rate = (drained[1] - settled[1]) / (drained[0] - settled[0])
+        busy = (f"{busy_rate:.0f} msg/s until the first partition was drained "
+                f"({drained[0] - settled[0]:.1f} s); ")
     live_rate, kept_up, produced = _live_phase(procs, job, expected, LIVE_LOAD * drain_rate,
                                                live_s)
     sustained = live_rate if live_rate is not None else drain_rate
@@ -237,9 +249,9 @@ def _measure_bucket_app(name: str, procs: list[BucketWorker], job: Job,
              f" {len(drain_latency)}/{drain_probes} probes seen")
     return Result(name, messages, seconds, _rss(procs), latency_ms=latency,
                   latency_at_s=latency_at, sql_ms=sql_ms, live_rate=live_rate,
-                  live_kept_up=kept_up, drain_latency_ms=drain_latency,
-                  exact=exact, note=f"msg/s {window}; {len(sql_ms)} SQL queries during ingestion, "
-                  f"{sql_failed} not 200; {live}latency at {load * sustained:.0f} msg/s "
+                  live_kept_up=kept_up, drain_latency_ms=drain_latency, busy_rate=busy_rate,
+                  exact=exact, note=f"msg/s {window}; {busy}{len(sql_ms)} SQL queries during "
+                  f"ingestion, {sql_failed} not 200; {live}latency at {load * sustained:.0f} msg/s "
                   f"({load:.0%} of the {'live' if live_rate is not None else 'backlog'} rate) "
                   f"for {probe_s:.0f} s: {len(latency)}/{probes} probes seen within 30 s{drain}")
 

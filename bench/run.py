@@ -194,6 +194,7 @@ def rows(results: list[Result]) -> list[dict[str, Any]]:
             "latency_ms_max_by_second": by_second(r.latency_at_s, r.latency_ms),
             "backlog_rate_latency_ms_p50": percentile(r.drain_latency_ms, 50),
             "backlog_rate_latency_ms_p99": percentile(r.drain_latency_ms, 99),
+            "busy_msg_per_s": r.busy_rate,
             "exact": r.exact,
             "note": r.note,
         })
@@ -213,14 +214,17 @@ def print_table(results: list[Result], messages: int) -> None:
               f"{(('>' if r.live_kept_up else '') + fmt(r.live_rate, '.0f')):>11} "
               f"{row['peak_rss_mb']:7.0f} {pct(r.latency_ms):>15} {pct(r.sql_ms):>15} "
               f"{'-' if r.exact is None else ('yes' if r.exact else 'NO'):>6}")
-    scale = scaling(results)
-    if scale is not None:
-        print(f"2 workers / 1 worker on the same messages: {scale:.2f}x")
+    busy, whole = scaling(results, busy=True), scaling(results, busy=False)
+    if busy is not None or whole is not None:
+        print(f"2 workers / 1 worker on the same messages: {fmt(busy, '.2f')}x while every "
+              f"partition had a backlog, {fmt(whole, '.2f')}x over the whole backlog")
 
 
-def scaling(results: list[Result]) -> float | None:
-    """bucket_app x2's rate over the 1-worker rate on the same messages (``again``)."""
-    rates = {r.contender: r.rate for r in results}
+def scaling(results: list[Result], busy: bool) -> float | None:
+    """bucket_app x2's rate over the 1-worker rate on the same messages (``again``): while
+    every partition still had a backlog (``busy``), or over the whole backlog, whose end the
+    worker that got ahead while the other joined leaves to the other alone."""
+    rates = {r.contender: r.busy_rate if busy else r.rate for r in results}
     one, two = rates.get("bucket_app x1 again"), rates.get("bucket_app x2")
     return two / one if one and two else None
 
@@ -234,7 +238,8 @@ def write_json(path: Path, results: list[Result], args: argparse.Namespace,
            "live_seconds": args.live_seconds,
            "sql_pause": args.sql_pause,
            "cores": os.cpu_count(), "load_average_at_end": os.getloadavg(),
-           "scaling_2_workers_over_1": scaling(results),
+           "scaling_2_workers_over_1": scaling(results, busy=True),
+           "scaling_2_workers_over_1_whole_backlog": scaling(results, busy=False),
            "results": rows(results)}
     path.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {path}")

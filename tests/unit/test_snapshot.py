@@ -11,7 +11,15 @@ import orjson
 import pytest
 
 from bucket_app.settings import load
-from bucket_app.snapshot import PartKey, SnapshotStore, store_config
+from bucket_app.snapshot import (
+    PartKey,
+    Pending,
+    Progress,
+    SnapshotStore,
+    decode_records,
+    progress_key,
+    store_config,
+)
 from bucket_app.snapshotproc import SnapshotError, SnapshotProcess
 from tests.unit.test_settings import SEED_INI, write_config
 
@@ -116,6 +124,31 @@ def test_a_mapped_integer_beyond_64_bits_is_kept_as_text(store: SnapshotStore) -
                                         (1, ("s-1", "orders"), 0): 2})) == 1
     assert snapshot_rows(store) == {(str(huge), "orders", 0, 20): (3, 1),
                                     ("s-1", "orders", 0, 20): (2, 1)}
+
+
+def test_changelog_records_are_split_into_progress_and_counts(
+        caplog: pytest.LogCaptureFixture) -> None:
+    pending = Pending()
+    count_key = orjson.dumps([[1, "s-1", "orders"], [60.0, 79.9]])
+    pending.add(orjson.dumps(progress_key(1)), orjson.dumps([41, 1700000000.5]))
+    pending.add(count_key, orjson.dumps([3, 40]))
+    pending.add(orjson.dumps(progress_key(1)), orjson.dumps([57, 1700000001.0]))
+    pending.add(orjson.dumps(progress_key(2)), b"[oops")
+    pending.add(None, b"[1, 2]")
+    assert pending.progress == {1: Progress(57, 1700000001.0)}
+    assert pending.records == {count_key: orjson.dumps([3, 40])}
+    assert "ignored changelog record" in caplog.text
+
+    # The snapshot process's side: per-partition counts, the last record of a key winning,
+    # a tombstone as None; unknown shapes skipped with a log line.
+    caplog.clear()
+    assert decode_records([
+        (orjson.dumps([[1, "s-1", "orders"], [60.0, 79.9]]), orjson.dumps([3, 40])),
+        (orjson.dumps([[0, "s-1", "orders"], [60, 79.9]]), None),
+        (orjson.dumps([[1, "s-1", "orders"], [60, 79.9]]), orjson.dumps([5, 44])),
+        (b'"not a window key"', b"[1]"),
+    ]) == {(1, ("s-1", "orders"), 60): 5, (0, ("s-1", "orders"), 60): None}
+    assert "ignored changelog record with key b'\"not a window key\"'" in caplog.text
 
 
 def test_the_childs_errors_reach_the_worker_and_it_goes_on(tmp_path: Path) -> None:
