@@ -163,6 +163,11 @@ def reflected(health: dict[str, Any] | None) -> dict[int, int]:
             for p, v in health.get("partitions", {}).items()}
 
 
+def messages_in(offsets: dict[int, int]) -> int:
+    """Messages up to and including ``offsets`` (partition -> last offset, -1 for none)."""
+    return sum(offset + 1 for offset in offsets.values())
+
+
 def bucket_app(job: Job, workers: int, expected: dict[Key, int], load: float,
                probe_s: float, live_s: float, sql_from: int, sql_pause: float,
                bucket_type: str = "epoch", label: str = "") -> Result:
@@ -202,14 +207,14 @@ def _measure_bucket_app(name: str, procs: list[BucketWorker], job: Job,
         if started is None and any(a and a["worker"]["counted"] for a in answers):
             started = now
         if settled is None and started is not None and _group_settled(answers, len(job.ends)):
-            settled = (now, sum(off + 1 for off in reflected(answers[0]).values()))
+            settled = (now, messages_in(reflected(answers[0])))
         if not sql_sampler.is_alive() and started is not None and answers[0] and (
                 answers[0]["rst_id"]):
             sql_sampler.start()  # once the snapshot exists: earlier queries wait for it
         offsets = reflected(answers[0])
         if settled is not None and drained is None and any(
                 offsets.get(p, -1) >= t for p, t in targets.items()):
-            drained = (now, sum(off + 1 for off in offsets.values()))
+            drained = (now, messages_in(offsets))
         if started is not None and all(offsets.get(p, -1) >= t for p, t in targets.items()):
             break
         time.sleep(0.1)
@@ -274,7 +279,7 @@ def _live_phase(procs: list[BucketWorker], job: Job, expected: dict[Key, int], r
 
     def visible() -> int | None:
         offsets = reflected(procs[0].health())
-        return sum(offset + 1 for offset in offsets.values()) if offsets else None
+        return messages_in(offsets) if offsets else None
 
     before = sum(expected.values())
     sampler = Sampler(visible, 0.25)
