@@ -10,13 +10,11 @@ the partition it sweeps, because Faust routes table writes by the current event.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import gc
 import logging
 import shutil
 import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from itertools import chain, islice
@@ -25,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.consumer.fetcher import READ_COMMITTED, FetchResult, PartitionRecords
-from aiokafka.errors import CorruptRecordException, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import CorruptRecordException
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
 from bucket_app.changelog import ChangelogRecord, ChangelogSender, TableBatch
@@ -39,17 +36,17 @@ from bucket_app.counting import (
     PartitionProgress,
     RateLimitedLog,
 )
-from bucket_app.errors import BadInput, BucketAppError
+from bucket_app.errors import BadInput
 from bucket_app.intake import BatchIntake
 from bucket_app.settings import Settings
-from bucket_app.snapshot import COUNTS_TABLE, PROGRESS_KEY, changelog_topic, progress_key
+from bucket_app.snapshot import COUNTS_TABLE, PROGRESS_KEY, progress_key
 from bucket_app.snapshotproc import SnapshotProcess
+from bucket_app.topics import source_partitions
 
 log = logging.getLogger(__name__)
 
 _VALUE, _OFFSET = attrgetter("value"), attrgetter("offset")
 
-KAFKA_TIMEOUT_S = 30.0
 # The web server's thread waits for the GIL while the main loop counts; CPython hands it over
 # after this long (default 5 ms), and an HTTP answer needs several hand-overs. SQL over
 # 1,000,000 rows while ingesting: p99 46-48 ms at 1 ms, 30 and 35 ms at 0.5 ms; the counting
@@ -79,85 +76,6 @@ ROCKSDB_OPTIONS = {
     "max_write_buffer_number": 2,
     "block_cache_size": 16 * 1024 * 1024,
 }
-
-
-class KafkaUnavailable(BucketAppError):
-    """The brokers named in the settings could not be reached at start-up."""
-
-
-async def _ensure_topic(admin: AIOKafkaAdminClient, topic: NewTopic,
-                        expect_partitions: int | None = None) -> int:
-    """Create ``topic`` unless it exists; return its partition count once metadata shows it.
-
-    On a multi-broker cluster a new topic's partitions reach the metadata one by one, so this
-    waits until the count is stable (and, for the changelog, equal to the source's). Existence
-    is checked by listing topics: describing a missing topic is a metadata request that a
-    broker with auto.create.topics.enable creates it for, with the broker's default partitions.
-    """
-    for _attempt in range(60):
-        if topic.name not in await admin.list_topics():
-            try:
-                await admin.create_topics([topic])
-                log.info("created topic %s with %d partitions", topic.name, topic.num_partitions)
-            except TopicAlreadyExistsError:
-                pass
-            await asyncio.sleep(0.2)
-            continue
-        described = await admin.describe_topics([topic.name])
-        info = described[0] if described else {}
-        found = len(info.get("partitions") or ()) if info.get("error_code", 3) == 0 else 0
-        if found and (expect_partitions is None or found == expect_partitions):
-            return found
-        if found and found > (expect_partitions or 0):
-            raise KafkaUnavailable(
-                f"topic {topic.name} has {found} partitions but the source topic has "
-                f"{expect_partitions}; delete it (or use another app_id) to start over")
-        await asyncio.sleep(0.5)
-    raise KafkaUnavailable(f"topic {topic.name} did not become available")
-
-
-def source_partitions(settings: Settings) -> int:
-    """The source topic's partition count; creates it and the changelog topic if missing.
-
-    Faust would create the changelog itself, but two replicas starting together on a cluster
-    can then see it before all its partitions are in the metadata and crash with
-    PartitionsMismatch (seen here); creating and checking it first avoids that. Runs a private
-    event loop in a thread: this happens at import time, before Faust owns the main thread's
-    loop, and must not leave a closed loop behind for it.
-    """
-    result: dict[str, Any] = {}
-
-    async def probe() -> int:
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=list(settings.brokers), request_timeout_ms=10_000,
-        )
-        try:
-            await asyncio.wait_for(admin.start(), KAFKA_TIMEOUT_S)
-            n = await _ensure_topic(admin, NewTopic(
-                settings.topic, settings.partitions, settings.replication_factor))
-            await _ensure_topic(admin, NewTopic(
-                changelog_topic(settings), n, settings.replication_factor,
-                topic_configs={"cleanup.policy": "compact"}), expect_partitions=n)
-            return n
-        finally:
-            await admin.close()
-
-    def run() -> None:
-        try:
-            result["n"] = asyncio.run(probe())
-        except (TimeoutError, KafkaError, OSError, BucketAppError) as exc:
-            result["error"] = exc
-
-    thread = threading.Thread(target=run, name="bucket_app-probe", daemon=True)
-    thread.start()
-    thread.join(KAFKA_TIMEOUT_S + 15)
-    if "n" in result:
-        return int(result["n"])
-    error = result.get("error", "timed out")
-    raise KafkaUnavailable(
-        f"cannot reach Kafka at {','.join(settings.brokers)} "
-        f"([KafkaSettings] brokers in {settings.source}): {error!r}"
-    )
 
 
 def seek_uncommitted_to_beginning(source_topic: str) -> None:

@@ -17,6 +17,19 @@ class SettingsError(BucketAppError):
     """A bad settings file, key or value; the message is one line naming all three."""
 
 
+class KafkaUnavailable(BucketAppError):
+    """The brokers could not be reached at start-up (within ``startup_timeout``)."""
+
+
+class KafkaAuthError(BucketAppError):
+    """A broker answered but refused this client: credentials, certificates or protocol.
+    The message names the settings key to fix; waiting would not help."""
+
+
+class TopicError(BucketAppError):
+    """A topic bucket_app needs is wrong or cannot be created; the message names it."""
+
+
 class BadInput(BucketAppError):
     """A message that cannot be counted. ``reason`` is a short stable label for metrics."""
 

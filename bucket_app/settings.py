@@ -32,6 +32,7 @@ _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$", re.IGNORECASE)
 _DURATION_UNITS_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 _ZOOKEEPER_PORTS = frozenset({2181, 2182})
+SECRET_KEYS = frozenset({"sasl_password", "http_token"})
 
 
 class _Invalid(ValueError):
@@ -141,6 +142,37 @@ def _optional_path(raw: str) -> str | None:
     return None if value.lower() in {"", "none", "null"} else value
 
 
+def _optional_text(raw: str) -> str | None:
+    value = raw.strip()
+    return None if value.lower() in {"", "none", "null"} else value
+
+
+def _optional_seconds(raw: str) -> float | None:
+    value = raw.strip()
+    if value.lower() in {"", "none", "null", "off", "0"}:
+        return None
+    return parse_duration_s(value, bare_unit_s=1)
+
+
+def _boolean(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"true", "yes", "on", "1"}:
+        return True
+    if value in {"false", "no", "off", "0"}:
+        return False
+    raise _Invalid("must be true or false")
+
+
+def _upper_choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().upper()
+        if value not in options:
+            raise _Invalid(f"must be one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
 def _sqlite_db(raw: str) -> str:
     return _text(raw)
 
@@ -181,6 +213,25 @@ KEYS: tuple[Key, ...] = (
         "consumer group id and prefix of the changelog topics"),
     Key("KafkaSettings", "session_timeout", _seconds_duration, "15s",
         "how long a silent worker keeps its partitions before the group moves them"),
+    Key("KafkaSettings", "startup_timeout", _optional_seconds, "none",
+        "give up start-up when the brokers stay unreachable this long; none = wait forever"),
+    Key("KafkaSettings", "security_protocol",
+        _upper_choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"), "PLAINTEXT",
+        "how every Kafka client connects: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
+    Key("KafkaSettings", "sasl_mechanism",
+        _upper_choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"), "PLAIN",
+        "SASL mechanism with SASL_*: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+    Key("KafkaSettings", "sasl_username", _optional_text, "none", "SASL user name"),
+    Key("KafkaSettings", "sasl_password", _optional_text, "none",
+        "SASL password; prefer the environment variable BUCKET_APP_SASL_PASSWORD"),
+    Key("KafkaSettings", "ssl_cafile", _optional_path, "none",
+        "PEM file of the CAs to trust with SSL/SASL_SSL; none = the system's"),
+    Key("KafkaSettings", "ssl_certfile", _optional_path, "none",
+        "PEM client certificate for mutual TLS"),
+    Key("KafkaSettings", "ssl_keyfile", _optional_path, "none",
+        "PEM private key of ssl_certfile"),
+    Key("KafkaSettings", "ssl_check_hostname", _boolean, "true",
+        "check that the broker's certificate names the host connected to"),
     Key("MsgSettings", "bucket_interval", _bucket_interval, None,
         "seconds per bucket; must divide 86400"),
     Key("MsgSettings", "bucket_field", _text, None,
@@ -212,6 +263,12 @@ KEYS: tuple[Key, ...] = (
         "most rows one SQL answer returns (it says truncated when there were more)"),
     Key("HTTPEndpointSetting", "data_dir", _text, "data",
         "directory of the RocksDB state and private files"),
+    Key("HTTPEndpointSetting", "http_token", _optional_text, "none",
+        "when set, every route but /health needs Authorization: Bearer <token>"),
+    Key("HTTPEndpointSetting", "sql_client_limit", _positive_int, "1",
+        "SQL queries one client (remote address) may have running at once; 429 beyond it"),
+    Key("HTTPEndpointSetting", "sql_queue_limit", _positive_int, "16",
+        "SQL queries admitted at once from all clients; 503 beyond it"),
 )
 KEYS_BY_SECTION: dict[str, dict[str, Key]] = {}
 for _key in KEYS:
@@ -231,6 +288,15 @@ class Settings:
     replication_factor: int
     app_id: str
     session_timeout_s: float
+    startup_timeout_s: float | None
+    security_protocol: str
+    sasl_mechanism: str
+    sasl_username: str | None
+    sasl_password: str | None = field(repr=False)
+    ssl_cafile: Path | None
+    ssl_certfile: Path | None
+    ssl_keyfile: Path | None
+    ssl_check_hostname: bool
     bucket_interval_s: int
     bucket_field: str
     bucket_type: str
@@ -248,6 +314,9 @@ class Settings:
     sql_time_limit_s: float
     sql_row_limit: int
     data_dir: Path
+    http_token: str | None = field(repr=False)
+    sql_client_limit: int
+    sql_queue_limit: int
     raw: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -286,6 +355,8 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
 
 
 def _where(origin: str, key: Key, text: str) -> str:
+    if key.name in SECRET_KEYS and text.strip().lower() not in {"", "none", "null"}:
+        text = "***"  # an error line must not leak a secret into logs
     if origin == "env":
         return f"environment: {key.env} = {text!r}"
     return f"{origin}: [{key.section}] {key.name} = {text!r}"
@@ -379,6 +450,21 @@ def _resolve(source: Path, values: dict[str, Any], raw: dict[str, tuple[str, str
         raise fail("clean_interval", f"must be at least bucket_interval "
                    f"({values['bucket_interval']} s), or buckets vanish as they close")
 
+    if values["security_protocol"].startswith("SASL_"):
+        for name in ("sasl_username", "sasl_password"):
+            if not values[name]:
+                raise fail(name, f"is needed with security_protocol = "
+                           f"{values['security_protocol']}")
+    tls_files: dict[str, Path | None] = {}
+    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        tls_files[name] = path_of(name) if values[name] else None
+        found = tls_files[name]
+        if found is not None and not found.is_file():
+            raise fail(name, f"file {found} not found")
+    if (tls_files["ssl_certfile"] is None) != (tls_files["ssl_keyfile"] is None):
+        raise fail("ssl_certfile" if tls_files["ssl_keyfile"] else "ssl_keyfile",
+                   "ssl_certfile and ssl_keyfile go together")
+
     data_dir = path_of("data_dir")
     sqlite_db = values["sqlite_db"]
     snapshot = data_dir / "snapshot-memory.sqlite3" if sqlite_db == ":memory:" else (
@@ -396,6 +482,15 @@ def _resolve(source: Path, values: dict[str, Any], raw: dict[str, tuple[str, str
         replication_factor=values["replication_factor"],
         app_id=values["app_id"],
         session_timeout_s=values["session_timeout"],
+        startup_timeout_s=values["startup_timeout"],
+        security_protocol=values["security_protocol"],
+        sasl_mechanism=values["sasl_mechanism"],
+        sasl_username=values["sasl_username"],
+        sasl_password=values["sasl_password"],
+        ssl_cafile=tls_files["ssl_cafile"],
+        ssl_certfile=tls_files["ssl_certfile"],
+        ssl_keyfile=tls_files["ssl_keyfile"],
+        ssl_check_hostname=values["ssl_check_hostname"],
         bucket_interval_s=values["bucket_interval"],
         bucket_field=values["bucket_field"],
         bucket_type=values["bucket_type"],
@@ -413,6 +508,9 @@ def _resolve(source: Path, values: dict[str, Any], raw: dict[str, tuple[str, str
         sql_time_limit_s=values["sql_time_limit"],
         sql_row_limit=values["sql_row_limit"],
         data_dir=data_dir,
+        http_token=values["http_token"],
+        sql_client_limit=values["sql_client_limit"],
+        sql_queue_limit=values["sql_queue_limit"],
         raw={name: text for name, (text, _) in raw.items()},
     )
 

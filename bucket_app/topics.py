@@ -1,0 +1,173 @@
+"""Topic administration at start-up: wait for the brokers, create and check the topics.
+
+Before Faust starts, :func:`source_partitions` makes sure the source topic and the counts
+changelog exist with matching partition counts, and returns that count (Faust needs it to
+declare the topic and the table). It tells three failures apart, because an operator fixes
+each differently:
+
+- the brokers cannot be reached (down, not started yet, wrong address): the worker waits,
+  logging a line every few seconds and answering ``/health`` with ``503 starting`` meanwhile
+  (:class:`~bucket_app.startup.StartingServer`), until they appear or ``startup_timeout``
+  passes (:class:`~bucket_app.errors.KafkaUnavailable`);
+- the brokers answer but refuse this client (credentials, certificates, protocol): waiting
+  cannot help, so start-up stops at once (:class:`~bucket_app.errors.KafkaAuthError`);
+- a topic is wrong (partition counts disagree, it cannot be created): start-up stops with a
+  line naming the topic and why (:class:`~bucket_app.errors.TopicError`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+import time
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+
+from bucket_app import kafka_security
+from bucket_app.errors import BucketAppError, KafkaUnavailable, TopicError
+from bucket_app.settings import Settings
+from bucket_app.snapshot import changelog_topic
+
+log = logging.getLogger(__name__)
+
+# One attempt to reach the brokers and check the topics; a slow cluster gets this long.
+KAFKA_TIMEOUT_S = 30.0
+# Between attempts while the brokers are unreachable, and between "waiting" lines.
+RETRY_INTERVAL_S = 2.0
+WAIT_LOG_INTERVAL_S = 5.0
+
+
+class _Unreachable(Exception):
+    """One attempt found no broker to talk to; the worker waits and tries again."""
+
+
+async def _ensure_topic(admin: AIOKafkaAdminClient, topic: NewTopic,
+                        expect_partitions: int | None = None) -> int:
+    """Create ``topic`` unless it exists; return its partition count once metadata shows it.
+
+    On a multi-broker cluster a new topic's partitions reach the metadata one by one, so this
+    waits until the count is stable (and, for the changelog, equal to the source's). Existence
+    is checked by listing topics: describing a missing topic is a metadata request that a
+    broker with auto.create.topics.enable creates it for, with the broker's default partitions.
+    """
+    for _attempt in range(60):
+        if topic.name not in await admin.list_topics():
+            try:
+                await admin.create_topics([topic])
+                log.info("created topic %s with %d partitions", topic.name, topic.num_partitions)
+            except TopicAlreadyExistsError:
+                pass
+            await asyncio.sleep(0.2)
+            continue
+        described = await admin.describe_topics([topic.name])
+        info = described[0] if described else {}
+        found = len(info.get("partitions") or ()) if info.get("error_code", 3) == 0 else 0
+        if found and (expect_partitions is None or found == expect_partitions):
+            return found
+        if found and found > (expect_partitions or 0):
+            raise TopicError(
+                f"topic {topic.name} has {found} partitions but the source topic has "
+                f"{expect_partitions}; delete it (or use another app_id) to start over")
+        await asyncio.sleep(0.5)
+    raise TopicError(f"topic {topic.name} did not become available")
+
+
+async def _probe(settings: Settings) -> int:
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=list(settings.brokers), request_timeout_ms=10_000,
+        **kafka_security.client_kwargs(settings),
+    )
+    try:
+        try:
+            await asyncio.wait_for(admin.start(), KAFKA_TIMEOUT_S)
+        except (TimeoutError, KafkaConnectionError, OSError) as exc:
+            # A broker that answers but refuses us is not worth waiting for.
+            await kafka_security.raise_if_refused(settings)
+            raise _Unreachable(_describe(exc)) from exc
+        n = await _ensure_topic(admin, NewTopic(
+            settings.topic, settings.partitions, settings.replication_factor))
+        await _ensure_topic(admin, NewTopic(
+            changelog_topic(settings), n, settings.replication_factor,
+            topic_configs={"cleanup.policy": "compact"}), expect_partitions=n)
+        return n
+    finally:
+        await admin.close()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _probe_in_thread(settings: Settings) -> int:
+    """:func:`_probe` on a private event loop in a thread.
+
+    This runs at import time, before Faust owns the main thread's loop, and must not leave a
+    closed loop behind for it.
+    """
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["n"] = asyncio.run(_probe(settings))
+        except (BucketAppError, _Unreachable) as exc:
+            result["error"] = exc
+        except (TimeoutError, KafkaError, OSError) as exc:
+            result["error"] = _Unreachable(_describe(exc))
+
+    thread = threading.Thread(target=run, name="bucket_app-probe", daemon=True)
+    thread.start()
+    thread.join(KAFKA_TIMEOUT_S * 3)
+    if "n" in result:
+        return int(result["n"])
+    error = result.get("error")
+    if isinstance(error, BaseException):
+        raise error
+    raise _Unreachable(f"no answer within {KAFKA_TIMEOUT_S * 3:.0f} s")
+
+
+def source_partitions(settings: Settings, *, retry_interval_s: float = RETRY_INTERVAL_S) -> int:
+    """The source topic's partition count; creates it and the changelog topic if missing.
+
+    Faust would create the changelog itself, but two replicas starting together on a cluster
+    can then see it before all its partitions are in the metadata and crash with
+    PartitionsMismatch; creating and checking it first avoids that. While the brokers cannot
+    be reached this waits (see the module docstring), serving ``/health`` as ``starting``.
+    """
+    from bucket_app.startup import StartingServer  # noqa: PLC0415 - aiohttp only when waiting
+
+    brokers = ",".join(settings.brokers)
+    started = time.monotonic()
+    next_line = started
+    server: StartingServer | None = None
+    try:
+        while True:
+            try:
+                return _probe_in_thread(settings)
+            except _Unreachable as exc:
+                reason = f"waiting for Kafka at {brokers}: {exc}"
+                waited = time.monotonic() - started
+                limit = settings.startup_timeout_s
+                if limit is not None and waited >= limit:
+                    raise KafkaUnavailable(
+                        f"cannot reach Kafka at {brokers} ([KafkaSettings] brokers in "
+                        f"{settings.source}) within startup_timeout = {limit:g} s: {exc}"
+                    ) from None
+                if server is None:
+                    server = StartingServer(settings.web_host, settings.web_port)
+                    server.start()
+                server.reason = reason
+                if time.monotonic() >= next_line:
+                    # Faust has not set up logging yet at this point of start-up: stderr.
+                    print(f"bucket_app: {reason} (waited {waited:.0f} s"
+                          + (f" of startup_timeout {limit:g} s)" if limit else ")"),
+                          file=sys.stderr, flush=True)
+                    next_line = time.monotonic() + WAIT_LOG_INTERVAL_S
+                time.sleep(retry_interval_s)
+    finally:
+        if server is not None:
+            server.stop()
