@@ -99,6 +99,11 @@ async def _probe(settings: Settings) -> int:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, KafkaConnectionError):
+        # aiokafka's text repeats the class name and lists resolved socket addresses
+        return "no broker accepted a connection"
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {KAFKA_TIMEOUT_S:.0f} s"
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 

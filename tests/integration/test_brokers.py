@@ -98,3 +98,58 @@ def test_three_brokers_one_stopped_counts_stay_exact(cluster, make_worker):
     script("kafka-cluster.sh", "start-node", "2")
     for worker in workers:
         assert worker.get("/health").status == 200
+
+
+LATE_PORT = 9492
+
+
+def test_worker_started_before_its_broker_waits_then_counts(make_worker):
+    """A worker whose broker is down waits (503 starting on /health, a line every few
+    seconds naming the broker) and counts exactly once the broker appears."""
+    script("kafka.sh", "clean", port=LATE_PORT)
+    broker = f"127.0.0.1:{LATE_PORT}"
+    topic = unique("late")
+    worker = make_worker(topic, partitions=2, brokers=broker).start(wait=False)
+    try:
+        deadline = time.monotonic() + 30
+        answer = None
+        while time.monotonic() < deadline:
+            try:
+                answer = worker.get("/health")
+                break
+            except OSError:
+                time.sleep(0.3)
+        assert answer is not None and answer.status == 503, worker.tail()
+        body = answer.json()
+        assert body["status"] == "starting" and broker in body["reason"], body
+        assert answer.headers["Retry-After"]
+        refused = worker.get("/a/default")
+        assert refused.status == 503 and refused.json()["status"] == 503
+        time.sleep(7)  # longer than one "waiting" line's interval
+        assert worker.proc is not None and worker.proc.poll() is None, worker.tail()
+        assert worker.tail().count(f"waiting for Kafka at {broker}") >= 2, worker.tail()
+
+        script("kafka.sh", "start", port=LATE_PORT)
+        worker.wait_healthy(timeout_s=120)
+        records, expected = bulk_records(3_000, 2, seed=21)
+        last = produce(topic, records, brokers=broker)
+        worker.wait_caught_up(last, timeout_s=120)
+        assert counts_of(worker) == expected
+    finally:
+        worker.stop()
+        script("kafka.sh", "clean", port=LATE_PORT)
+
+
+def test_worker_gives_up_after_startup_timeout(make_worker):
+    """With startup_timeout set, a worker whose brokers never appear exits with status 2 and
+    one line naming the brokers and the timeout."""
+    broker = f"127.0.0.1:{LATE_PORT + 7}"  # nothing listens there
+    worker = make_worker(unique("never"), brokers=broker,
+                         extra={"startup_timeout": "4s"}).start(wait=False)
+    assert worker.proc is not None
+    started = time.monotonic()
+    assert worker.proc.wait(60) == 2, worker.tail()
+    assert 4 <= time.monotonic() - started < 40
+    last = worker.tail().strip().splitlines()[-1]
+    assert last.startswith(f"bucket_app: cannot reach Kafka at {broker}"), last
+    assert "startup_timeout = 4 s" in last, last
