@@ -6,7 +6,7 @@ PYTHON ?= python3
 STAMP := $(VENV)/.installed
 export BUCKET_APP_SETTINGS ?= $(CURDIR)/settings.ini
 
-.PHONY: setup kafka kafka-stop kafka-cluster kafka-cluster-stop run test test-unit lint bench clean
+.PHONY: setup kafka kafka-stop kafka-cluster kafka-cluster-stop kafka-secure kafka-secure-stop run test test-unit lint bench clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,14 @@ kafka-cluster:
 kafka-cluster-stop:
 	scripts/kafka-cluster.sh stop
 
+# SASL_SSL (SCRAM-SHA-512, user bucket_app) broker on 127.0.0.1:9095; CA in .kafka/secure/ca.pem,
+# password in .kafka/secure/password. Its readiness check uses .venv (make setup). See scripts/kafka-secure.sh.
+kafka-secure:
+	scripts/kafka-secure.sh start
+
+kafka-secure-stop:
+	scripts/kafka-secure.sh stop
+
 # Starts the local broker only when the settings point at it (127.0.0.1:9092 / localhost:9092).
 run: setup
 	@if $(BIN)/python -m bucket_app uses-local-broker; then scripts/kafka.sh start; fi
@@ -41,13 +49,15 @@ lint: setup
 test-unit: setup
 	$(BIN)/pytest -q tests/unit
 
-# Starts the broker if none is running, runs lint and every test, stops what it started.
+# Starts the brokers (plaintext, secure) if not running, runs lint and every test, stops what it started.
 test: setup
-	@started=0; \
+	@started=0; secure_started=0; \
 	if ! scripts/kafka.sh status >/dev/null 2>&1; then scripts/kafka.sh start && started=1; fi; \
+	if ! scripts/kafka-secure.sh status >/dev/null 2>&1; then scripts/kafka-secure.sh start && secure_started=1; fi; \
 	rc=0; \
 	$(MAKE) --no-print-directory lint || rc=$$?; \
 	if [ $$rc -eq 0 ]; then $(BIN)/pytest -q -p no:cacheprovider tests || rc=$$?; fi; \
+	if [ $$secure_started -eq 1 ]; then scripts/kafka-secure.sh stop; fi; \
 	if [ $$started -eq 1 ]; then scripts/kafka.sh stop; fi; \
 	exit $$rc
 
@@ -58,5 +68,5 @@ bench: setup
 	  touch .bench-venv/.installed; fi
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-clean: kafka-stop
+clean: kafka-stop kafka-secure-stop
 	rm -rf data .pytest_cache .mypy_cache .ruff_cache

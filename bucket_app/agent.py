@@ -27,6 +27,7 @@ from aiokafka.consumer.fetcher import READ_COMMITTED, FetchResult, PartitionReco
 from aiokafka.errors import CorruptRecordException
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
+from bucket_app import identity, kafka_security
 from bucket_app.changelog import ChangelogRecord, ChangelogSender, TableBatch
 from bucket_app.counting import (
     GROUP_CHUNK,
@@ -392,33 +393,33 @@ def quiet_debug_logging() -> None:
 
 
 def guard_local_state(settings: Settings, tabledir: Path) -> None:
-    """Wipe the local RocksDB state if the previous worker on this data_dir did not stop cleanly.
+    """Say which state this worker counts under, and wipe that state's local RocksDB tables if
+    its previous worker on this data_dir did not stop cleanly.
 
     A worker writes RocksDB at once but its changelog records later; after SIGKILL the local
     store can hold increments the changelog never got, and such a worker would never send them
     (it skips the replayed events as already counted). Starting from the changelog instead makes
     it the single truth: recovery rebuilds the store and the replay counts what it lacks.
 
-    The tables also belong to one ``app_id`` and ``topic`` (their files are named by the
-    table alone): a worker started on the same data_dir with another of either (to count
-    afresh, say) starts from its own changelog rather than from counts of another one, which
-    Faust's recovery would either refuse with a ConsistencyError or silently build on.
+    Local tables, marker and changelog all belong to one state (:mod:`bucket_app.identity`):
+    a worker whose bound settings changed counts under another state, in another ``tabledir``,
+    and leaves the old one as it was. ``<data_dir>/tables-owner`` names the state the last
+    worker on this data_dir counted under, so the start-up line can say what changed.
     """
-    marker = settings.data_dir / f"{settings.app_id}.running"
-    owner = settings.data_dir / "tables-owner"
-    identity = f"app_id = {settings.app_id}\ntopic = {settings.topic}\n"
-    owned_by = owner.read_text() if owner.exists() else identity
+    marker = identity.running_marker(settings)
+    owner = settings.data_dir / identity.OWNER_FILE
+    owned_by = owner.read_text() if owner.exists() else None
     # Faust has not set up logging yet at this point of start-up: say it on stderr.
+    print("bucket_app: " + identity.startup_line(settings, owned_by, COUNTS_TABLE),
+          file=sys.stderr, flush=True)
     if marker.exists() and tabledir.exists():
-        print(f"bucket_app: the previous worker on {settings.data_dir} did not stop cleanly; "
-              "rebuilding its tables from the changelog", file=sys.stderr, flush=True)
+        print(f"bucket_app: the previous worker of state {identity.state_id(settings)} on "
+              f"{settings.data_dir} did not stop cleanly; rebuilding its tables from the "
+              "changelog", file=sys.stderr, flush=True)
         shutil.rmtree(tabledir)
-    elif owned_by != identity and tabledir.exists():
-        print(f"bucket_app: the tables in {settings.data_dir} are another app_id's or topic's "
-              f"({' '.join(owned_by.split())}); starting from this one's changelog",
-              file=sys.stderr, flush=True)
-        shutil.rmtree(tabledir)
-    owner.write_text(identity)
+    # Faust creates the tabledir itself, but not its parents.
+    tabledir.parent.mkdir(parents=True, exist_ok=True)
+    owner.write_text(identity.owner_record(settings))
     marker.write_text("a worker is running or did not stop cleanly\n")
 
     def clean_exit() -> None:
@@ -457,10 +458,14 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = BucketApp(
-        settings.app_id,
+        # consumer group and changelog prefix: a new one when the bound settings change
+        identity.state_id(settings),
         broker=settings.broker_url,
+        # TLS / SASL for Faust's consumer, producer and the topics they create
+        broker_credentials=kafka_security.faust_credentials(settings),
         store="rocksdb://",
         datadir=str(settings.data_dir),
+        tabledir=str(identity.tabledir(settings)),
         topic_partitions=n_partitions,
         topic_replication_factor=settings.replication_factor,
         processing_guarantee="at_least_once",
@@ -507,6 +512,10 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         help="[count, max source offset] per ((partition, *mapped values), window range); "
         "[offset, watermark] per source partition under (__progress__, partition)",
     )).tumbling(settings.bucket_interval_s)
+    table: Any = counts.table  # changelog_topic_name is not in TableT
+    if table.changelog_topic_name != snapshot.changelog_topic(settings):
+        raise RuntimeError(f"Faust names the changelog {table.changelog_topic_name}, "
+                           f"bucket_app reads {snapshot.changelog_topic(settings)}")
     processor = Processor(app, settings, counts.table)
     app.processor = processor
     app.source_topic_name = settings.topic

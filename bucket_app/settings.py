@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bucket_app.buckets import FieldMap, TimeField
 from bucket_app.codecs import load_avro_schema
 from bucket_app.errors import SettingsError
 
@@ -32,6 +33,7 @@ _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$", re.IGNORECASE)
 _DURATION_UNITS_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 _ZOOKEEPER_PORTS = frozenset({2181, 2182})
+MAX_APP_ID_LEN = 200
 SECRET_KEYS = frozenset({"sasl_password", "http_token"})
 
 
@@ -113,6 +115,15 @@ def _topic(raw: str) -> str:
     value = raw.strip()
     if not _TOPIC_RE.match(value) or value in {".", ".."}:
         raise _Invalid("not a valid Kafka topic name (letters, digits, '.', '_', '-')")
+    return value
+
+
+def _app_id(raw: str) -> str:
+    # The changelog topic is <app_id>-<fingerprint>-counts-changelog (bucket_app.identity),
+    # and Kafka's topic names stop at 249 characters.
+    value = _topic(raw)
+    if len(value) > MAX_APP_ID_LEN:
+        raise _Invalid(f"longer than {MAX_APP_ID_LEN} characters (topic names derive from it)")
     return value
 
 
@@ -209,7 +220,7 @@ KEYS: tuple[Key, ...] = (
         "partitions for topics bucket_app creates (the source topic if missing)"),
     Key("KafkaSettings", "replication_factor", _positive_int, "1",
         "replication factor for topics bucket_app creates"),
-    Key("KafkaSettings", "app_id", _topic, "bucket_app",
+    Key("KafkaSettings", "app_id", _app_id, "bucket_app",
         "consumer group id and prefix of the changelog topics"),
     Key("KafkaSettings", "session_timeout", _seconds_duration, "15s",
         "how long a silent worker keeps its partitions before the group moves them"),
@@ -265,7 +276,7 @@ KEYS: tuple[Key, ...] = (
         "directory of the RocksDB state and private files"),
     Key("HTTPEndpointSetting", "http_token", _optional_text, "none",
         "when set, every route but /health needs Authorization: Bearer <token>"),
-    Key("HTTPEndpointSetting", "sql_client_limit", _positive_int, "1",
+    Key("HTTPEndpointSetting", "sql_client_limit", _positive_int, "2",
         "SQL queries one client (remote address) may have running at once; 429 beyond it"),
     Key("HTTPEndpointSetting", "sql_queue_limit", _positive_int, "16",
         "SQL queries admitted at once from all clients; 503 beyond it"),
@@ -406,10 +417,21 @@ def _resolve(source: Path, values: dict[str, Any], raw: dict[str, tuple[str, str
 
     def fail(name: str, why: str) -> SettingsError:
         text, origin = raw[name]
+        # `why` may quote a path built from the value, and a value may hold a line break
+        why = why.replace("\r", "\\r").replace("\n", "\\n")
         return SettingsError(_where(origin, keys[name], text) + f": {why}")
 
     def path_of(name: str) -> Path:
-        return (base / os.path.expanduser(values[name])).resolve()
+        try:
+            return (base / os.path.expanduser(values[name])).resolve()
+        except (OSError, ValueError) as exc:  # a NUL byte, a name too long, a symlink loop
+            raise fail(name, f"not a usable path: {_first_line(exc)}") from None
+
+    def is_file(name: str, path: Path) -> bool:
+        try:
+            return path.is_file()
+        except OSError as exc:  # ENAMETOOLONG, EACCES: not the "no" that is_file() returns
+            raise fail(name, f"cannot check {path}: {exc.strerror or exc}") from None
 
     avro_path = path_of("avro_val_schema") if values["avro_val_schema"] else None
     avro_schema = None
@@ -430,6 +452,16 @@ def _resolve(source: Path, values: dict[str, Any], raw: dict[str, tuple[str, str
     clash = sorted(set(columns) & reserved)
     if clash:
         raise fail("msg_map_schema", f"column {clash[0]!r} is reserved for bucket_app")
+    # Field paths are checked here, not when the worker builds its classifier: there a bad
+    # one ("a..b", "") was a ValueError naming neither the file nor the key.
+    try:
+        FieldMap(msg_map)
+    except ValueError as exc:
+        raise fail("msg_map_schema", str(exc)) from None
+    try:
+        TimeField(values["bucket_field"], values["bucket_type"])
+    except ValueError as exc:
+        raise fail("bucket_field", str(exc)) from None
 
     schema = _json_object(path_of("sqlite_schema"), lambda why: fail("sqlite_schema", why))
     for column, sql_type in schema.items():
@@ -459,7 +491,7 @@ def _resolve(source: Path, values: dict[str, Any], raw: dict[str, tuple[str, str
     for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
         tls_files[name] = path_of(name) if values[name] else None
         found = tls_files[name]
-        if found is not None and not found.is_file():
+        if found is not None and not is_file(name, found):
             raise fail(name, f"file {found} not found")
     if (tls_files["ssl_certfile"] is None) != (tls_files["ssl_keyfile"] is None):
         raise fail("ssl_certfile" if tls_files["ssl_keyfile"] else "ssl_keyfile",
@@ -467,9 +499,13 @@ def _resolve(source: Path, values: dict[str, Any], raw: dict[str, tuple[str, str
 
     data_dir = path_of("data_dir")
     sqlite_db = values["sqlite_db"]
-    snapshot = data_dir / "snapshot-memory.sqlite3" if sqlite_db == ":memory:" else (
-        base / os.path.expanduser(sqlite_db)).resolve()
-    if snapshot.is_dir():
+    snapshot = data_dir / "snapshot-memory.sqlite3" if sqlite_db == ":memory:" else path_of(
+        "sqlite_db")
+    try:
+        is_dir = snapshot.is_dir()
+    except OSError as exc:
+        raise fail("sqlite_db", f"cannot check {snapshot}: {exc.strerror or exc}") from None
+    if is_dir:
         raise fail("sqlite_db", f"{snapshot} is a directory; name a file or :memory:")
 
     return Settings(

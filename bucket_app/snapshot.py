@@ -29,6 +29,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from bucket_app import identity, kafka_security
 from bucket_app.settings import RST_COLUMN, Settings
 from bucket_app.sql import quote_identifier
 
@@ -44,8 +45,8 @@ PartKey = tuple[int, tuple[Any, ...], int]
 
 
 def changelog_topic(settings: Settings) -> str:
-    """Faust's changelog topic of the counts table."""
-    return f"{settings.app_id}-{COUNTS_TABLE}-changelog"
+    """Faust's changelog topic of the counts table (named by the state identity)."""
+    return identity.changelog_topic(settings, COUNTS_TABLE)
 
 
 def store_config(settings: Settings) -> dict[str, Any]:
@@ -384,6 +385,7 @@ class SnapshotReader:
             isolation_level="read_committed",
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            **kafka_security.client_kwargs(self.settings),
         )
         await consumer.start()
         try:

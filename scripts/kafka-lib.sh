@@ -374,3 +374,22 @@ kafka_stop_pids() {
   done
   kafka_say "${label}: stopped (pid ${pids[*]}) in $((SECONDS - start))s"
 }
+
+# kafka_format_with_args_if_needed PROPS METADATA_DIR CLUSTER_ID LOG4J_STEM [ARG ...]
+# As kafka_format_if_needed, passing each ARG on to `StorageTool format` (e.g.
+# --add-scram 'SCRAM-SHA-512=[name=...,password=...]'). The ARGs are left out
+# of every message, as they may hold secrets.
+kafka_format_with_args_if_needed() {
+  local props="$1" dir="$2" cid="$3" stem="$4" out
+  shift 4
+  [[ -f "${dir}/meta.properties" ]] && return 0
+  mkdir -p "${dir}"
+  local -a logopts
+  mapfile -t logopts < <(kafka_log_opts "${stem}.tools")
+  if ! out="$("${JAVA_BIN}" -Xmx256m "${logopts[@]}" -cp "${KAFKA_CP}" \
+      kafka.tools.StorageTool format -t "${cid}" -c "${props}" "$@" 2>&1)"; then
+    printf '%s\n' "${out}" >&2
+    kafka_die "formatting ${dir} failed (kafka.tools.StorageTool format -t ${cid} -c ${props} + $# more argument(s))"
+  fi
+  kafka_say "formatted ${dir#"${REPO_ROOT}"/} (cluster id ${cid})"
+}

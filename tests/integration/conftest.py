@@ -31,6 +31,10 @@ from aiokafka.structs import TopicPartition
 
 REPO = Path(__file__).resolve().parents[2]
 BROKERS = os.environ.get("BUCKET_APP_TEST_BROKERS", "127.0.0.1:9092")
+# The SASL_SSL broker of `make kafka-secure` (scripts/kafka-secure.sh), its CA and password.
+SECURE_BROKERS = os.environ.get("BUCKET_APP_TEST_SECURE_BROKERS", "127.0.0.1:9095")
+SECURE_DIR = REPO / ".kafka" / "secure"
+SECURE_USER = "bucket_app"
 
 MSG_MAP = {"origin_server": "server_name", "topic": "topic"}
 SQLITE_SCHEMA = {
@@ -60,8 +64,54 @@ def kafka_broker() -> str:
     return BROKERS
 
 
-async def _create_topic(name: str, partitions: int, replication: int, brokers: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
+@dataclass(frozen=True)
+class SecureBroker:
+    """How to reach the SASL_SSL broker: as aiokafka arguments, and as a worker's settings."""
+
+    brokers: str
+    cafile: Path
+    username: str
+    password: str = field(repr=False)
+
+    def client(self) -> dict[str, Any]:
+        """Security keyword arguments for any aiokafka client."""
+        from aiokafka.helpers import create_ssl_context
+
+        return {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
+                "sasl_plain_username": self.username, "sasl_plain_password": self.password,
+                "ssl_context": create_ssl_context(cafile=str(self.cafile))}
+
+    def worker_settings(self) -> dict[str, str]:
+        """Worker settings (``Worker.extra``) without the password: see ``worker_env``."""
+        return {"brokers": self.brokers, "security_protocol": "SASL_SSL",
+                "sasl_mechanism": "SCRAM-SHA-512", "sasl_username": self.username,
+                "ssl_cafile": str(self.cafile)}
+
+    def worker_env(self, password: str | None = None) -> dict[str, str]:
+        """The password as users should pass it: in the environment, not the file."""
+        return {"BUCKET_APP_SASL_PASSWORD": self.password if password is None else password}
+
+
+@pytest.fixture(scope="session")
+def secure_broker() -> SecureBroker:
+    """The broker of `make kafka-secure`; fails (never skips) when it is not running."""
+    host, port = SECURE_BROKERS.split(",")[0].rsplit(":", 1)
+    hint = "run `make kafka-secure` (or `make test`, which starts it)"
+    try:
+        with socket.create_connection((host, int(port)), timeout=3):
+            pass
+    except OSError as exc:
+        pytest.fail(f"no secure Kafka broker at {SECURE_BROKERS} ({exc}); {hint}")
+    cafile, password = SECURE_DIR / "ca.pem", SECURE_DIR / "password"
+    for needed in (cafile, password):
+        if not needed.is_file():
+            pytest.fail(f"{needed} is missing; {hint}")
+    return SecureBroker(SECURE_BROKERS, cafile, SECURE_USER, password.read_text().strip())
+
+
+async def _create_topic(name: str, partitions: int, replication: int, brokers: str,
+                        security: dict[str, Any] | None = None) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=brokers, **(security or {}))
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, partitions, replication)])
@@ -70,8 +120,8 @@ async def _create_topic(name: str, partitions: int, replication: int, brokers: s
 
 
 def create_topic(name: str, partitions: int, replication: int = 1,
-                 brokers: str = BROKERS) -> None:
-    asyncio.run(_create_topic(name, partitions, replication, brokers))
+                 brokers: str = BROKERS, security: dict[str, Any] | None = None) -> None:
+    asyncio.run(_create_topic(name, partitions, replication, brokers, security))
 
 
 @dataclass
@@ -82,10 +132,11 @@ class Record:
     key: bytes | None = None
 
 
-async def _produce(topic: str, records: Iterable[Record], brokers: str) -> dict[int, int]:
+async def _produce(topic: str, records: Iterable[Record], brokers: str,
+                   security: dict[str, Any] | None = None) -> dict[int, int]:
     producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all", linger_ms=5,
                                 enable_idempotence=True,
-                                max_batch_size=256 * 1024)
+                                max_batch_size=256 * 1024, **(security or {}))
     await producer.start()
     last: dict[int, int] = {}
     try:
@@ -102,9 +153,12 @@ async def _produce(topic: str, records: Iterable[Record], brokers: str) -> dict[
     return last
 
 
-def produce(topic: str, records: Iterable[Record], brokers: str = BROKERS) -> dict[int, int]:
-    """Produce and wait for every ack; return the last offset written per partition."""
-    return asyncio.run(_produce(topic, records, brokers))
+def produce(topic: str, records: Iterable[Record], brokers: str = BROKERS,
+            security: dict[str, Any] | None = None) -> dict[int, int]:
+    """Produce and wait for every ack; return the last offset written per partition.
+
+    ``security``: aiokafka security arguments (``SecureBroker.client()``)."""
+    return asyncio.run(_produce(topic, records, brokers, security))
 
 
 def end_offsets(topic: str, partitions: int) -> dict[int, int]:
@@ -157,6 +211,8 @@ class Worker:
     schema: dict[str, str] = field(default_factory=lambda: dict(SQLITE_SCHEMA))
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    # extra environment variables of the worker process (BUCKET_APP_SASL_PASSWORD, say)
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -197,7 +253,7 @@ class Worker:
     def start(self, wait: bool = True) -> Worker:
         self.write_settings()
         env = dict(os.environ, BUCKET_APP_SETTINGS=str(self.settings_path), TZ="UTC",
-                   PYTHONUNBUFFERED="1")
+                   PYTHONUNBUFFERED="1", **self.env)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "faust", "-A", "bucket_app", "worker", "-l", "info",
@@ -368,7 +424,8 @@ def bulk_records(n: int, partitions: int, seed: int, prefix: str = "r",
     return records, expected
 
 
-def topic_counts(topic: str, partitions: int, brokers: str = BROKERS) -> dict[tuple, int]:
+def topic_counts(topic: str, partitions: int, brokers: str = BROKERS,
+                 security: dict[str, Any] | None = None) -> dict[tuple, int]:
     """Ground truth from the topic itself: read every record back and count it, 20 s buckets.
 
     Also checks that no message (by its ``i`` field) is in the topic twice, so a producer
@@ -378,7 +435,8 @@ def topic_counts(topic: str, partitions: int, brokers: str = BROKERS) -> dict[tu
 
     async def read() -> list[bytes]:
         consumer = AIOKafkaConsumer(bootstrap_servers=brokers, group_id=None,
-                                    auto_offset_reset="earliest", enable_auto_commit=False)
+                                    auto_offset_reset="earliest", enable_auto_commit=False,
+                                    **(security or {}))
         await consumer.start()
         try:
             tps = [TopicPartition(topic, p) for p in range(partitions)]
