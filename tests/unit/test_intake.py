@@ -30,6 +30,7 @@ from aiokafka.structs import ConsumerRecord
 from fastavro import parse_schema, schemaless_writer
 from faust.types import TP
 
+from bucket_app import identity
 from bucket_app.agent import Processor, bulk_source_records, create_app, guard_local_state
 from bucket_app.changelog import WRITE_CHUNK, TableBatch
 from bucket_app.intake import BatchIntake
@@ -242,30 +243,41 @@ def test_source_records_come_a_record_batch_at_a_time_as_aiokafka_would(monkeypa
 
 
 def test_local_tables_of_another_app_id_or_topic_are_not_used(tmp_path, capsys):
-    """Local RocksDB tables are kept for the same app_id and topic after a clean stop, and
-    wiped (the changelog rebuilds them) for another app_id or topic on the same data_dir."""
+    """Local RocksDB tables are kept for the same app_id and topic after a clean stop; another
+    app_id or topic on the same data_dir counts in tables of its own state and leaves the old
+    ones as they were; an unclean stop wipes that state's tables (the changelog rebuilds them)."""
     def settings_for(app_id: str = "first", topic: str = "test"):
         ini = SEED_INI.replace("[HTTPEndpointSetting]\n",
                                f"[HTTPEndpointSetting]\ndata_dir = {tmp_path}/data\n")
         ini = ini.replace("[KafkaSettings]\n", f"[KafkaSettings]\napp_id = {app_id}\n")
         return load(write_config(tmp_path, replace_line(ini, "topic", topic)), {})
 
-    tabledir = tmp_path / "data" / "v1" / "tables"
-
-    def start(settings) -> bool:
-        """A worker starts and stops cleanly; whether it found the tables it left."""
+    def start(settings, clean_stop: bool = True) -> bool:
+        """A worker starts (and stops); whether it found the tables it left."""
+        tabledir = identity.tabledir(settings)
+        found = (tabledir / "counts-0.db").exists()
+        guard_local_state(settings, tabledir)
+        if (tabledir / "counts-0.db").exists():
+            assert (tabledir / "counts-0.db").read_text() == settings.app_id + settings.topic
+        else:
+            found = False
         tabledir.mkdir(parents=True, exist_ok=True)
         (tabledir / "counts-0.db").write_text(settings.app_id + settings.topic)
-        guard_local_state(settings, tabledir)
-        (settings.data_dir / f"{settings.app_id}.running").unlink()  # a clean stop
-        return tabledir.exists()
+        if clean_stop:
+            identity.running_marker(settings).unlink()
+        return found
 
     first = settings_for()
-    assert start(first) and start(first)  # the same app_id and topic keep their tables
+    assert not start(first) and start(first)  # the same app_id and topic keep their tables
     assert not start(settings_for(app_id="another"))
-    assert "are another app_id's or topic's" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "app_id first -> another" in err and str(identity.tabledir(first)) in err
     assert start(settings_for(app_id="another"))
     assert not start(settings_for(app_id="another", topic="elsewhere"))
+    assert start(first)  # back to the first: its tables were left untouched
+    start(first, clean_stop=False)
+    assert not start(first)
+    assert "did not stop cleanly" in capsys.readouterr().err
 
 
 def test_acknowledged_batches_commit_like_faust_acks(settings):
