@@ -13,13 +13,14 @@ time is epoch seconds as a float; a time we cannot read raises
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
 
-from bucket_app.errors import TimeError
+from bucket_app.errors import BadInput, TimeError
 
 __all__ = [
     "MAX_TS_S",
@@ -53,9 +54,15 @@ _JSON_OPTS: Final = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 
 _MISSING: Final = object()
 
+# A bounded repr: a plain repr() of JSON nested ~1000 deep (orjson reads up to 1024 levels)
+# raised RecursionError while we built the error message, which escaped as no BadInput.
+_REPR: Final = reprlib.Repr()
+_REPR.maxlevel = 3
+_REPR.maxstring = _REPR.maxlong = _REPR.maxother = PREVIEW_CHARS
+
 
 def _preview(value: Any) -> str:
-    text = repr(value)
+    text = _REPR.repr(value)
     if len(text) <= PREVIEW_CHARS:
         return text
     return text[:PREVIEW_CHARS] + "..."
@@ -213,7 +220,8 @@ class FieldMap:
     A dict or list value is rendered as compact JSON text with sorted keys
     (``{"b":1,"a":2}`` -> ``'{"a":2,"b":1}'``): it could be neither a hashable group key
     nor a SQLite value, and sorting keys makes equal objects fall in one group. Values
-    orjson cannot encode inside it (bytes, Decimal) are written as ``str(value)``.
+    orjson cannot encode inside it (bytes, Decimal) are written as ``str(value)``; one it
+    cannot render at all (nested over 254 levels) raises ``BadInput(reason="bad_field")``.
     """
 
     __slots__ = ("columns", "paths", "_fields")
@@ -243,7 +251,11 @@ class FieldMap:
             # Inlined plain-key case of _lookup: it is the common one and this runs per message.
             value = msg.get(path) if parts is None else _lookup(msg, path, parts)
             if isinstance(value, _COMPOUND):
-                value = orjson.dumps(value, default=str, option=_JSON_OPTS).decode()
+                try:
+                    value = orjson.dumps(value, default=str, option=_JSON_OPTS).decode()
+                except orjson.JSONEncodeError as exc:  # nested over 254 levels, say
+                    raise BadInput(f"field {path!r} cannot be a group value: {exc}",
+                                   reason="bad_field") from None
             out.append(value)
         return tuple(out)
 
@@ -275,7 +287,9 @@ def _event_time(
     if value is None:
         if fallback_ts_s is None:
             raise TimeError(f"time field {path!r} is missing", reason="missing_time")
-        return float(fallback_ts_s)
+        # The record time is the producer's to set (CreateTime, any int64 of ms): the same
+        # range as a time in the message, so every counted time can be shown as ISO-8601.
+        return _check_range(float(fallback_ts_s), fallback_ts_s)
     return parse(value)
 
 

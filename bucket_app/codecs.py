@@ -53,6 +53,60 @@ def _preview(data: bytes) -> str:
     return f"{text[:PREVIEW_CHARS]}... ({len(data)} bytes)"
 
 
+def schema_hazard(schema: Any) -> str | None:
+    """Why a parsed record schema would let a small message take the worker down, or None.
+
+    Two shapes do, both refused when the schema is loaded:
+
+    - a recursive type (a record reachable from its own fields): fastavro's compiled reader
+      recurses once per level with no depth check, and 10 KB of a message nested that deep
+      crashed the process with SIGSEGV (no exception to catch);
+    - an array whose items take no bytes (``null``, an empty record, a ``fixed`` of size 0):
+      its block count is a varint, so five bytes make a list of billions of items (a count of
+      10**7 took 0.6 s and ~80 MB). Items of any other type take a byte each at least.
+    """
+    named = schema.get("__named_schemas", {}) if isinstance(schema, dict) else {}
+
+    def empty(node: Any, seen: frozenset[str]) -> bool:
+        if isinstance(node, str):
+            if node in named and node not in seen:
+                return empty(named[node], seen | {node})
+            return node == "null"
+        if not isinstance(node, dict):
+            return False  # a union reads its branch index first
+        kind = node.get("type")
+        if kind in ("record", "error"):
+            return all(empty(f.get("type"), seen) for f in node.get("fields", []))
+        if kind == "fixed":
+            return node.get("size") == 0
+        return empty(kind, seen)
+
+    def find(node: Any, where: str, inside: tuple[str, ...]) -> str | None:
+        if isinstance(node, list):  # a union
+            return next((hit for each in node if (hit := find(each, where, inside))), None)
+        if isinstance(node, str):
+            if node in inside:
+                return f"type {node!r} is recursive (field {where!r})"
+            return find(named[node], where, inside) if node in named else None
+        if not isinstance(node, dict):
+            return None
+        kind = node.get("type")
+        if kind == "array":
+            if empty(node.get("items"), frozenset()):
+                return f"field {where!r} is an array of items that take no bytes"
+            return find(node.get("items"), where, inside)
+        if kind == "map":
+            return find(node.get("values"), where, inside)
+        if kind in ("record", "error"):
+            name = node.get("name")
+            inner = (*inside, name) if isinstance(name, str) else inside
+            return next((hit for f in node.get("fields", [])
+                         if (hit := find(f.get("type"), str(f.get("name")), inner))), None)
+        return find(kind, where, inside)
+
+    return find(schema, "?", ())
+
+
 def _why(exc: BaseException) -> str:
     """A library error as a short reason; its repr may carry the payload (UnicodeDecodeError)."""
     text = f"{type(exc).__name__}: {exc}"
@@ -100,6 +154,9 @@ class AvroDecoder:
             raise ValueError(f"not a valid Avro schema: {exc}") from exc
         if not isinstance(parsed, dict):  # a bare "long" or a union: no record to count
             raise ValueError(f"Avro schema must be a record, not {schema!r:.80}")
+        hazard = schema_hazard(parsed)
+        if hazard is not None:
+            raise ValueError(f"unsupported Avro schema: {hazard}")
         self.schema: dict[str, Any] = parsed
         self._schema_name = str(parsed.get("name", parsed.get("type", "?")))
 
@@ -176,6 +233,10 @@ def load_avro_schema(path: str | os.PathLike[str]) -> dict[str, Any]:
         ) from exc
     if not isinstance(parsed, dict):  # parse_schema of a record is a dict; keep mypy honest
         raise ValueError(f"Avro schema file {where!r} must hold a record schema")
+    hazard = schema_hazard(parsed)
+    if hazard is not None:
+        raise ValueError(f"Avro schema file {where!r} is not supported: {hazard}; a small "
+                         "message could crash or stall the worker")
     return parsed
 
 

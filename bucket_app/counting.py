@@ -61,7 +61,7 @@ class Grouped:
     counts: list[int]  # records of each key
     lasts: list[int]  # highest offset of each key
     min_start_s: int  # earliest bucket start in the batch
-    max_time_s: float  # latest event time in the batch
+    max_time_s: float  # latest event time in the batch, at most the wall clock
     first_offset: int
     _groups: list[Any]  # each record's group, for :meth:`count_after`
     _offsets: list[int]
@@ -92,7 +92,6 @@ class Classifier:
         self._fields = FieldMap(settings.msg_map)
         self._time = TimeField(settings.bucket_field, settings.bucket_type)
         self._interval_s = settings.bucket_interval_s
-        self._window_len_s = settings.bucket_interval_s - WINDOW_END_EPSILON_S
         self._max_future_skew_s = settings.max_future_skew_s
         plain = "." not in settings.bucket_field and not any("." in p for p in self._fields.paths)
         #: :meth:`group_json_epoch` where it applies, else None
@@ -141,7 +140,9 @@ class Classifier:
                 return self._locate(value, partition, record_ts_s, now_s)
         interval = self._interval_s
         start = int(ts // interval) * interval
-        return ((partition, *values), (float(start), start + self._window_len_s)), start, float(ts)
+        # (start + interval) - 0.1 in Faust's order: start + 19.9 differs for start = -20
+        end = start + interval - WINDOW_END_EPSILON_S
+        return ((partition, *values), (float(start), end)), start, float(ts)
 
     def group_json_epoch(self, values: list[Any], offsets: list[int], partition: int,
                          now_s: float) -> Grouped | None:
@@ -170,11 +171,13 @@ class Classifier:
             tally.update(chunk_groups)
             lasts.update(zip(chunk_groups, offsets[first:first + GROUP_CHUNK], strict=True))
             min_start, max_time = min(min_start, chunk_min_start), max(max_time, chunk_max_time)
-        window_len = self._window_len_s
-        keys = [((partition, *group[:-1]), (float(group[-1]), group[-1] + window_len))
+        interval = self._interval_s
+        keys = [((partition, *group[:-1]),
+                 (float(group[-1]), group[-1] + interval - WINDOW_END_EPSILON_S))
                 for group in tally]
         return Grouped(keys=keys, counts=list(tally.values()), lasts=[lasts[g] for g in tally],
-                       min_start_s=int(min_start), max_time_s=float(max_time),
+                       # the watermark it may move to: capped at the clock, as in admit_at
+                       min_start_s=int(min_start), max_time_s=float(min(max_time, now_s)),
                        first_offset=offsets[0], _groups=groups, _offsets=offsets)
 
     def _group_chunk(self, values: list[Any], now_s: float,
@@ -217,7 +220,8 @@ class Classifier:
                 "the wall clock", reason="future_time",
             )
         start = bucket_start(ts, self._interval_s)
-        key = ((partition, *self._fields.extract(msg)), (float(start), start + self._window_len_s))
+        end = start + self._interval_s - WINDOW_END_EPSILON_S
+        key = ((partition, *self._fields.extract(msg)), (float(start), end))
         return key, start, ts
 
     # The general path; an instance using the JSON/epoch path has its own ``locate``.
@@ -268,7 +272,10 @@ class Counter:
                 f"({self.retention_s:.0f} s behind the watermark)", reason="expired",
             )
         if event_time_s > state.watermark_s:
-            state.watermark_s = event_time_s
+            # Never past the wall clock: one event timed within max_future_skew ahead (a
+            # producer's clock 50 minutes fast) made every live event `expired`, and the sweep
+            # delete the partition's current buckets, whenever clean_interval < the skew.
+            state.watermark_s = max(state.watermark_s, min(event_time_s, time.time()))
 
     def add(self, table: KeyValues, key: WindowKey, offsets: list[int]) -> int:
         """Count the records at ``offsets`` (ascending) toward ``key``, once each.
