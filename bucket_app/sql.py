@@ -283,6 +283,10 @@ def check_statement(sql: str) -> None:
         )
 
 
+# The longest string or blob a query may produce (SQLite's SQLITE_LIMIT_LENGTH).
+MAX_VALUE_BYTES = 1024 * 1024
+
+
 class SqlSandbox:
     """Runs one user query at a time against the snapshot file, read-only and time-boxed.
 
@@ -355,6 +359,9 @@ class SqlSandbox:
             isolation_level=None,
             timeout=self.time_limit_ms / 1000,
         )
+        # One value (string or blob) of a result may be at most this long: without it
+        # SELECT zeroblob(300000000) carried 300 MB through the worker.
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
         try:
             # Before the authorizer is installed, which would deny this PRAGMA too.
             conn.execute("PRAGMA query_only=1")

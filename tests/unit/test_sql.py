@@ -416,3 +416,14 @@ def test_keywords_match_the_linked_sqlite() -> None:
         "WHERE",
         "FROM",
     } <= SQLITE_KEYWORDS
+
+
+def test_a_huge_value_is_refused_not_carried(sandbox: SqlSandbox) -> None:
+    """SQLITE_LIMIT_LENGTH bounds one value: zeroblob(300 MB) is a 400, not 300 MB of JSON."""
+    from bucket_app.sql import MAX_VALUE_BYTES
+
+    assert len(sandbox.execute(f"SELECT zeroblob({MAX_VALUE_BYTES}) AS b").rows[0]["b"]) > 0
+    with pytest.raises(HttpError) as caught:
+        sandbox.execute("SELECT zeroblob(300000000) AS b")
+    assert caught.value.status == 400
+    assert "too big" in caught.value.message

@@ -218,7 +218,11 @@ async def get(session: aiohttp.ClientSession, url: str) -> tuple[int, Any, Any]:
         return response.status, response.headers, await response.json()
 
 
-async def test_one_client_flooding_c_gets_429_while_another_is_answered(served: Served) -> None:
+@pytest.mark.parametrize("settings_extra", [{"sql_client_limit": "1"},
+                                            {"sql_client_limit": "2"}])
+async def test_one_client_flooding_c_gets_429_while_another_is_answered(
+        served: Served, settings_extra: dict[str, str]) -> None:
+    limit = int(settings_extra["sql_client_limit"])
     flood_url = served.url + "/c/" + quote(ENDLESS)
     async with client("127.0.0.1") as flooder, client("127.0.0.2") as other:
         flood = [asyncio.create_task(get(flooder, flood_url)) for _ in range(8)]
@@ -230,10 +234,11 @@ async def test_one_client_flooding_c_gets_429_while_another_is_answered(served: 
             latencies.append(time.monotonic() - started)
             assert (status, body) == (200, [{"one": 1}])
         answers = await asyncio.gather(*flood)
-    # FIFO behind the flood would be 8 x 0.5 s over 2 children
+    # FIFO behind the flood would be 8 x 0.5 s over limit + 1 children
     assert max(latencies) < 2 * TIME_LIMIT_S, latencies
     statuses = sorted(status for status, _, _ in answers)
-    assert statuses == [400] + [429] * 7, statuses  # one ran to the time limit
+    # `limit` of them ran to the time limit, the rest were refused at once
+    assert statuses == [400] * limit + [429] * (8 - limit), statuses
     for status, headers, body in answers:
         assert_error_shape(body, status)
         if status == 429:
@@ -242,6 +247,7 @@ async def test_one_client_flooding_c_gets_429_while_another_is_answered(served: 
             assert "time limit" in body["error"]
 
 
+@pytest.mark.parametrize("settings_extra", [{"sql_client_limit": "1"}])
 async def test_every_sql_route_shares_the_admission(served: Served) -> None:
     async with client("127.0.0.1") as flooder:
         running = asyncio.create_task(get(flooder, served.url + "/c/" + quote(ENDLESS)))
