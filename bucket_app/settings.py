@@ -128,9 +128,12 @@ def _app_id(raw: str) -> str:
 
 
 def _choice(*options: str) -> Callable[[str], str]:
+    """A parser accepting ``options`` in any case; the value comes back in their case."""
+    by_folded = {option.casefold(): option for option in options}
+
     def parse(raw: str) -> str:
-        value = raw.strip().lower()
-        if value not in options:
+        value = by_folded.get(raw.strip().casefold())
+        if value is None:
             raise _Invalid(f"must be one of {', '.join(options)}")
         return value
 
@@ -172,16 +175,6 @@ def _boolean(raw: str) -> bool:
     if value in {"false", "no", "off", "0"}:
         return False
     raise _Invalid("must be true or false")
-
-
-def _upper_choice(*options: str) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        value = raw.strip().upper()
-        if value not in options:
-            raise _Invalid(f"must be one of {', '.join(options)}")
-        return value
-
-    return parse
 
 
 def _sqlite_db(raw: str) -> str:
@@ -227,10 +220,10 @@ KEYS: tuple[Key, ...] = (
     Key("KafkaSettings", "startup_timeout", _optional_seconds, "none",
         "give up start-up when the brokers stay unreachable this long; none = wait forever"),
     Key("KafkaSettings", "security_protocol",
-        _upper_choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"), "PLAINTEXT",
+        _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"), "PLAINTEXT",
         "how every Kafka client connects: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"),
     Key("KafkaSettings", "sasl_mechanism",
-        _upper_choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"), "PLAIN",
+        _choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"), "PLAIN",
         "SASL mechanism with SASL_*: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
     Key("KafkaSettings", "sasl_username", _optional_text, "none", "SASL user name"),
     Key("KafkaSettings", "sasl_password", _optional_text, "none",
