@@ -1,4 +1,5 @@
-"""Harness helpers: the broker, the pre-loaded topic, probes, HTTP, peak RSS and percentiles."""
+"""Benchmark helpers: the broker script, the pre-loaded topic, probes, kept-alive HTTP, peak RSS
+and percentiles. Topics, end offsets, workers and plain HTTP are the tests' (``tests.support``)."""
 
 from __future__ import annotations
 
@@ -9,21 +10,16 @@ import itertools
 import json
 import os
 import random
-import socket
 import subprocess
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.structs import TopicPartition
+from aiokafka import AIOKafkaProducer
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET_S = 60  # bucket_interval of every contender
@@ -35,33 +31,9 @@ TICK_S = 0.02  # produce_steady sends one batch per partition this often
 Key = tuple[str, str, int]  # (server_name, topic, bucket_start)
 
 
-def port_open(hostport: str) -> bool:
-    host, port = hostport.split(",")[0].rsplit(":", 1)
-    try:
-        with socket.create_connection((host, int(port)), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 def kafka_script(action: str, port: int) -> None:
     env = dict(os.environ, KAFKA_PORT=str(port))
     subprocess.run([str(REPO / "scripts" / "kafka.sh"), action], env=env, check=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def create_topic(brokers: str, name: str, partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, partitions, 1)])
-    finally:
-        await admin.close()
 
 
 def message(i: int, rng: random.Random, base: int, n: int,
@@ -165,17 +137,6 @@ async def preload_distinct(brokers: str, topic: str, rows: int) -> tuple[dict[Ke
     return expected, first
 
 
-async def end_offsets(brokers: str, topic: str, partitions: int) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=brokers, group_id=None)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        ends = await consumer.end_offsets(tps)
-        return {tp.partition: off for tp, off in ends.items()}
-    finally:
-        await consumer.stop()
-
-
 @dataclass
 class Probe:
     partition: int
@@ -243,11 +204,6 @@ async def produce_steady(brokers: str, topic: str, partitions: int, rate: float,
     return probes
 
 
-def http_json(url: str, timeout: float = 10) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310
-        return json.loads(response.read())
-
-
 class KeepAlive:
     """GET JSON over one kept-alive HTTP connection (a poll every 20 ms otherwise costs the
     worker a TCP accept each time); reconnects after an error."""
@@ -270,15 +226,6 @@ class KeepAlive:
                 self.conn.close()
             self.conn = None
             return None
-
-
-def http_get(url: str, timeout: float = 10) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310
-            response.read()
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
 
 
 def _descendants(pid: int) -> list[int]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.bucket_worker import BucketWorker
+from bench.bucket_worker import bucket_worker
 from bench.common import (
     BUCKET_S,
     REPO,
@@ -25,16 +25,15 @@ from bench.common import (
     KeepAlive,
     Key,
     Probe,
-    create_topic,
-    end_offsets,
-    http_get,
-    http_json,
     peak_rss_mb,
     percentile,
     preload_distinct,
     preload_quickly,
     produce_steady,
 )
+from tests.support.http import http, http_json
+from tests.support.kafka import create_topic, end_offsets
+from tests.support.worker import Worker
 
 BENCH = Path(__file__).resolve().parent
 SQL_CONTENDER = "bucket_app SQL"
@@ -174,8 +173,8 @@ def bucket_app(job: Job, workers: int, expected: dict[Key, int], load: float,
     name = f"bucket_app x{workers}" + (f" {bucket_type}" if bucket_type != "epoch" else "") + (
         f" {label}" if label else "")
     app_id = f"bench-app-{uuid.uuid4().hex[:8]}"
-    procs = [BucketWorker(job.workdir / f"{app_id}-{i}", job.brokers, job.topic, app_id,
-                          len(job.ends), bucket_type).start()
+    procs = [bucket_worker(job.workdir / f"{app_id}-{i}", job.brokers, job.topic, app_id,
+                           len(job.ends), bucket_type).start(wait=False)
              for i in range(workers)]
     try:
         return _measure_bucket_app(name, procs, job, expected, load, probe_s, live_s,
@@ -185,13 +184,13 @@ def bucket_app(job: Job, workers: int, expected: dict[Key, int], load: float,
             worker.stop()
 
 
-def _measure_bucket_app(name: str, procs: list[BucketWorker], job: Job,
+def _measure_bucket_app(name: str, procs: list[Worker], job: Job,
                         expected: dict[Key, int], load: float, probe_s: float, live_s: float,
                         sql_from: int, sql_pause: float) -> Result:
     first = procs[0]
     sql = (f"SELECT * FROM default WHERE server_name='s-1' AND bucket_start >= {sql_from}")
     sql_url = first.url + "/c/" + urllib.parse.quote(sql)
-    sql_sampler = Sampler(lambda: http_get(sql_url), sql_pause)
+    sql_sampler = Sampler(lambda: http(sql_url).status, sql_pause)
     targets = {p: end - 1 for p, end in job.ends.items() if end > 0}
     deadline = time.monotonic() + job.timeout_s
     started: float | None = None
@@ -201,8 +200,8 @@ def _measure_bucket_app(name: str, procs: list[BucketWorker], job: Job,
         if time.monotonic() > deadline or not all(w.alive() for w in procs):
             sql_sampler.halt.set()
             return Result(name, job.messages, None, _rss(procs),
-                          note=f"did not finish; log tail:\n{first.tail()}")
-        answers = [w.health() for w in procs]
+                          note=f"did not finish; log tail:\n{first.tail(30)}")
+        answers = [w.poll_health() for w in procs]
         now = time.monotonic()
         if started is None and any(a and a["worker"]["counted"] for a in answers):
             started = now
@@ -261,7 +260,7 @@ def _measure_bucket_app(name: str, procs: list[BucketWorker], job: Job,
                   f"for {probe_s:.0f} s: {len(latency)}/{probes} probes seen within 30 s{drain}")
 
 
-def _live_phase(procs: list[BucketWorker], job: Job, expected: dict[Key, int], rate: float,
+def _live_phase(procs: list[Worker], job: Job, expected: dict[Key, int], rate: float,
                 live_s: float) -> tuple[float | None, bool, float]:
     """The rate at which counts become visible while messages are produced live, faster than
     that (at the backlog rate, LIVE_LOAD).
@@ -278,7 +277,7 @@ def _live_phase(procs: list[BucketWorker], job: Job, expected: dict[Key, int], r
         return None, False, 0.0
 
     def visible() -> int | None:
-        offsets = reflected(procs[0].health())
+        offsets = reflected(procs[0].poll_health())
         return messages_in(offsets) if offsets else None
 
     before = sum(expected.values())
@@ -299,12 +298,12 @@ def _live_phase(procs: list[BucketWorker], job: Job, expected: dict[Key, int], r
     return live, live >= 0.97 * produced, produced
 
 
-def _await_probes(worker: BucketWorker, job: Job, probes: list[Probe]) -> None:
+def _await_probes(worker: Worker, job: Job, probes: list[Probe]) -> None:
     """Wait (at most 60 s) until ``worker``'s snapshot reflects every probe; record them."""
     last = {p.partition: p.offset for p in probes}
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        seen = reflected(worker.health())
+        seen = reflected(worker.poll_health())
         if all(seen.get(p, -1) >= off for p, off in last.items()):
             break
         time.sleep(0.2)
@@ -327,7 +326,7 @@ def _group_settled(answers: list[dict[str, Any] | None], partitions: int) -> boo
     return sorted(owned) == list(range(partitions)) and bool(answers[0] and answers[0]["rst_id"])
 
 
-def _latency_phase(worker: BucketWorker, job: Job, expected: dict[Key, int],
+def _latency_phase(worker: Worker, job: Job, expected: dict[Key, int],
                    rate: float, probe_s: float) -> tuple[list[float], list[float], int]:
     """Produce at ``rate`` msg/s; per batch, time from its ack to the snapshot showing it, and
     when in the phase it was acknowledged."""
@@ -358,14 +357,14 @@ def _latency_phase(worker: BucketWorker, job: Job, expected: dict[Key, int],
     return latencies, at, len(probes)
 
 
-def _exact(procs: list[BucketWorker], job: Job, expected: dict[Key, int]) -> bool:
+def _exact(procs: list[Worker], job: Job, expected: dict[Key, int]) -> bool:
     """Every replica's snapshot, once it reflects every offset produced (each replica's
     snapshot catches up on its own), equals the harness's counts."""
     deadline = time.monotonic() + 60
     targets = {p: end - 1 for p, end in job.ends.items() if end > 0}
     waiting = list(procs)
     while waiting and time.monotonic() < deadline:
-        offsets = reflected(waiting[0].health())
+        offsets = reflected(waiting[0].poll_health())
         if all(offsets.get(p, -1) >= t for p, t in targets.items()):
             waiting.pop(0)
         else:
@@ -378,7 +377,7 @@ def _exact(procs: list[BucketWorker], job: Job, expected: dict[Key, int]) -> boo
     return ok
 
 
-def _rss(procs: list[BucketWorker]) -> float:
+def _rss(procs: list[Worker]) -> float:
     return sum(peak_rss_mb(w.proc.pid) for w in procs if w.proc is not None)
 
 
@@ -392,21 +391,21 @@ def bucket_app_sql(brokers: str, partitions: int, rows: int, backlog: int, workd
     """
     name = SQL_CONTENDER
     topic = f"bench-sql-{uuid.uuid4().hex[:8]}"
-    asyncio.run(create_topic(brokers, topic, partitions))
+    create_topic(topic, partitions, brokers=brokers)
     expected, first = asyncio.run(preload_distinct(brokers, topic, rows))
-    worker = BucketWorker(workdir / "bucket_app-sql", brokers, topic,
-                          f"bench-sql-{uuid.uuid4().hex[:8]}", partitions).start()
+    worker = bucket_worker(workdir / "bucket_app-sql", brokers, topic,
+                           f"bench-sql-{uuid.uuid4().hex[:8]}", partitions).start(wait=False)
     count_sql = "SELECT count(*) AS n, sum(count) AS total FROM default"
     try:
         deadline = time.monotonic() + timeout_s
         built = _wait_rows(worker, count_sql, len(expected), sum(expected.values()), deadline)
         if built is None:
             return Result(name, rows, None, _rss([worker]),
-                          note=f"snapshot of {rows} rows not built; log tail:\n{worker.tail()}")
+                          note=f"snapshot of {rows} rows not built; log tail:\n{worker.tail(30)}")
         recent = first + (rows // (SERVERS * TOPICS) - 60) * BUCKET_S
         sql = f"SELECT * FROM default WHERE server_name='s-1' AND bucket_start >= {recent}"
         sql_url = worker.url + "/c/" + urllib.parse.quote(sql)
-        sampler = Sampler(lambda: http_get(sql_url), sql_pause)
+        sampler = Sampler(lambda: http(sql_url).status, sql_pause)
         # The backlog is produced while the worker is stopped (SIGSTOP, about 5 s: inside its
         # 15 s session timeout, or the group rebalances), so the queries then run while it
         # ingests as fast as it can, and not against the harness's producer for the 2 cores.
@@ -420,13 +419,13 @@ def bucket_app_sql(brokers: str, partitions: int, rows: int, backlog: int, workd
             expected[key] = expected.get(key, 0) + n
         t0 = time.monotonic()
         sampler.start()
-        ends = asyncio.run(end_offsets(brokers, topic, partitions))
+        ends = end_offsets(topic, partitions, brokers=brokers)
         targets = {p: end - 1 for p, end in ends.items() if end > 0}
-        while not all(reflected(worker.health()).get(p, -1) >= t for p, t in targets.items()):
+        while not all(reflected(worker.poll_health()).get(p, -1) >= t for p, t in targets.items()):
             if time.monotonic() > deadline or not worker.alive():
                 sampler.stop()
                 return Result(name, rows, None, _rss([worker]),
-                              note=f"backlog not counted; log tail:\n{worker.tail()}")
+                              note=f"backlog not counted; log tail:\n{worker.tail(30)}")
             time.sleep(0.1)
         seconds = time.monotonic() - t0
         sampler.stop()
@@ -442,7 +441,7 @@ def bucket_app_sql(brokers: str, partitions: int, rows: int, backlog: int, workd
         worker.stop()
 
 
-def _wait_rows(worker: BucketWorker, count_sql: str, rows: int, total: int,
+def _wait_rows(worker: Worker, count_sql: str, rows: int, total: int,
                deadline: float) -> int | None:
     """Wait until the snapshot holds ``rows`` rows summing to ``total``; return the rows."""
     url = worker.url + "/c/" + urllib.parse.quote(count_sql)

@@ -19,18 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import contenders
-from bench.common import (
-    BUCKET_S,
-    REPO,
-    Key,
-    create_topic,
-    end_offsets,
-    kafka_script,
-    percentile,
-    port_open,
-    preload,
-)
+from bench.common import BUCKET_S, REPO, Key, kafka_script, percentile, preload
 from bench.contenders import SQL_CONTENDER, Job, Result
+from tests.support.kafka import broker_error, create_topic, end_offsets
 
 LOCAL_PORT = 9492
 SAME_AS_X2 = "bucket_app-1-again"
@@ -70,7 +61,7 @@ def main() -> None:
 
     started_broker = False
     brokers = args.brokers or f"127.0.0.1:{LOCAL_PORT}"
-    if not args.brokers and not port_open(brokers):
+    if not args.brokers and broker_error(brokers, timeout_s=2) is not None:
         # From empty data, and none left behind: the topics of earlier runs (17 GB after a day
         # of runs here) slowed the broker's start and kept its log cleaner busy compacting
         # their changelogs on the cores being measured.
@@ -88,7 +79,7 @@ def main() -> None:
 
 def run(args: argparse.Namespace, brokers: str, chosen: list[str]) -> list[Result]:
     topic = f"bench-{uuid.uuid4().hex[:8]}"
-    asyncio.run(create_topic(brokers, topic, args.partitions))
+    create_topic(topic, args.partitions, brokers=brokers)
     t0 = time.monotonic()
     expected: dict[Key, int] = asyncio.run(preload(brokers, topic, args.messages))
     took = time.monotonic() - t0
@@ -115,9 +106,9 @@ def run(args: argparse.Namespace, brokers: str, chosen: list[str]) -> list[Resul
     for name in chosen:
         if name == "bucket_app-iso":
             iso_topic = f"{topic}-iso"
-            asyncio.run(create_topic(brokers, iso_topic, args.partitions))
+            create_topic(iso_topic, args.partitions, brokers=brokers)
             iso_expected = asyncio.run(preload(brokers, iso_topic, args.iso_messages, iso=True))
-            ends = asyncio.run(end_offsets(brokers, iso_topic, args.partitions))
+            ends = end_offsets(iso_topic, args.partitions, brokers=brokers)
             job = Job(brokers, iso_topic, ends, workdir, args.timeout)
             print(f"running {name} on {job.messages} messages with ISO times ...", flush=True)
             result = contenders.bucket_app(job, 1, iso_expected, args.load, 0, 0, sql_from,
@@ -135,7 +126,7 @@ def run(args: argparse.Namespace, brokers: str, chosen: list[str]) -> list[Resul
             results.append(result)
             continue
         for each in [SAME_AS_X2, name] if name == "bucket_app-2" else [name]:
-            ends = asyncio.run(end_offsets(brokers, topic, args.partitions))
+            ends = end_offsets(topic, args.partitions, brokers=brokers)
             job = Job(brokers, topic, ends, workdir, args.timeout)
             print(f"running {each} on {job.messages} messages ...", flush=True)
             result = runners[each](job)

@@ -13,13 +13,13 @@ time is epoch seconds as a float; a time we cannot read raises
 
 from __future__ import annotations
 
-import reprlib
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
 
+from bucket_app.codecs import preview
 from bucket_app.errors import BadInput, TimeError
 
 __all__ = [
@@ -29,7 +29,6 @@ __all__ = [
     "TimeField",
     "TimeParser",
     "bucket_start",
-    "event_time",
     "make_time_parser",
     "parse_epoch",
     "parse_iso",
@@ -42,9 +41,6 @@ TimeParser = Callable[[Any], float]
 MIN_TS_S: Final = -62135596800.0  # 0001-01-01T00:00:00Z
 MAX_TS_S: Final = 253402300799.999999  # 9999-12-31T23:59:59.999999Z
 
-# How many characters of a bad value an error message may quote.
-PREVIEW_CHARS: Final = 80
-
 _EPOCH_UTC: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_NAIVE: Final = datetime(1970, 1, 1)
 
@@ -53,20 +49,6 @@ _COMPOUND: Final = (dict, list)
 _JSON_OPTS: Final = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 
 _MISSING: Final = object()
-
-# A bounded repr: a plain repr() of JSON nested ~1000 deep (orjson reads up to 1024 levels)
-# raised RecursionError while we built the error message, which escaped as no BadInput.
-_REPR: Final = reprlib.Repr()
-_REPR.maxlevel = 3
-_REPR.maxstring = _REPR.maxlong = _REPR.maxother = PREVIEW_CHARS
-
-
-def _preview(value: Any) -> str:
-    text = _REPR.repr(value)
-    if len(text) <= PREVIEW_CHARS:
-        return text
-    return text[:PREVIEW_CHARS] + "..."
-
 
 def bucket_start(ts_s: float, interval_s: int) -> int:
     """Start of the half-open bucket ``[start, start + interval_s)`` that holds ``ts_s``.
@@ -84,7 +66,7 @@ def _check_range(ts_s: float, value: Any) -> float:
     # One comparison also rejects NaN (all comparisons false) and +/-inf.
     if MIN_TS_S <= ts_s <= MAX_TS_S:
         return float(ts_s)
-    raise TimeError(f"time out of range or not finite: {_preview(value)}", reason="bad_time")
+    raise TimeError(f"time out of range or not finite: {preview(value)}", reason="bad_time")
 
 
 def _datetime_s(dt: datetime, value: Any) -> float:
@@ -116,13 +98,13 @@ def parse_epoch(value: Any) -> float:
                 return _check_range(float(value), value)
             except ValueError:
                 pass
-        raise TimeError(f"not an epoch time: {_preview(value)}", reason="bad_time")
+        raise TimeError(f"not an epoch time: {preview(value)}", reason="bad_time")
     if isinstance(value, datetime):
         return _datetime_s(value, value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return _check_range(value, value)
     raise TimeError(
-        f"not an epoch time ({type(value).__name__}): {_preview(value)}", reason="bad_time"
+        f"not an epoch time ({type(value).__name__}): {preview(value)}", reason="bad_time"
     )
 
 
@@ -138,7 +120,7 @@ def _lenient_iso(value: str) -> datetime:
             return datetime.fromisoformat(text)
         except ValueError:
             pass
-    raise TimeError(f"not an ISO-8601 time: {_preview(value)}", reason="bad_time")
+    raise TimeError(f"not an ISO-8601 time: {preview(value)}", reason="bad_time")
 
 
 def parse_iso(value: Any) -> float:
@@ -155,7 +137,7 @@ def parse_iso(value: Any) -> float:
             return _datetime_s(value, value)
         if not isinstance(value, str):
             raise TimeError(
-                f"not an ISO-8601 time ({type(value).__name__}): {_preview(value)}",
+                f"not an ISO-8601 time ({type(value).__name__}): {preview(value)}",
                 reason="bad_time",
             )
     try:
@@ -260,22 +242,6 @@ class FieldMap:
         return tuple(out)
 
 
-def event_time(
-    msg: dict[str, Any],
-    field_path: str,
-    parse: TimeParser,
-    fallback_ts_s: float | None,
-) -> float:
-    """Event time of ``msg`` in epoch seconds, read from ``field_path`` with ``parse``.
-
-    A missing or ``None`` field falls back to ``fallback_ts_s`` (the Kafka record time in
-    seconds) when given, else raises ``TimeError(reason="missing_time")``. A present but
-    unreadable value raises ``bad_time``; it never falls back, so bad producers show up.
-    :class:`TimeField` does the same with the path split once.
-    """
-    return _event_time(msg, field_path, _split_path(field_path), parse, fallback_ts_s)
-
-
 def _event_time(
     msg: dict[str, Any],
     path: str,
@@ -308,5 +274,10 @@ class TimeField:
         return f"TimeField({self.path!r}, {self.bucket_type!r})"
 
     def get(self, msg: dict[str, Any], fallback_ts_s: float | None = None) -> float:
-        """Event time in epoch seconds; see :func:`event_time` for the fallback rules."""
+        """Event time of ``msg`` in epoch seconds.
+
+        A missing or ``None`` field falls back to ``fallback_ts_s`` (the Kafka record time in
+        seconds) when given, else raises ``TimeError(reason="missing_time")``. A present but
+        unreadable value raises ``bad_time``; it never falls back, so bad producers show up.
+        """
         return _event_time(msg, self.path, self._parts, self.parse, fallback_ts_s)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import reprlib
 from typing import Any, Final, Protocol
 
 import orjson
@@ -29,6 +30,7 @@ __all__ = [
     "JsonDecoder",
     "load_avro_schema",
     "make_decoder",
+    "preview",
 ]
 
 # How many characters of a bad payload (or of a library's reason) an error message may quote.
@@ -45,12 +47,28 @@ class Decoder(Protocol):
     def decode(self, data: bytes | None) -> dict[str, Any]: ...
 
 
-def _preview(data: bytes) -> str:
-    """The start of a payload for an error message, at most ~PREVIEW_CHARS characters."""
-    text = repr(bytes(data[:PREVIEW_CHARS]))
-    if len(data) <= PREVIEW_CHARS and len(text) <= PREVIEW_CHARS:
+# A bounded repr: a plain repr() of JSON nested ~1000 deep (orjson reads up to 1024 levels)
+# raised RecursionError while we built the error message, which escaped as no BadInput.
+_REPR: Final = reprlib.Repr()
+_REPR.maxlevel = 3
+_REPR.maxstring = _REPR.maxlong = _REPR.maxother = PREVIEW_CHARS
+
+
+def preview(value: Any) -> str:
+    """A bad value for an error message, at most ~PREVIEW_CHARS characters.
+
+    Bytes (a payload) show their start, and their size when cut; anything else (a decoded
+    value: bucket_app.buckets quotes bad times with this) a bounded repr.
+    """
+    if isinstance(value, bytes | bytearray | memoryview):
+        text = repr(bytes(value[:PREVIEW_CHARS]))
+        if len(value) <= PREVIEW_CHARS and len(text) <= PREVIEW_CHARS:
+            return text
+        return f"{text[:PREVIEW_CHARS]}... ({len(value)} bytes)"
+    text = _REPR.repr(value)
+    if len(text) <= PREVIEW_CHARS:
         return text
-    return f"{text[:PREVIEW_CHARS]}... ({len(data)} bytes)"
+    return text[:PREVIEW_CHARS] + "..."
 
 
 def schema_hazard(schema: Any) -> str | None:
@@ -126,12 +144,12 @@ class JsonDecoder:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise DecodeError(
-                f"not JSON ({_why(exc)}): {_preview(data)}", reason="not_json"
+                f"not JSON ({_why(exc)}): {preview(data)}", reason="not_json"
             ) from exc
         # Exact type check: orjson only ever builds plain dicts, and it is the cheapest test.
         if type(obj) is not dict:
             raise DecodeError(
-                f"JSON value is {type(obj).__name__}, not an object: {_preview(data)}",
+                f"JSON value is {type(obj).__name__}, not an object: {preview(data)}",
                 reason="not_object",
             )
         return obj
@@ -193,7 +211,7 @@ class AvroDecoder:
                 tried = f"; as Confluent frame: {_why(framed_error)}" if framed_error else ""
                 raise DecodeError(
                     f"value does not match Avro schema {self._schema_name} "
-                    f"({_why(exc)}{tried}): {_preview(data)}",
+                    f"({_why(exc)}{tried}): {preview(data)}",
                     reason="avro_mismatch",
                 ) from exc
         if not isinstance(value, dict):

@@ -74,15 +74,6 @@ class Grouped:
                    if at > offset and each == group)
 
 
-@dataclass(frozen=True)
-class Classified:
-    """Where one record counts: its table key and its bucket start (seconds)."""
-
-    key: WindowKey
-    bucket_start_s: int
-    event_time_s: float
-
-
 class Classifier:
     """Decode, read the event time and the mapped fields, and name the window-key."""
 
@@ -101,15 +92,6 @@ class Classifier:
             self.group = self.group_json_epoch
             self._get_time = methodcaller("get", self._time.path)
             self._getters = [methodcaller("get", path) for path in self._fields.paths]
-
-    def classify(
-        self, value: bytes | None, partition: int, record_ts_s: float | None,
-        now_s: float | None = None,
-    ) -> Classified:
-        """Raise a :class:`BadInput` subclass when the record cannot be counted."""
-        key, start, ts = self.locate(
-            value, partition, record_ts_s, time.time() if now_s is None else now_s)
-        return Classified(key=key, bucket_start_s=start, event_time_s=ts)
 
     def _locate_json_epoch(
         self, value: bytes | None, partition: int, record_ts_s: float | None, now_s: float,
@@ -211,7 +193,8 @@ class Classifier:
     def _locate(
         self, value: bytes | None, partition: int, record_ts_s: float | None, now_s: float,
     ) -> tuple[WindowKey, int, float]:
-        """:meth:`classify` as a plain ``(key, bucket_start_s, event_time_s)``, for the hot loop."""
+        """Where one record counts: ``(key, bucket_start_s, event_time_s)``; raises a
+        :class:`BadInput` subclass when the record cannot be counted."""
         msg = self._decode(value or b"")
         ts = self._time.get(msg, record_ts_s)
         if ts > now_s + self._max_future_skew_s:
@@ -260,12 +243,9 @@ class Counter:
         """Buckets ending at or before this event time are past retention in ``partition``."""
         return self.partition(partition).watermark_s - self.retention_s
 
-    def admit(self, item: Classified, partition: int) -> None:
-        """Refuse ``item`` if its bucket is past retention; else move the watermark with it."""
-        self.admit_at(self.partition(partition), item.bucket_start_s, item.event_time_s)
-
     def admit_at(self, state: PartitionProgress, bucket_start_s: int, event_time_s: float) -> None:
-        """:meth:`admit` for a record of the partition whose progress is ``state``."""
+        """Refuse a record of the partition whose progress is ``state`` if its bucket is past
+        retention; else move the watermark with it."""
         if bucket_start_s + self.interval_s <= state.watermark_s - self.retention_s:
             raise BadInput(
                 f"bucket {bucket_start_s} is older than the retention "
@@ -317,13 +297,6 @@ class Counter:
             else:
                 fresh = grouped.count_after(index, current[1])
             self._credit(table, key, current, n, fresh, grouped.lasts[index])
-
-    def apply(
-        self, table: KeyValues, item: Classified, partition: int, offset: int,
-    ) -> bool:
-        """Count one record; return False if it was a replay. Raises BadInput past retention."""
-        self.admit(item, partition)
-        return self.add(table, item.key, [offset]) == 1
 
     def record_skip(self, reason: str) -> None:
         self.skipped[reason] += 1

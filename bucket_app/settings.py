@@ -324,11 +324,6 @@ class Settings:
     raw: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
-    def columns(self) -> tuple[str, ...]:
-        """The snapshot table's columns, in sqlite_schema order."""
-        return tuple(self.sqlite_schema)
-
-    @property
     def broker_url(self) -> str:
         return ",".join(f"kafka://{server}" for server in self.brokers)
 

@@ -13,16 +13,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.conftest import (
-    REPO,
+from tests.support import REPO
+from tests.support.kafka import (
     BackgroundProducer,
     bulk_records,
-    counts_of,
     create_topic,
     produce,
     topic_counts,
     unique,
 )
+from tests.support.worker import counts_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -22,7 +22,9 @@ from urllib.parse import quote
 import fastavro
 import pytest
 
-from tests.integration.conftest import REPO, Record, create_topic, http, produce, unique
+from tests.support import REPO
+from tests.support.http import http
+from tests.support.kafka import Record, create_topic, produce, unique
 
 pytestmark = pytest.mark.integration
 

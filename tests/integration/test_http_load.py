@@ -20,7 +20,8 @@ import aiohttp
 import pytest
 
 from bucket_app.settings import KEYS
-from tests.integration.conftest import Record, create_topic, http, produce, unique
+from tests.support.http import http
+from tests.support.kafka import Record, create_topic, produce, unique
 
 pytestmark = pytest.mark.integration
 

@@ -13,16 +13,16 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.integration.conftest import (
+from tests.support.http import http
+from tests.support.kafka import (
     BackgroundProducer,
     bulk_records,
-    counts_of,
     create_topic,
     end_offsets,
-    http,
     produce,
     unique,
 )
+from tests.support.worker import counts_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.integration.conftest import Record, create_topic, produce, unique
+from tests.support.kafka import Record, create_topic, produce, unique
 
 pytestmark = pytest.mark.integration
 

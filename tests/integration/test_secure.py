@@ -21,15 +21,15 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError
 
-from tests.integration.conftest import (
+from tests.support.kafka import (
     SecureBroker,
     bulk_records,
-    counts_of,
     create_topic,
     produce,
     topic_counts,
     unique,
 )
+from tests.support.worker import counts_of
 
 pytestmark = pytest.mark.integration
 

@@ -20,16 +20,8 @@ from bucket_app.errors import TopicError
 from bucket_app.settings import Settings, load
 from bucket_app.snapshot import changelog_topic
 from bucket_app.topics import source_partitions
-from tests.integration.conftest import (
-    BROKERS,
-    MSG_MAP,
-    Record,
-    Worker,
-    counts_of,
-    create_topic,
-    produce,
-    unique,
-)
+from tests.support.kafka import BROKERS, Record, create_topic, produce, unique
+from tests.support.worker import MSG_MAP, Worker, counts_of
 
 pytestmark = pytest.mark.integration
 

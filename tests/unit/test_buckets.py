@@ -14,7 +14,6 @@ from bucket_app.buckets import (
     FieldMap,
     TimeField,
     bucket_start,
-    event_time,
     make_time_parser,
     parse_epoch,
     parse_iso,
@@ -336,32 +335,32 @@ def test_field_map_empty_and_invalid() -> None:
         FieldMap({"a": ""})
 
 
-# --- event_time / TimeField -----------------------------------------------------------
+# --- TimeField: the event time and its fallback ------------------------------------------
 
 
 def test_event_time_reads_field() -> None:
     msg = {"timestamp": 1440179085, "meta": {"at": "2015-08-21T17:44:45Z"}}
-    assert event_time(msg, "timestamp", parse_epoch, None) == 1440179085.0
-    assert event_time(msg, "meta.at", parse_iso, 1.0) == 1440179085.0
+    assert TimeField("timestamp", "epoch").get(msg, None) == 1440179085.0
+    assert TimeField("meta.at", "iso").get(msg, 1.0) == 1440179085.0
 
 
 @pytest.mark.parametrize("msg", [{}, {"timestamp": None}, {"meta": 5}])
 def test_event_time_fallback(msg: dict[str, Any]) -> None:
-    assert event_time(msg, "timestamp", parse_epoch, 1440179090.5) == 1440179090.5
-    assert event_time(msg, "meta.at", parse_iso, 1440179090.5) == 1440179090.5
+    assert TimeField("timestamp", "epoch").get(msg, 1440179090.5) == 1440179090.5
+    assert TimeField("meta.at", "iso").get(msg, 1440179090.5) == 1440179090.5
 
 
 @pytest.mark.parametrize("msg", [{}, {"timestamp": None}])
 def test_event_time_missing(msg: dict[str, Any]) -> None:
     with pytest.raises(TimeError) as info:
-        event_time(msg, "timestamp", parse_epoch, None)
+        TimeField("timestamp", "epoch").get(msg, None)
     assert info.value.reason == "missing_time"
     assert isinstance(info.value, BadInput)
 
 
 def test_event_time_bad_value_does_not_fall_back() -> None:
     with pytest.raises(TimeError) as info:
-        event_time({"timestamp": "soon"}, "timestamp", parse_epoch, 1440179090.0)
+        TimeField("timestamp", "epoch").get({"timestamp": "soon"}, 1440179090.0)
     assert info.value.reason == "bad_time"
 
 

@@ -21,8 +21,8 @@ from bucket_app.buckets import (
     MAX_TS_S,
     MIN_TS_S,
     FieldMap,
+    TimeField,
     bucket_start,
-    event_time,
     parse_epoch,
     parse_iso,
 )
@@ -196,9 +196,8 @@ def test_iso_anything_parses_or_is_bad_time(value: Any) -> None:
 @example(-0.001, "epoch")
 def test_record_time_fallback_is_range_checked_like_a_message_time(
         fallback: float | None, bucket_type: str) -> None:
-    parse = parse_epoch if bucket_type == "epoch" else parse_iso
     try:
-        ts = event_time({"other": 1}, "timestamp", parse, fallback)
+        ts = TimeField("timestamp", bucket_type).get({"other": 1}, fallback)
     except TimeError as exc:
         assert exc.reason == ("missing_time" if fallback is None else "bad_time")
         if fallback is not None:

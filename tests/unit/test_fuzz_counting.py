@@ -146,7 +146,7 @@ def check(settings: Settings, value: bytes | None, expected: Any, partition: int
     """The classifier's answer for ``value`` is the oracle's ``expected``."""
     classifier = CLASSIFIERS[id(settings)]
     try:
-        got = classifier.classify(value, partition, record_ts, now)
+        got = classifier.locate(value, partition, record_ts, now)
     except BadInput as exc:
         assert exc.reason == expected, (value, exc)
         assert "\n" not in str(exc) and len(str(exc)) < 500  # logged per record
@@ -159,16 +159,16 @@ def check(settings: Settings, value: bytes | None, expected: Any, partition: int
     assert not isinstance(expected, str), (value, got)
     values, start, ts = expected
     interval = settings.bucket_interval_s
-    assert got.bucket_start_s == start and got.event_time_s == ts
-    assert got.key[1] == (float(start), start + interval - WINDOW_END_EPSILON_S)
-    assert got.key[0][0] == partition
-    for want, have in zip(values, got.key[0][1:], strict=True):
+    key, got_start, got_ts = got
+    assert got_start == start and got_ts == ts
+    assert key[1] == (float(start), start + interval - WINDOW_END_EPSILON_S)
+    assert key[0][0] == partition
+    for want, have in zip(values, key[0][1:], strict=True):
         if isinstance(want, dict | list):  # rendered as JSON text, equal when read back
             assert isinstance(have, str) and json.loads(have) == want
         else:
             assert have == want and type(have) is type(want)
-    assert classifier._locate(value, partition, record_ts, now) == (
-        got.key, got.bucket_start_s, got.event_time_s)
+    assert classifier._locate(value, partition, record_ts, now) == got
 
 
 def json_expected(settings: Settings, data: bytes | None, partition: int,
@@ -199,7 +199,7 @@ def test_json_messages_classify_as_the_oracle_says(config: str, data: Any, parti
 
 @pytest.mark.parametrize("settings", [FLAT, NESTED], ids=["flat", "nested"])
 def test_a_mapped_field_too_deep_to_render_is_skipped_as_bad_field(settings: Settings) -> None:
-    """Regression: this TypeError escaped classify(), and the worker died on the record."""
+    """Regression: this TypeError escaped the classifier, and the worker died on the record."""
     value = dumps({"origin_server": deeply_nested(300), "timestamp": NOW,
                    "meta": {"ts": NOW}})
     assert json_expected(settings, value, 0, None, NOW) == "bad_field"
@@ -214,7 +214,7 @@ def test_any_bytes_classify_or_are_skipped_with_a_known_reason(
     reasons = {"empty", "not_json", "not_object", "missing_time", "bad_time", "future_time"}
     for settings in (FLAT, NESTED, ISO, AVRO):
         try:
-            CLASSIFIERS[id(settings)].classify(value, partition, record_ts, NOW)
+            CLASSIFIERS[id(settings)].locate(value, partition, record_ts, NOW)
         except BadInput as exc:
             assert exc.reason in reasons | {"avro_mismatch", "bad_field"}
             assert "\n" not in str(exc) and len(str(exc)) < 500

@@ -73,7 +73,8 @@ def test_seed_example_loads_with_resolved_paths_and_defaults(tmp_path):
     assert settings.bucket_interval_s == 20
     assert settings.bucket_type == "epoch"
     assert settings.msg_map == MSG_MAP
-    assert settings.columns == ("server_name", "topic", "bucket_start", "bucket_end", "count")
+    assert tuple(settings.sqlite_schema) == (
+        "server_name", "topic", "bucket_start", "bucket_end", "count")
     # the seed's bare 10 and 10 read as minutes: counts survive long enough to be queried
     assert settings.clean_interval_s == 600
     assert settings.clean_freq_s == 600
