@@ -17,20 +17,15 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from itertools import chain, islice
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 import faust
-from aiokafka.consumer.fetcher import READ_COMMITTED, FetchResult, PartitionRecords
-from aiokafka.errors import CorruptRecordException
-from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
 from bucket_app import identity, kafka_security
 from bucket_app.changelog import ChangelogRecord, ChangelogSender, TableBatch
 from bucket_app.counting import (
-    GROUP_CHUNK,
     Classifier,
     Counter,
     KeyValues,
@@ -39,6 +34,11 @@ from bucket_app.counting import (
 )
 from bucket_app.errors import BadInput
 from bucket_app.intake import BatchIntake
+from bucket_app.seam import compat
+from bucket_app.seam import store as table_store
+from bucket_app.seam.app import SeamApp
+from bucket_app.seam.consumer import ConsumerOptions, SeamConsumer
+from bucket_app.seam.table import UnexpiringTable
 from bucket_app.settings import Settings
 from bucket_app.snapshot import COUNTS_TABLE, PROGRESS_KEY, progress_key
 from bucket_app.snapshotproc import SnapshotProcess
@@ -53,10 +53,20 @@ _VALUE, _OFFSET = attrgetter("value"), attrgetter("offset")
 # 1,000,000 rows while ingesting: p99 46-48 ms at 1 ms, 30 and 35 ms at 0.5 ms; the counting
 # rate the same within noise (drain A/B, three runs each).
 SWITCH_INTERVAL_S = 0.0005
-# The broker answers a fetch once it has FETCH_MIN_BYTES for it, or after FETCH_MAX_WAIT_MS
-# (see batch_fetches): a steady stream is counted in batches of up to 0.2 s, a backlog in full
-# fetches at once. A batch writes each window-key it touched once, so at 120,000 msg/s 2 MiB
-# batches (0.2 s) write half as often as 1 MiB ones.
+# The broker answers a fetch once it has FETCH_MIN_BYTES for it, or after FETCH_MAX_WAIT_MS: a
+# steady stream is counted in batches of up to 0.2 s, a backlog in full fetches at once. Each
+# counted batch writes every window-key it touched once (RocksDB, the changelog, then the
+# snapshot), so counting whatever arrived every few milliseconds would write the same keys many
+# times a second; at 120,000 msg/s 2 MiB batches (0.2 s) write half as often as 1 MiB ones. The
+# broker's fetch wait batches without a pause in the worker: aiokafka has the next fetch in
+# flight while a batch is counted, and a backlog is answered at once. A pause in the worker
+# instead (0.2 s between fetches, skipped behind a backlog of a full fetch) capped a steady
+# stream at about 100,000 msg/s, 20,000 records per pause: at 120,000 msg/s the counts fell
+# behind by 3.5 s in 20 s, with the worker at 85% of a core.
+# Each fetch is counted whole (``broker_max_poll_records`` is unset): records left unread keep
+# aiokafka from fetching any partition of their broker for up to 0.1 s, and with 20,000
+# records a batch the worker waited for fetches 25% of the time. FETCH_MAX_BYTES bounds a batch
+# instead. Faust's own fetch settings and how they are set: bucket_app.seam.fetch.tune_fetches.
 FETCH_MAX_WAIT_MS = 200
 FETCH_MIN_BYTES = 2 * 1024 * 1024
 # The most one fetch returns, all partitions together: the most one batch counts. With 4 MiB
@@ -79,148 +89,13 @@ ROCKSDB_OPTIONS = {
 }
 
 
-def seek_uncommitted_to_beginning(source_topic: str) -> None:
-    """Make Faust's seek-to-committed re-read source partitions that have no committed offset.
+class CountsTable(UnexpiringTable):
+    """The ``counts`` table: Faust's tumbling-window Table without Faust's window expiry.
 
-    Faust drops records it fetched while a rebalance was under way and relies on seeking back
-    to the committed offset afterwards; aiokafka's ``seek_to_committed`` skips a partition
-    whose committed offset is missing or 0, so those records were silently lost (seen here: a
-    replica that joined mid-stream never counted its partitions). Re-reading such a partition
-    from its beginning is safe because counting is idempotent per source offset.
+    Retention here is bucket_app's: the agent deletes expired window-keys with changelog
+    tombstones, so the changelog is compact-only (see :mod:`bucket_app.seam.table` for why
+    Faust's own expiry is off).
     """
-    original = AIOKafkaConsumerThread.seek_to_committed
-
-    async def seek_to_committed(self: AIOKafkaConsumerThread) -> Any:
-        committed = await original(self)
-        fresh = [tp for tp, offset in committed.items()
-                 if not offset and tp.topic == source_topic]
-        if fresh:
-            await self.call_thread(self._ensure_consumer().seek_to_beginning, *fresh)
-        return committed
-
-    AIOKafkaConsumerThread.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
-
-
-def batch_fetches(min_bytes: int, max_wait_ms: int, max_bytes: int) -> None:
-    """Make the broker batch the worker's fetches: answer once ``min_bytes`` are there for the
-    fetch, or after ``max_wait_ms``, with at most ``max_bytes``.
-
-    Each counted batch writes every window-key it touched once (RocksDB, the changelog, then
-    the snapshot), so counting whatever arrived every few milliseconds would write the same
-    keys many times a second. The broker's fetch wait batches without a pause in the worker:
-    aiokafka has the next fetch in flight while a batch is counted, and a backlog is answered
-    at once. A pause in the worker instead (0.2 s between fetches, skipped behind a backlog of
-    a full fetch) capped a steady stream at about 100,000 msg/s, 20,000 records per pause:
-    at 120,000 msg/s the counts fell behind by 3.5 s in 20 s, with the worker at 85% of a core.
-
-    Each fetch is counted whole (``broker_max_poll_records`` is unset): records left unread
-    keep aiokafka from fetching any partition of their broker for up to 0.1 s, and with
-    20,000 records a batch the worker waited for fetches 25% of the time. ``max_bytes``
-    bounds a batch instead.
-
-    Faust builds the consumer with ``fetch_max_wait_ms=1500`` (a literal, not a setting) and
-    aiokafka's ``fetch_min_bytes=1`` and ``fetch_max_bytes`` of 50 MiB.
-    """
-    original = AIOKafkaConsumerThread._create_worker_consumer
-
-    def create(self: AIOKafkaConsumerThread, transport: Any) -> Any:
-        consumer = original(self, transport)
-        consumer._fetch_min_bytes = min_bytes
-        consumer._fetch_max_wait_ms = max_wait_ms
-        consumer._fetch_max_bytes = max_bytes
-        return consumer
-
-    AIOKafkaConsumerThread._create_worker_consumer = create  # type: ignore[method-assign]
-
-
-def bulk_source_records(source_topic: str) -> None:
-    """Let aiokafka hand over the source topic's records a Kafka record batch at a time, as it
-    decoded them.
-
-    aiokafka unpacks a fetch through a generator that yields one record at a time, each built
-    into a ConsumerRecord (eleven fields, a headers tuple, two ``len`` calls) and appended to
-    the result one by one; the counting code reads three fields of each. For ``source_topic``
-    the generator yields each record batch's decoded records (offset, timestamp, key, value,
-    headers) as one list, and ``FetchResult.getall`` extends its result with them. The batch
-    checks are aiokafka's own (CRC, aborted transactions, control batches, records below the
-    fetch offset), and so is the fetch position after a batch. Other topics are unchanged.
-
-    The source topic's records are only taken whole: the worker fetches with
-    ``broker_max_poll_records`` unset (see :func:`batch_fetches`), and nothing calls
-    ``getone``.
-    """
-    unpack, getall = PartitionRecords._unpack_records, FetchResult.getall
-
-    def unpack_batches(self: PartitionRecords) -> Any:
-        if self._tp.topic != source_topic:
-            yield from unpack(self)
-            return
-        records = self._records
-        while records.has_next():
-            batch = records.next_batch()
-            if self._check_crcs and not batch.validate_crc():
-                raise CorruptRecordException(f"Invalid CRC - {self._tp}")
-            if self._isolation_level == READ_COMMITTED and batch.producer_id is not None:
-                self._consume_aborted_up_to(batch.base_offset)
-                if batch.is_control_batch and self._contains_abort_marker(batch):
-                    self._aborted_producers.discard(batch.producer_id)
-                if batch.is_transactional and batch.producer_id in self._aborted_producers:
-                    self.next_fetch_offset = batch.next_offset
-                    continue
-            if batch.is_control_batch:
-                self.next_fetch_offset = batch.next_offset
-                continue
-            decoded = []
-            # chain: aiokafka's batch raises if asked for a record after its last one
-            unread = chain(batch)
-            # a C loop holds the interpreter lock throughout: a thousand records at a time
-            while chunk := list(islice(unread, GROUP_CHUNK)):
-                decoded.extend(chunk)
-            if decoded and decoded[0].offset < self.next_fetch_offset:
-                start = self.next_fetch_offset
-                decoded = [record for record in decoded if record.offset >= start]
-            if decoded:
-                self.next_fetch_offset = decoded[-1].offset + 1
-                yield decoded
-            self.next_fetch_offset = batch.next_offset
-
-    def getall_batches(self: FetchResult, max_records: int | None = None) -> list[Any]:
-        tp = self._topic_partition
-        if tp.topic != source_topic:
-            return getall(self, max_records)  # type: ignore[no-any-return]
-        if max_records is not None:
-            raise RuntimeError("the source topic's records are fetched whole "
-                               f"(max_records={max_records})")
-        if not self.check_assignment(tp) or not self.has_more():
-            return []
-        fetched: list[Any] = []
-        for decoded in self._partition_records:
-            fetched.extend(decoded)
-        self._update_position()
-        self._partition_records = None
-        return fetched
-
-    PartitionRecords._unpack_records = unpack_batches  # type: ignore[method-assign]
-    FetchResult.getall = getall_batches  # type: ignore[method-assign]
-
-
-class CountsTable(faust.Table):
-    """Faust's tumbling-window Table, with Faust's own window expiry turned off.
-
-    faust-streaming 0.15.3's compiled TumblingWindow reports ``expires == 0.0`` rather than None,
-    so the stock table would push a heap entry per update (unbounded memory) and create the
-    changelog with ``cleanup.policy=compact,delete`` and the broker's default retention, which
-    drops buckets that were not updated for a week. Retention here is bucket_app's: the agent
-    deletes expired window-keys with changelog tombstones, so the changelog is compact-only.
-    """
-
-    def _should_expire_keys(self) -> bool:
-        return False
-
-    def using_window(self, window: Any, *, key_index: bool = False) -> Any:
-        wrapper = super().using_window(window, key_index=key_index)
-        self._changelog_deleting = False
-        return wrapper
 
 
 class Processor:
@@ -244,11 +119,11 @@ class Processor:
         because touching Faust's lazily created services from that thread binds them to the
         wrong event loop (seen here: the worker crashed at start-up).
         """
-        consumer: Any = self.app.consumer  # Faust's consumer; these sets are not in ConsumerT
+        consumer: SeamConsumer = self.app.consumer  # type: ignore[assignment] # BucketApp's
         topic = self.settings.topic
         assigned = self._partitions_of(consumer.assignment(), topic)
-        paused = self._partitions_of(consumer._paused_partitions, topic)
-        fetching = self._partitions_of(consumer._get_active_partitions(), topic)
+        paused = self._partitions_of(consumer.paused_partitions(), topic)
+        fetching = self._partitions_of(consumer.active_partitions(), topic)
         tables: Any = self.app.tables  # TableManager; recovery is not in TableManagerT
         ready = bool(tables.recovery.completed.is_set())
         self.assignment = {"ready": ready, "assigned": assigned, "paused": paused,
@@ -355,7 +230,7 @@ class Processor:
         state.last_sweep_mono = time.monotonic()
         cutoff_s = self.counter.expired_before_s(partition)
         doomed = [(raw, key) for raw, key in self._keys_of(partition) if key[1][1] < cutoff_s]
-        key_index = self.counts.data._key_index
+        key_index = table_store.key_index(self.counts.data)
         counts = self.counts if table is None else table
         for raw, key in doomed:
             del counts[key]
@@ -368,10 +243,7 @@ class Processor:
 
     def _keys_of(self, partition: int) -> Iterator[tuple[bytes, Any]]:
         # Faust's store has no per-partition key iterator; this reads the partition's RocksDB.
-        store = self.counts.data
-        db = store._db_for_partition(partition)
-        for raw_key in store._visible_keys(db):
-            key = store._decode_key(raw_key)
+        for raw_key, key in table_store.partition_keys(self.counts.data, partition):
             if key[0] == PROGRESS_KEY:
                 continue
             yield raw_key, (tuple(key[0]), tuple(key[1]))
@@ -428,32 +300,28 @@ def guard_local_state(settings: Settings, tabledir: Path) -> None:
     atexit.register(clean_exit)
 
 
-class BucketApp(faust.App):
+class BucketApp(SeamApp):
     """A Faust app whose consumer counts the source topic through :class:`BatchIntake`."""
 
     intake: BatchIntake | None = None
     processor: Processor | None = None  # set by create_app
     source_topic_name: str = ""
 
-    def _new_consumer(self) -> Any:
-        consumer = super()._new_consumer()
+    def on_consumer(self, consumer: SeamConsumer) -> None:
         processor = self.processor
         assert processor is not None, "create_app sets the processor before the worker starts"
         sender = ChangelogSender(self, processor.counts.data, processor.counts.changelog_topic_name)
         self.intake = BatchIntake(consumer, self.source_topic_name, processor.count_and_write,
                                   sender)
         self.intake.install()
-        return consumer
 
 
 def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     """Build the Faust app for ``settings``; ``partitions`` skips the Kafka probe when known."""
     from bucket_app import snapshot, web  # noqa: PLC0415 - they import this module's names
 
+    compat.check()
     n_partitions = partitions if partitions is not None else source_partitions(settings)
-    seek_uncommitted_to_beginning(settings.topic)
-    batch_fetches(FETCH_MIN_BYTES, FETCH_MAX_WAIT_MS, FETCH_MAX_BYTES)
-    bulk_source_records(settings.topic)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -488,7 +356,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         # HTTP answers from its own thread and event loop, so a query does not wait behind
         # counting batches on the main loop (it only shares the GIL; see SWITCH_INTERVAL_S).
         web_in_thread=True,
-        # Each fetch is counted whole (see batch_fetches).
+        # Each fetch is counted whole (see FETCH_MIN_BYTES).
         broker_max_poll_records=None,
         # Commit on the commit_interval timer (2.8 s) only: a commit flushes the changelog
         # producer and, when triggered by the ack count, stalls the fetch loop while it does.
@@ -519,6 +387,9 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     processor = Processor(app, settings, counts.table)
     app.processor = processor
     app.source_topic_name = settings.topic
+    # this app's consumer only: the committed-offset seek, fetch sizes, record batches
+    app.consumer_options = ConsumerOptions(settings.topic, FETCH_MIN_BYTES, FETCH_MAX_WAIT_MS,
+                                           FETCH_MAX_BYTES)
     guard_local_state(settings, Path(app.conf.tabledir))
 
     @app.agent(source, name="bucket_app.count")

@@ -13,7 +13,7 @@ which flushes that producer before it commits source offsets, covers them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -21,6 +21,9 @@ from aiokafka import AIOKafkaProducer
 from faust.types import TP
 from faust.utils.json import on_default
 from rocksdict import WriteBatch
+
+from bucket_app.seam import clients
+from bucket_app.seam import store as table_store
 
 ChangelogRecord = tuple[bytes, bytes | None]  # (key, value); None is a tombstone
 
@@ -45,15 +48,16 @@ class TableBatch:
     def __init__(self, store: Any, partition: int) -> None:
         self.store = store
         self.partition = partition
-        self.db = store._db_for_partition(partition)
+        self.db = table_store.partition_db(store, partition)
+        self._encode_key: Callable[[Any], bytes]
+        self._encode_value: Callable[[Any], bytes]
+        self._decode_value: Callable[[bytes], Any]
         if store.key_serializer == "json" and store.value_serializer == "json":
             # Faust's json codec is this orjson call behind a registry lookup and two wrappers
             self._encode_key = self._encode_value = _faust_json
             self._decode_value = orjson.loads
         else:
-            self._encode_key = store._encode_key
-            self._encode_value = store._encode_value
-            self._decode_value = store._decode_value
+            self._encode_key, self._encode_value, self._decode_value = table_store.codec(store)
         self.writes: dict[bytes, bytes | None] = {}
 
     def get(self, key: Any, default: Any = None) -> Any:
@@ -75,7 +79,7 @@ class TableBatch:
         in write order."""
         if not self.writes:
             return []
-        key_index = self.store._key_index
+        key_index = table_store.key_index(self.store)
         records = list(self.writes.items())
         # rocksdict holds the GIL through a write (15 ms for 20,000 keys, which the web
         # server's thread waited out); chunks give it the lock between them.
@@ -108,7 +112,7 @@ class ChangelogSender:
         The records are in flight when this returns; each future resolves when the brokers
         have acknowledged its batch (acks=all).
         """
-        producer: AIOKafkaProducer = self.app.producer._producer
+        producer = clients.aiokafka_producer(self.app)
         futures = []
         batch = producer.create_batch()
         count = 0

@@ -30,6 +30,11 @@ class TopicError(BucketAppError):
     """A topic bucket_app needs is wrong or cannot be created; the message names it."""
 
 
+class IncompatibleLibrary(BucketAppError):
+    """An installed faust-streaming or aiokafka is not the version bucket_app is pinned to, or
+    lacks a private name :mod:`bucket_app.seam` bends; the message names what differs."""
+
+
 class BadInput(BucketAppError):
     """A message that cannot be counted. ``reason`` is a short stable label for metrics."""
 

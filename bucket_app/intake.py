@@ -3,7 +3,9 @@
 Faust delivers every message through its conductor, a per-topic queue and the stream iterator
 (futures for ``wait_first``, a lock, ``sleep(0)`` and four sensor hooks per message), which caps
 a worker at a few thousand table updates a second. :class:`BatchIntake` replaces the body of the
-consumer's fetch loop (``Consumer._drain_messages``) and hands each partition's records of the
+consumer's fetch loop (Faust's ``Consumer._drain_messages``, through
+:class:`bucket_app.seam.consumer.SeamConsumer`, which also holds every piece of Faust's consumer
+state the intake reads or changes) and hands each partition's records of the
 source topic to a callback as one list; records of any other topic take Faust's own path, one
 message at a time, unchanged. Faust's consumer group, assignment, pause/resume during table
 recovery, offset commits, tables, changelog and web stay as they are.
@@ -29,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
@@ -38,11 +39,10 @@ from typing import Any
 
 from aiokafka.structs import ConsumerRecord
 from faust.events import Event
-from faust.streams import _current_event
 from faust.types import TP
-from mode.utils.futures import notify
 
 from bucket_app.changelog import ChangelogRecord, ChangelogSender
+from bucket_app.seam.consumer import SeamConsumer, reset_current_event, set_current_event
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class Counted:
 class BatchIntake:
     """The fetch loop of one Faust consumer, with a batch path for ``topic``."""
 
-    def __init__(self, consumer: Any, topic: str, handle: BatchHandler,
+    def __init__(self, consumer: SeamConsumer, topic: str, handle: BatchHandler,
                  sender: ChangelogSender) -> None:
         self.consumer = consumer
         self.app = consumer.app
@@ -81,16 +81,14 @@ class BatchIntake:
 
     def install(self) -> None:
         """Make the consumer's Fetcher run :meth:`drain` instead of Faust's per-message loop."""
-        self.consumer._drain_messages = self.drain
+        self.consumer.use_drain(self.drain)
 
     async def drain(self, fetcher: Any) -> None:
         consumer = self.consumer
-        consumer_stopped = consumer._stopped.is_set
-        fetcher_stopped = fetcher._stopped.is_set
         try:
-            # The broker batches the fetches (agent.batch_fetches): no pause here.
-            while not (consumer_stopped() or fetcher_stopped()):
-                records, _ = await consumer._wait_next_records(1.0)
+            # The broker batches the fetches (agent.FETCH_MIN_BYTES): no pause here.
+            while not consumer.loop_stopped(fetcher):
+                records, _ = await consumer.next_records(1.0)
                 # As in Faust's getmany: the generation is the one the fetch returned in.
                 generation = self.app.consumer_generation_id
                 if not records or consumer.should_stop:
@@ -106,10 +104,7 @@ class BatchIntake:
                     if not await self._deliver(tp, other, generation):
                         break
                 await self._ebb()
-                commit_every = consumer._commit_every
-                if commit_every is not None and consumer._n_acked >= commit_every:
-                    consumer._n_acked = 0
-                    await consumer.commit()
+                await consumer.commit_if_due()
         except consumer.consumer_stopped_errors:
             if self.app.should_stop:
                 log.info("Broker stopped consumer, shutting down...")
@@ -130,8 +125,8 @@ class BatchIntake:
         """Count every source batch of one fetch without yielding; return them and the
         batches of other topics."""
         consumer = self.consumer
-        active = consumer._get_active_partitions()
-        buffered = consumer._buffered_partitions
+        active = consumer.active_partitions()
+        buffered = consumer.buffered_partitions()
         # Faust's stall detector reads this (set per event by its monitor); unset, it logs
         # "Stream has not started processing" errors for partitions counted here.
         monitor = self.app.monitor
@@ -148,15 +143,15 @@ class BatchIntake:
             if not fresh:
                 continue
             event = self._event_for(tp, fresh[-1])
-            consumer._unacked_messages.add(event.message)
-            token = _current_event.set(weakref.ref(event))
+            consumer.hold(event.message)
+            token = set_current_event(event)
             try:
                 changes = self.handle(tp.partition, fresh)
             finally:
-                _current_event.reset(token)
-            counted.append(Counted(tp, list(map(_OFFSET, fresh)), consumer._read_offset[tp],
+                reset_current_event(token)
+            counted.append(Counted(tp, list(map(_OFFSET, fresh)), consumer.read_offset(tp),
                                    event.message, changes))
-            consumer._read_offset[tp] = fresh[-1].offset
+            consumer.set_read_offset(tp, fresh[-1].offset)
             inbound[tp] = now
         return counted, others
 
@@ -185,18 +180,15 @@ class BatchIntake:
         asyncio.gather(*futures).add_done_callback(done)
 
     def _settle(self, batch: Counted) -> None:
-        self._ack(batch.tp, batch.offsets, batch.previous)
+        self.consumer.ack_offsets(batch.tp, batch.offsets, batch.previous)
         self._release(batch)
 
     def _release(self, batch: Counted) -> None:
-        consumer = self.consumer
-        batch.sentinel.acked = True
-        consumer._unacked_messages.discard(batch.sentinel)
-        notify(consumer._waiting_for_ack)
+        self.consumer.release(batch.sentinel)
 
     def _after_read_offset(self, tp: TP, batch: list[Any]) -> list[Any]:
         # Faust drops records below the partition's read offset (re-fetched after a seek).
-        read = self.consumer._read_offset[tp]
+        read = self.consumer.read_offset(tp)
         if read is None or batch[0].offset >= read:
             return batch
         return [record for record in batch if record.offset >= read]
@@ -204,55 +196,17 @@ class BatchIntake:
     def _event_for(self, tp: TP, record: Any) -> Event:
         """A Faust event for a record of ``tp``: Faust routes table writes by the current one.
 
-        Source records arrive as aiokafka decoded them (see ``agent.bulk_source_records``);
-        Faust's message is built from a full ConsumerRecord.
+        Source records arrive as aiokafka decoded them (see
+        :func:`bucket_app.seam.fetch.bulk_source_records`); Faust's message is built from a
+        full ConsumerRecord.
         """
         key, value = record.key, record.value
         full = ConsumerRecord(
             tp.topic, tp.partition, record.offset, record.timestamp, record.timestamp_type,
             key, value, record.checksum, -1 if key is None else len(key),
             -1 if value is None else len(value), tuple(record.headers))
-        message = self.consumer._to_message(tp, full)
+        message = self.consumer.to_message(tp, full)
         return Event(self.app, record.key, record.value, None, message)
-
-    def _ack(self, tp: TP, offsets: list[int], previous: int | None) -> None:
-        """Acknowledge ``offsets`` as Faust's ``Consumer.ack`` would, one offset at a time.
-
-        ``previous`` is the read offset before them: offsets between it and the first one, or
-        between two of them, never arrived (transaction markers, compaction) and are recorded
-        as gaps, or Faust would never commit past them.
-        """
-        consumer = self.consumer
-        committed = consumer._committed_offset[tp]
-        if committed is not None and offsets[0] < committed:
-            offsets = [offset for offset in offsets if offset >= committed]
-        index = consumer._acked_index[tp]
-        if index and not index.isdisjoint(offsets):
-            offsets = [offset for offset in offsets if offset not in index]
-        if not offsets:
-            return
-        if offsets[-1] - offsets[0] == len(offsets) - 1 and (
-                not previous or offsets[0] - previous <= 1):  # contiguous: no gap to record
-            self._acked(tp, offsets)
-            return
-        gaps = consumer._gap[tp]
-        added_gap = False
-        for offset in offsets:
-            if previous and offset - previous > 1:
-                start = previous + 1 if committed is None else max(previous + 1, committed + 1)
-                if start < offset:
-                    gaps.addi(start, offset)
-                    added_gap = True
-            previous = offset
-        if added_gap:
-            gaps.merge_overlaps()
-        self._acked(tp, offsets)
-
-    def _acked(self, tp: TP, offsets: list[int]) -> None:
-        consumer = self.consumer
-        consumer._acked[tp].extend(offsets)
-        consumer._acked_index[tp].update(offsets)
-        consumer._n_acked += len(offsets)
 
     async def _deliver(self, tp: TP, batch: list[Any], generation: int) -> bool:
         """Faust's own per-message path, for records of topics other than the source.
@@ -262,22 +216,7 @@ class BatchIntake:
         handed to table recovery after it would overwrite the newer value that recovery just
         restored (seen here: counts lost in the scaling test after this path had no check).
         """
-        consumer = self.consumer
-        app = self.app
-        for record in batch:
-            if not consumer.flow_active or app.consumer_generation_id != generation:
-                return False
-            offset = record.offset
-            read = consumer._read_offset[tp]
-            if read is None or offset >= read:
-                if read and offset - read > 1 and app.topics.acks_enabled_for(tp.topic):
-                    await consumer._add_gap(tp, read + 1, offset)
-                await consumer.wait_first(
-                    consumer.callback(consumer._to_message(tp, record)),
-                    consumer.suspend_flow.wait(),
-                )
-                consumer._read_offset[tp] = offset
-        return True
+        return await self.consumer.deliver(tp, batch, generation)
 
     async def _seek_back(self) -> None:
         try:

@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from bucket_app import identity, kafka_security
+from bucket_app.seam import clients
 from bucket_app.settings import RST_COLUMN, Settings
 from bucket_app.sql import quote_identifier
 
@@ -402,7 +403,7 @@ class SnapshotReader:
     async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
         while not self._stopping.is_set():
             with contextlib.suppress(KafkaError):
-                await consumer._client.force_metadata_update()
+                await clients.refresh_metadata(consumer)
                 found = consumer.partitions_for_topic(self.topic)
                 if found:
                     return [TopicPartition(self.topic, p) for p in sorted(found)]

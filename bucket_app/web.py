@@ -40,6 +40,7 @@ from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from bucket_app.buckets import parse_epoch, parse_iso
 from bucket_app.errors import BadInput, HttpError
+from bucket_app.seam import web as web_seam
 from bucket_app.settings import RST_COLUMN, Settings
 from bucket_app.snapshot import SnapshotReader
 from bucket_app.sql import json_default, quote_identifier
@@ -289,18 +290,11 @@ class JsonErrorServer(aioweb.Server):
         return handler
 
 
-class JsonErrorAppRunner(aioweb.AppRunner):
-    """The worker's web runner: the app's server, with :class:`JsonErrorServer` connections.
+class JsonErrorAppRunner(web_seam.ServerClassRunner):
+    """The worker's web runner: the app's server, with :class:`JsonErrorServer` connections
+    (aiohttp builds that server in a private method: see :mod:`bucket_app.seam.web`)."""
 
-    PRIVATE NAME: overrides aiohttp's ``BaseRunner._make_server`` (aiohttp 3.14). aiohttp has no
-    option for how its parser errors are rendered, and the class it makes per connection is
-    fixed in ``Server.__call__``; this is the one place that server is built.
-    """
-
-    async def _make_server(self) -> aioweb.Server:
-        server = await super()._make_server()
-        server.__class__ = JsonErrorServer  # same class plus one method
-        return server
+    server_class = JsonErrorServer
 
 
 def make_runner(web_app: aioweb.Application) -> aioweb.AppRunner:
@@ -310,21 +304,8 @@ def make_runner(web_app: aioweb.Application) -> aioweb.AppRunner:
 
 
 def use_json_error_runner(web: Any) -> None:
-    """Make Faust's web driver serve with :func:`make_runner`'s runner.
-
-    PRIVATE NAMES, the only ones in this module: Faust's aiohttp driver keeps its runner in
-    ``Web._runner`` (faust-streaming 0.15) and starts it in ``start_server``; aiohttp's
-    ``BaseRunner._make_server`` is overridden by :class:`JsonErrorAppRunner`. Checked here, at
-    start-up, so an upgrade that moves them fails loudly instead of answering in plain text.
-    """
-    runner = getattr(web, "_runner", None)
-    if not isinstance(runner, aioweb.AppRunner) or runner.server is not None:
-        raise RuntimeError(f"faust's web driver has no unstarted AppRunner in _runner "
-                           f"({runner!r}); bucket_app.web needs updating for this Faust")
-    if not callable(getattr(aioweb.AppRunner, "_make_server", None)):
-        raise RuntimeError("aiohttp's AppRunner has no _make_server; "
-                           "bucket_app.web needs updating for this aiohttp")
-    web._runner = make_runner(web.web_app)
+    """Make Faust's web driver serve with :func:`make_runner`'s runner."""
+    web_seam.replace_runner(web, make_runner(web.web_app))
 
 
 def parse_time_param(name: str, raw: str) -> float:

@@ -21,7 +21,6 @@ import pytest
 from aiokafka.consumer.fetcher import (
     READ_COMMITTED,
     READ_UNCOMMITTED,
-    FetchResult,
     PartitionRecords,
 )
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
@@ -31,9 +30,10 @@ from fastavro import parse_schema, schemaless_writer
 from faust.types import TP
 
 from bucket_app import identity
-from bucket_app.agent import Processor, bulk_source_records, create_app, guard_local_state
+from bucket_app.agent import Processor, create_app, guard_local_state
 from bucket_app.changelog import WRITE_CHUNK, TableBatch
 from bucket_app.intake import BatchIntake
+from bucket_app.seam import fetch
 from bucket_app.settings import load
 from bucket_app.snapshot import PROGRESS_KEY, SnapshotStore, store_config
 from tests.unit.test_settings import SEED_INI, replace_line, write_config
@@ -218,10 +218,7 @@ def test_source_records_come_a_record_batch_at_a_time_as_aiokafka_would(monkeypa
     """The source topic's fetch unpacking gives aiokafka's records and fetch position: records
     below the fetch offset dropped, an aborted transaction skipped when reading committed;
     record batches read whole, in chunks, and in chunks that end with the batch."""
-    monkeypatch.setattr("bucket_app.agent.GROUP_CHUNK", chunk)
-    monkeypatch.setattr(PartitionRecords, "_unpack_records", PartitionRecords._unpack_records)
-    monkeypatch.setattr(FetchResult, "getall", FetchResult.getall)
-    bulk_source_records("source")
+    monkeypatch.setattr(fetch, "DECODE_CHUNK", chunk)
     fetched = (record_batch(0, [b"a0", b"a1", b"a2", b"a3", b"a4"])
                + record_batch(5, [b"t5", b"t6", b"t7"], producer_id=77)
                + record_batch(8, [b"c8", b"c9", b"c10", b"c11"]))
@@ -230,7 +227,7 @@ def test_source_records_come_a_record_batch_at_a_time_as_aiokafka_would(monkeypa
         records = PartitionRecords(TP(topic, 0), MemoryRecords(fetched), [(77, 5)], 2,
                                    None, None, True, isolation)
         found = []
-        for item in records:
+        for item in fetch.unpack_batches(records) if topic == "source" else records:
             for each in item if topic == "source" else [item]:
                 found.append((each.offset, each.value))
         return found, records.next_fetch_offset
@@ -285,16 +282,16 @@ def test_acknowledged_batches_commit_like_faust_acks(settings):
     consumer = app.consumer
     intake = app.intake
     assert isinstance(intake, BatchIntake)
-    assert consumer._drain_messages == intake.drain
+    assert consumer.drain == intake.drain
     tp = TP(TOPIC, 1)
     consumer._committed_offset[tp] = 10
-    intake._ack(tp, list(range(10, 20)), previous=10)
+    consumer.ack_offsets(tp, list(range(10, 20)), previous=10)
     # 20 and 21 never arrive (say, transaction markers): a gap, not a stuck commit
-    intake._ack(tp, [22, 23, 24], previous=19)
+    consumer.ack_offsets(tp, [22, 23, 24], previous=19)
     assert consumer._new_offset(tp) == 25
     # offsets below the committed one are not acknowledged again
     consumer._committed_offset[tp] = 25
-    intake._ack(tp, [23, 24, 25, 26], previous=22)
+    consumer.ack_offsets(tp, [23, 24, 25, 26], previous=22)
     assert consumer._acked[tp] == [25, 26]
     assert consumer._new_offset(tp) == 27
 

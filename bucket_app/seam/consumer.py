@@ -1,0 +1,239 @@
+"""Faust's Kafka consumer, bent for one app: subclasses Faust lets the app choose, no patching.
+
+:class:`SeamTransport` (chosen by :class:`~bucket_app.seam.app.SeamApp`) makes
+:class:`SeamConsumer`, whose thread is a :class:`SeamConsumerThread`. What they change, only for
+the app that chose them and only when it sets :class:`ConsumerOptions`:
+
+- the committed-offset seek also re-reads source partitions without a committed offset;
+- the aiokafka consumer's fetch sizes, and its fetcher hands over the source topic's records a
+  record batch at a time (:mod:`bucket_app.seam.fetch`);
+- the fetch loop is the app's (``bucket_app.intake.BatchIntake.drain``) instead of Faust's.
+
+:class:`SeamConsumer` also gives the intake small methods over the consumer state Faust keeps
+in private attributes (read offsets, acknowledgements, gaps, unacknowledged messages), one call
+per fetched batch, so no module outside the seam names them.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Awaitable, Callable, Iterable
+from contextvars import Token
+from dataclasses import dataclass
+from typing import Any
+
+from faust.streams import _current_event
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP, EventT, Message
+from mode.utils.futures import notify
+
+from bucket_app.seam import fetch
+
+
+@dataclass(frozen=True)
+class ConsumerOptions:
+    """What an app's consumer does differently, for ``source_topic`` (see module doc)."""
+
+    source_topic: str
+    fetch_min_bytes: int
+    fetch_max_wait_ms: int
+    fetch_max_bytes: int
+
+
+def options_of(app: Any) -> ConsumerOptions | None:
+    return getattr(app, "consumer_options", None)  # type: ignore[no-any-return]
+
+
+class SeamConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's aiokafka consumer thread, with the app's fetch and seek behaviour."""
+
+    async def seek_to_committed(self) -> Any:
+        """Seek to the committed offsets, and source partitions without one to their beginning.
+
+        Workaround for aiokafka's ``seek_to_committed``, which skips a partition whose
+        committed offset is missing or 0 (``if offset and offset > 0``, aiokafka 0.14.0
+        consumer.py; https://github.com/aio-libs/aiokafka/issues/1003, open). Faust drops
+        records it fetched while a rebalance was under way and relies on this seek
+        (``Consumer.perform_seek``) to read them again, so they were silently lost (seen here:
+        a replica that joined mid-stream never counted its partitions). Re-reading such a
+        partition from its beginning is safe because counting is idempotent per source offset.
+        It can go only when both cases are handled upstream: offset 0 by the fix of aiokafka
+        #1003 (its proposed ``offset >= 0``), and no committed offset at all (None), which that
+        fix would still skip and for which no upstream issue was found (Faust's
+        ``perform_seek`` would have to seek such partitions to their reset position).
+        """
+        committed = await super().seek_to_committed()
+        options = options_of(self.app)
+        if options is not None:
+            fresh = [tp for tp, offset in committed.items()
+                     if not offset and tp.topic == options.source_topic]
+            if fresh:
+                await self.call_thread(self._ensure_consumer().seek_to_beginning, *fresh)
+        return committed
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        options = options_of(self.app)
+        if options is not None:
+            fetch.tune_fetches(consumer, options.fetch_min_bytes, options.fetch_max_wait_ms,
+                               options.fetch_max_bytes)
+        return consumer
+
+    async def on_start(self) -> None:
+        # Faust builds and starts the aiokafka consumer here; its fetcher exists once started,
+        # before Faust subscribes (so before any source partition is fetched).
+        await super().on_start()
+        options = options_of(self.app)
+        if options is not None and not self.app.client_only:
+            fetch.bulk_source_records(self._ensure_consumer(), options.source_topic)
+
+
+class SeamConsumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer, with an app-chosen fetch loop and the intake's accessors."""
+
+    #: replaces Faust's fetch loop when set (see :meth:`use_drain`)
+    drain: Callable[[Any], Awaitable[None]] | None = None
+
+    def _new_consumer_thread(self) -> SeamConsumerThread:
+        return SeamConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def use_drain(self, drain: Callable[[Any], Awaitable[None]]) -> None:
+        """Run ``drain(fetcher)`` as this consumer's fetch loop instead of Faust's
+        ``Consumer._drain_messages``."""
+        self.drain = drain
+
+    async def _drain_messages(self, fetcher: Any) -> None:
+        if self.drain is None:
+            await super()._drain_messages(fetcher)
+        else:
+            await self.drain(fetcher)
+
+    # --- the fetch loop -------------------------------------------------------------------
+
+    def loop_stopped(self, fetcher: Any) -> bool:
+        """Whether Faust's fetch loop would stop: this consumer or its Fetcher is stopping."""
+        return self._stopped.is_set() or fetcher._stopped.is_set()  # type: ignore[no-any-return]
+
+    async def next_records(self, timeout_s: float) -> Any:
+        """The next fetch, as Faust's fetch loop waits for it: ``(records by TP, active)``."""
+        return await self._wait_next_records(timeout_s)
+
+    def active_partitions(self) -> set[TP]:
+        """Partitions assigned and not paused (Faust's fetch set)."""
+        return self._get_active_partitions()
+
+    def buffered_partitions(self) -> set[TP]:
+        return self._buffered_partitions
+
+    def paused_partitions(self) -> set[TP]:
+        return self._paused_partitions
+
+    async def commit_if_due(self) -> None:
+        """Commit once ``broker_commit_every`` offsets were acknowledged, as Faust's loop does."""
+        commit_every = self._commit_every
+        if commit_every is not None and self._n_acked >= commit_every:
+            self._n_acked = 0
+            await self.commit()
+
+    # --- read offsets and unacknowledged messages ----------------------------------------
+
+    def read_offset(self, tp: TP) -> int | None:
+        """The last offset read of ``tp`` (None before any); Faust drops records below it."""
+        return self._read_offset[tp]  # type: ignore[no-any-return]
+
+    def set_read_offset(self, tp: TP, offset: int) -> None:
+        self._read_offset[tp] = offset
+
+    def to_message(self, tp: TP, record: Any) -> Message:
+        """Faust's message for an aiokafka ConsumerRecord of ``tp``."""
+        return self._to_message(tp, record)
+
+    def hold(self, message: Message) -> None:
+        """Keep ``message`` in Faust's unacknowledged set: Faust waits for it before it gives
+        partitions up in a rebalance."""
+        self._unacked_messages.add(message)
+
+    def release(self, message: Message) -> None:
+        """Take ``message`` out of the unacknowledged set and wake whoever waits for it."""
+        message.acked = True
+        self._unacked_messages.discard(message)
+        notify(self._waiting_for_ack)
+
+    # --- acknowledgement ----------------------------------------------------------------
+
+    def ack_offsets(self, tp: TP, offsets: list[int], previous: int | None) -> None:
+        """Acknowledge ``offsets`` as Faust's ``Consumer.ack`` would, one offset at a time.
+
+        ``previous`` is the read offset before them: offsets between it and the first one, or
+        between two of them, never arrived (transaction markers, compaction) and are recorded
+        as gaps, or Faust would never commit past them.
+        """
+        committed = self._committed_offset[tp]
+        if committed is not None and offsets[0] < committed:
+            offsets = [offset for offset in offsets if offset >= committed]
+        index = self._acked_index[tp]
+        if index and not index.isdisjoint(offsets):
+            offsets = [offset for offset in offsets if offset not in index]
+        if not offsets:
+            return
+        if offsets[-1] - offsets[0] == len(offsets) - 1 and (
+                not previous or offsets[0] - previous <= 1):  # contiguous: no gap to record
+            self._acked_now(tp, offsets)
+            return
+        gaps = self._gap[tp]
+        added_gap = False
+        for offset in offsets:
+            if previous and offset - previous > 1:
+                start = previous + 1 if committed is None else max(previous + 1, committed + 1)
+                if start < offset:
+                    gaps.addi(start, offset)
+                    added_gap = True
+            previous = offset
+        if added_gap:
+            gaps.merge_overlaps()
+        self._acked_now(tp, offsets)
+
+    def _acked_now(self, tp: TP, offsets: list[int]) -> None:
+        self._acked[tp].extend(offsets)
+        self._acked_index[tp].update(offsets)
+        self._n_acked += len(offsets)
+
+    # --- records of other topics: Faust's own path ----------------------------------------
+
+    async def deliver(self, tp: TP, records: Iterable[Any], generation: int) -> bool:
+        """Faust's own per-message path (``_drain_messages``'s inner loop) for ``records`` of
+        ``tp``; False as soon as the flow stops or the generation changes, as Faust's
+        ``getmany`` does."""
+        app = self.app
+        read_offsets = self._read_offset
+        for record in records:
+            if not self.flow_active or app.consumer_generation_id != generation:
+                return False
+            offset = record.offset
+            read = read_offsets[tp]
+            if read is None or offset >= read:
+                if read and offset - read > 1 and app.topics.acks_enabled_for(tp.topic):
+                    await self._add_gap(tp, read + 1, offset)
+                await self.wait_first(
+                    self.callback(self._to_message(tp, record)),
+                    self.suspend_flow.wait(),
+                )
+                read_offsets[tp] = offset
+        return True
+
+
+class SeamTransport(faust_aiokafka.Transport):
+    """Faust's aiokafka transport, making :class:`SeamConsumer`\\ s (Transport.Consumer is
+    Faust's extension point for this)."""
+
+    Consumer = SeamConsumer
+
+
+def set_current_event(event: EventT) -> Token[Any]:
+    """Make ``event`` Faust's current event (Faust routes table writes by its partition);
+    undo with :func:`reset_current_event`."""
+    return _current_event.set(weakref.ref(event))
+
+
+def reset_current_event(token: Token[Any]) -> None:
+    _current_event.reset(token)

@@ -1,0 +1,137 @@
+"""aiokafka's fetching, bent for the source topic: fetch sizes, and records a batch at a time.
+
+Both act on one aiokafka consumer (the one Faust's consumer thread of a bucket_app app creates,
+see :mod:`bucket_app.seam.consumer`), never on aiokafka's classes: :func:`tune_fetches` sets the
+consumer's fetch sizes before it starts, :func:`bulk_source_records` hooks its fetcher once it
+has started. A fetch that escapes the hook (none should) is handed over by aiokafka's own
+``getall`` as ConsumerRecords, which the counting code reads the same way, only slower.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from itertools import chain, islice
+from types import MethodType
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.consumer.fetcher import READ_COMMITTED, FetchResult, PartitionRecords
+from aiokafka.errors import CorruptRecordException
+
+# Records moved per C loop while a record batch is decoded: a C loop holds the interpreter
+# lock throughout, so a thousand records at a time.
+DECODE_CHUNK = 1000
+
+
+def tune_fetches(consumer: AIOKafkaConsumer, min_bytes: int, max_wait_ms: int,
+                 max_bytes: int) -> None:
+    """Make the broker batch ``consumer``'s fetches: answer once ``min_bytes`` are there for
+    the fetch, or after ``max_wait_ms``, with at most ``max_bytes``. Call before it starts.
+
+    Faust builds its consumer with ``fetch_max_wait_ms=1500`` (a literal, not a setting) and
+    aiokafka's ``fetch_min_bytes=1`` and ``fetch_max_bytes`` of 50 MiB; aiokafka reads these
+    three when ``start`` builds the consumer's fetcher. Why these values: see
+    ``bucket_app.agent.FETCH_MIN_BYTES``.
+    """
+    consumer._fetch_min_bytes = min_bytes
+    consumer._fetch_max_wait_ms = max_wait_ms
+    consumer._fetch_max_bytes = max_bytes
+
+
+def bulk_source_records(consumer: AIOKafkaConsumer, topic: str) -> None:
+    """Let ``consumer`` (started) hand over ``topic``'s records a Kafka record batch at a time,
+    as it decoded them.
+
+    aiokafka unpacks a fetch through a generator that yields one record at a time, each built
+    into a ConsumerRecord (eleven fields, a headers tuple, two ``len`` calls) and appended to
+    the result one by one; the counting code reads three fields of each. For ``topic`` each
+    fetch result this consumer's fetcher stores gets :func:`getall_batches` as its own
+    ``getall`` (once per fetched partition, not per record), which extends its result with
+    each record batch's decoded records (offset, timestamp, key, value, headers) at once. The
+    batch checks are aiokafka's own (CRC, aborted transactions, control batches, records below
+    the fetch offset), and so is the fetch position after a batch. Other topics are unchanged.
+
+    ``topic``'s records are only taken whole: the worker fetches with
+    ``broker_max_poll_records`` unset, and nothing calls ``getone``.
+    """
+    fetcher = consumer._fetcher
+    if fetcher is None:
+        raise RuntimeError("bulk_source_records needs a started consumer")
+    hooked = SourceFetches(topic)
+    hooked.update(fetcher._records)
+    fetcher._records = hooked
+
+
+class SourceFetches(OrderedDict):  # type: ignore[type-arg]
+    """A fetcher's fetched results by partition; those of ``topic`` are read a batch at a time.
+
+    aiokafka's fetcher stores each fetch result with ``self._records[tp] = FetchResult(...)``
+    and reads it back with ``type(result) is FetchResult``, so the result keeps its class and
+    gets a ``getall`` of its own.
+    """
+
+    def __init__(self, topic: str) -> None:
+        super().__init__()
+        self.topic = topic
+
+    def __setitem__(self, tp: Any, result: Any) -> None:
+        if tp.topic == self.topic and type(result) is FetchResult:
+            # like aiokafka's own record iterator, this method refers back to its result; it
+            # drops itself once the result is drained (getall_batches)
+            result.getall = MethodType(getall_batches, result)  # type: ignore[method-assign]
+            records = result._partition_records
+            if records is not None:
+                # aiokafka's per-record generator, not started, is never used
+                records._records_iterator = None
+        super().__setitem__(tp, result)
+
+
+def getall_batches(result: FetchResult, max_records: int | None = None) -> list[Any]:
+    """aiokafka's ``FetchResult.getall`` for one fetched partition, its records unpacked a
+    record batch at a time by :func:`unpack_batches`."""
+    vars(result).pop("getall", None)  # no cycle through this method once it has run
+    if max_records is not None:
+        raise RuntimeError("the source topic's records are fetched whole "
+                           f"(max_records={max_records})")
+    tp = result._topic_partition
+    if not result.check_assignment(tp) or not result.has_more():
+        return []
+    fetched: list[Any] = []
+    for decoded in unpack_batches(result._partition_records):
+        fetched.extend(decoded)
+    result._update_position()
+    result._partition_records = None
+    return fetched
+
+
+def unpack_batches(partition: PartitionRecords) -> Iterator[list[Any]]:
+    """aiokafka's ``PartitionRecords._unpack_records``, yielding each record batch's decoded
+    records as one list instead of one ConsumerRecord at a time."""
+    records = partition._records
+    while records.has_next():
+        batch = records.next_batch()
+        if partition._check_crcs and not batch.validate_crc():
+            raise CorruptRecordException(f"Invalid CRC - {partition._tp}")
+        if partition._isolation_level == READ_COMMITTED and batch.producer_id is not None:
+            partition._consume_aborted_up_to(batch.base_offset)
+            if batch.is_control_batch and partition._contains_abort_marker(batch):
+                partition._aborted_producers.discard(batch.producer_id)
+            if batch.is_transactional and batch.producer_id in partition._aborted_producers:
+                partition.next_fetch_offset = batch.next_offset
+                continue
+        if batch.is_control_batch:
+            partition.next_fetch_offset = batch.next_offset
+            continue
+        decoded = []
+        # chain: aiokafka's batch raises if asked for a record after its last one
+        unread = chain(batch)
+        while chunk := list(islice(unread, DECODE_CHUNK)):
+            decoded.extend(chunk)
+        if decoded and decoded[0].offset < partition.next_fetch_offset:
+            start = partition.next_fetch_offset
+            decoded = [record for record in decoded if record.offset >= start]
+        if decoded:
+            partition.next_fetch_offset = decoded[-1].offset + 1
+            yield decoded
+        partition.next_fetch_offset = batch.next_offset
