@@ -277,6 +277,7 @@ KEYS: tuple[Key, ...] = (
 KEYS_BY_SECTION: dict[str, dict[str, Key]] = {}
 for _key in KEYS:
     KEYS_BY_SECTION.setdefault(_key.section, {})[_key.name] = _key
+KEYS_BY_NAME: dict[str, Key] = {key.name: key for key in KEYS}
 
 
 @dataclass(frozen=True)
@@ -361,8 +362,27 @@ def _where(origin: str, key: Key, text: str) -> str:
     return f"{origin}: [{key.section}] {key.name} = {text!r}"
 
 
-def _read_raw(source: Path, env: Mapping[str, str]) -> dict[str, tuple[str, str]]:
-    """Each key's text and where it came from: the file, the environment, or the default."""
+def sources(path: Path | None = None,
+            environ: Mapping[str, str] | None = None) -> dict[str, tuple[str, str]]:
+    """Each key's text and its source, ``file``, ``env`` or ``default``, in :data:`KEYS` order.
+
+    For showing the effective settings (``bucket-app check``); raises SettingsError for a file
+    :func:`load` would refuse to read. ``$PORT`` is not a key: callers show it themselves.
+    """
+    env = os.environ if environ is None else environ
+    source = (path or settings_path(env)).absolute()
+    parser = _read_file(source)
+    found: dict[str, tuple[str, str]] = {}
+    for name, (text, origin) in _read_raw(source, env).items():
+        if origin != "env":
+            key = KEYS_BY_NAME[name]
+            origin = "file" if parser.has_option(key.section, key.name) else "default"
+        found[name] = (text, origin)
+    return found
+
+
+def _read_file(source: Path) -> configparser.ConfigParser:
+    """The settings file parsed, every section and key in it known."""
     parser = configparser.ConfigParser(interpolation=None, strict=True)
     parser.optionxform = str  # type: ignore[assignment,method-assign]  # keep key case for errors
     try:
@@ -386,6 +406,12 @@ def _read_raw(source: Path, env: Mapping[str, str]) -> dict[str, tuple[str, str]
                     f"{source}: [{section}] {name} = {parser[section][name]!r}: "
                     f"unknown key (known in [{section}]: {known})"
                 )
+    return parser
+
+
+def _read_raw(source: Path, env: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """Each key's text and where it came from: ``env``, or the file's path (set or default)."""
+    parser = _read_file(source)
     raw: dict[str, tuple[str, str]] = {}
     for key in KEYS:
         if key.env in env:
