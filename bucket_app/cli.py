@@ -42,7 +42,7 @@ import orjson
 from fastavro import schemaless_writer
 
 from bucket_app import settings as settings_module
-from bucket_app.errors import BucketAppError
+from bucket_app.errors import BucketAppError, QueryError
 from bucket_app.settings import KEYS_BY_NAME, SECRET_KEYS, SETTINGS_ENV, Settings
 
 PROG = "bucket-app"
@@ -497,10 +497,6 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 # ---- query ------------------------------------------------------------------------------------
-
-
-class QueryError(Exception):
-    """The worker answered with an error, or did not answer; one line for the operator."""
 
 
 def _cell(value: Any, null: str) -> str:

@@ -35,6 +35,34 @@ class IncompatibleLibrary(BucketAppError):
     lacks a private name :mod:`bucket_app.seam` bends; the message names what differs."""
 
 
+class InvalidValue(BucketAppError, ValueError):
+    """A settings value that fails its check; the settings loader adds file, key and value."""
+
+
+class BrokersUnreachable(BucketAppError):
+    """One start-up attempt found no broker to talk to; the worker waits and tries again."""
+
+
+class TlsFileError(BucketAppError):
+    """A TLS file that will not load; ``key`` names the setting that points at it."""
+
+    def __init__(self, key: str, why: str) -> None:
+        super().__init__(why)
+        self.key, self.why = key, why
+
+
+class ChildGone(BucketAppError):
+    """A child process (SQL or snapshot) closed its pipe: it crashed, or was killed as hung."""
+
+
+class SnapshotError(BucketAppError):
+    """The snapshot process could not apply a refresh, or ended."""
+
+
+class QueryError(BucketAppError):
+    """``bucket-app query``: the worker answered with an error, or did not answer."""
+
+
 class BadInput(BucketAppError):
     """A message that cannot be counted. ``reason`` is a short stable label for metrics."""
 

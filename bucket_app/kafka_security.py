@@ -32,7 +32,7 @@ from aiokafka.errors import (
 from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.admin import SaslHandShakeRequest
 
-from bucket_app.errors import KafkaAuthError, SettingsError
+from bucket_app.errors import KafkaAuthError, SettingsError, TlsFileError
 from bucket_app.settings import KEYS_BY_SECTION, Settings
 
 if TYPE_CHECKING:
@@ -96,14 +96,8 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     try:
         return _ssl_context(settings.ssl_cafile, settings.ssl_certfile, settings.ssl_keyfile,
                             settings.ssl_check_hostname)
-    except _FileError as exc:
+    except TlsFileError as exc:
         raise SettingsError(f"{key_ref(settings, exc.key)}: {exc.why}") from None
-
-
-class _FileError(Exception):
-    def __init__(self, key: str, why: str) -> None:
-        super().__init__(why)
-        self.key, self.why = key, why
 
 
 @functools.lru_cache(maxsize=8)
@@ -113,14 +107,14 @@ def _ssl_context(cafile: Path | None, certfile: Path | None, keyfile: Path | Non
     try:
         context = create_ssl_context(cafile=cafile)
     except (OSError, ValueError) as exc:
-        raise _FileError("ssl_cafile", f"cannot load {cafile} as PEM CA certificates: "
+        raise TlsFileError("ssl_cafile", f"cannot load {cafile} as PEM CA certificates: "
                          f"{_first_line(exc)}") from None
     if certfile is not None:
         try:
             context.load_cert_chain(certfile, keyfile)
         except (OSError, ValueError) as exc:
             key = "ssl_keyfile" if "KEY_VALUES_MISMATCH" in str(exc) else "ssl_certfile"
-            raise _FileError(key, f"cannot load {certfile} with key {keyfile}: "
+            raise TlsFileError(key, f"cannot load {certfile} with key {keyfile}: "
                              f"{_first_line(exc)}") from None
     context.check_hostname = check_hostname
     return context

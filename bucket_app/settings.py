@@ -21,7 +21,7 @@ from typing import Any
 
 from bucket_app.buckets import FieldMap, TimeField
 from bucket_app.codecs import load_avro_schema
-from bucket_app.errors import SettingsError
+from bucket_app.errors import InvalidValue, SettingsError
 
 SETTINGS_ENV = "BUCKET_APP_SETTINGS"
 ENV_PREFIX = "BUCKET_APP_"
@@ -37,8 +37,7 @@ MAX_APP_ID_LEN = 200
 SECRET_KEYS = frozenset({"sasl_password", "http_token"})
 
 
-class _Invalid(ValueError):
-    """A value that fails its check; the message says why, the caller adds file/key/value."""
+_Invalid = InvalidValue  # raised by the value parsers below; the caller adds file/key/value
 
 
 # ---- value parsers: text in, typed value out, _Invalid on failure ------------------------------

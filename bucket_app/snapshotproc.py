@@ -29,8 +29,9 @@ from typing import IO, Any
 
 import orjson
 
+from bucket_app.errors import ChildGone, SnapshotError
 from bucket_app.snapshot import SnapshotStore, decode_records
-from bucket_app.sqlproc import ChildGone, ChildProcess, read_frame, write_frame
+from bucket_app.sqlproc import ChildProcess, read_frame, write_frame
 
 # A refresh that takes longer than this is taken for a hung child (a catching-up refresh of
 # 50,000 changes takes about a second).
@@ -40,10 +41,6 @@ APPLY_TIMEOUT_S = 300.0
 NICENESS = 5
 _CREATE, _APPLY = b"C", b"A"
 _RECORD = struct.Struct(">Ii")  # key length, value length or -1
-
-
-class SnapshotError(Exception):
-    """The child could not apply a refresh, or ended."""
 
 
 class SnapshotProcess:

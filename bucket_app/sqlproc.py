@@ -29,7 +29,7 @@ from typing import IO, Any
 
 import orjson
 
-from bucket_app.errors import HttpError
+from bucket_app.errors import ChildGone, HttpError
 from bucket_app.sql import SqlSandbox, json_default
 
 log = logging.getLogger(__name__)
@@ -48,10 +48,6 @@ class EncodedResult:
     row_count: int
     truncated: bool
     elapsed_ms: float
-
-
-class ChildGone(Exception):
-    """The child closed its pipe: it crashed, or was killed as hung."""
 
 
 def write_frame(stream: IO[bytes], payload: bytes) -> None:

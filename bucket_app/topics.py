@@ -40,7 +40,7 @@ from aiokafka.errors import (
 )
 
 from bucket_app import kafka_security
-from bucket_app.errors import BucketAppError, KafkaUnavailable, TopicError
+from bucket_app.errors import BrokersUnreachable, BucketAppError, KafkaUnavailable, TopicError
 from bucket_app.settings import Settings
 from bucket_app.snapshot import changelog_topic
 
@@ -51,10 +51,6 @@ KAFKA_TIMEOUT_S = 30.0
 # Between attempts while the brokers are unreachable, and between "waiting" lines.
 RETRY_INTERVAL_S = 2.0
 WAIT_LOG_INTERVAL_S = 5.0
-
-
-class _Unreachable(Exception):
-    """One attempt found no broker to talk to; the worker waits and tries again."""
 
 
 # How long a topic gets to appear with all its partitions. Two topics and the connection
@@ -194,7 +190,7 @@ async def _probe(settings: Settings) -> int:
         except (TimeoutError, KafkaConnectionError, OSError) as exc:
             # A broker that answers but refuses us is not worth waiting for.
             await kafka_security.raise_if_refused(settings)
-            raise _Unreachable(_describe(exc)) from exc
+            raise BrokersUnreachable(_describe(exc)) from exc
         brokers = ",".join(settings.brokers)
         n = await _ensure_topic(admin, NewTopic(
             settings.topic, settings.partitions, settings.replication_factor), brokers=brokers)
@@ -228,10 +224,10 @@ def _probe_in_thread(settings: Settings) -> int:
     def run() -> None:
         try:
             result["n"] = asyncio.run(_probe(settings))
-        except (BucketAppError, _Unreachable) as exc:
+        except BucketAppError as exc:
             result["error"] = exc
         except (TimeoutError, KafkaError, OSError) as exc:
-            result["error"] = _Unreachable(_describe(exc))
+            result["error"] = BrokersUnreachable(_describe(exc))
 
     thread = threading.Thread(target=run, name="bucket_app-probe", daemon=True)
     thread.start()
@@ -241,7 +237,7 @@ def _probe_in_thread(settings: Settings) -> int:
     error = result.get("error")
     if isinstance(error, BaseException):
         raise error
-    raise _Unreachable(f"no answer within {KAFKA_TIMEOUT_S * 3:.0f} s")
+    raise BrokersUnreachable(f"no answer within {KAFKA_TIMEOUT_S * 3:.0f} s")
 
 
 def source_partitions(settings: Settings, *, retry_interval_s: float = RETRY_INTERVAL_S) -> int:
@@ -262,7 +258,7 @@ def source_partitions(settings: Settings, *, retry_interval_s: float = RETRY_INT
         while True:
             try:
                 return _probe_in_thread(settings)
-            except _Unreachable as exc:
+            except BrokersUnreachable as exc:
                 reason = f"waiting for Kafka at {brokers}: {exc}"
                 waited = time.monotonic() - started
                 limit = settings.startup_timeout_s
