@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -114,8 +115,74 @@ def run_child(name: str, command: list[str], job: Job) -> Result:
     return Result(name, job.messages, seconds, data["peak_rss_mb"], note=note)
 
 
-def bare(job: Job) -> Result:
-    return run_child("bare", [sys.executable, str(BENCH / "bare.py")], job)
+def child_exact(job: Job, name: str, expected: dict[Key, int]) -> bool | None:
+    """The ``counts`` rows ([server, topic, bucket_start, count]) that contender ``name`` wrote
+    to its result file equal the harness's counts (None: it wrote none)."""
+    path = job.workdir / name / "result.json"
+    if not path.exists():
+        return None
+    rows = json.loads(path.read_text()).get("counts")
+    if rows is None:
+        return None
+    found = {(server, topic, int(start)): count for server, topic, start, count in rows}
+    return len(found) == len(rows) and found == expected
+
+
+def bare(job: Job, expected: dict[Key, int]) -> Result:
+    result = run_child("bare", [sys.executable, str(BENCH / "bare.py")], job)
+    result.exact = child_exact(job, "bare", expected)
+    return result
+
+
+KSTREAMS = BENCH / "kstreams"
+KSTREAMS_JAR = KSTREAMS / "target" / "kstreams-bench.jar"
+KSTREAMS_GUARANTEES = {"kstreams-alos": "at_least_once", "kstreams-eos": "exactly_once_v2"}
+KSTREAMS_HEAP = "-Xmx1g"
+
+
+def build_kstreams() -> str | None:
+    """Build bench/kstreams (jar and target/lib) unless it is newer than its sources: offline
+    from ~/.m2 first, else from Maven Central. Returns why it failed, or None."""
+    sources = [KSTREAMS / "pom.xml", *(f for f in (KSTREAMS / "src").rglob("*") if f.is_file())]
+    if KSTREAMS_JAR.exists() and (KSTREAMS / "target" / "lib").is_dir() and all(
+            f.stat().st_mtime <= KSTREAMS_JAR.stat().st_mtime for f in sources):
+        return None
+    output = ""
+    for offline in (["-o"], []):
+        try:
+            proc = subprocess.run(["mvn", "-q", "-B", *offline, "-f", str(KSTREAMS / "pom.xml"),
+                                   "package"], capture_output=True, text=True, timeout=900)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"mvn failed: {e}"
+        if proc.returncode == 0:
+            return None
+        output = proc.stdout + proc.stderr
+    return f"mvn package failed:\n{output[-2000:]}"
+
+
+def kstreams(job: Job, name: str, expected: dict[Key, int]) -> Result:
+    """Kafka Streams (bench/kstreams): a windowed count, one stream thread, at_least_once or
+    exactly_once_v2; exact when its window store (queried at the end) equals the harness's."""
+    error = "no java on PATH (Java 17)" if shutil.which("java") is None else build_kstreams()
+    if error is not None:
+        return Result(name, job.messages, None, 0.0, note=error)
+    classpath = f"{KSTREAMS_JAR}:{KSTREAMS / 'target' / 'lib'}/*"
+    extra = os.environ.get("BENCH_KSTREAMS_JVM_OPTS", "").split()  # e.g. -Dks.NAME=VALUE
+    result = run_child(name, ["java", KSTREAMS_HEAP, *extra, "-cp", classpath,
+                              "bench.kstreams.Main", KSTREAMS_GUARANTEES[name]], job)
+    result.exact = child_exact(job, name, expected)
+    path = job.workdir / name / "result.json"
+    if result.seconds and path.exists():
+        data = json.loads(path.read_text())
+        cpu, warm = data.get("cpu_seconds"), data.get("warmup")
+        if cpu:
+            result.note += (f"; JVM CPU {cpu:.1f} s in {result.seconds:.1f} s "
+                            f"({cpu / result.seconds:.1f} cores)")
+        if warm and warm.get("seconds"):
+            warm_rate = warm["last_pass_messages"] / warm["seconds"]
+            result.note += (f"; JIT warm-up: {warm['messages']} messages in {warm['passes']} "
+                            f"passes, the last whole one {warm_rate:.0f} msg/s")
+    return result
 
 
 def quix(job: Job) -> Result:

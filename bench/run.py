@@ -15,6 +15,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,9 @@ from tests.support.kafka import broker_error, create_topic, end_offsets
 
 LOCAL_PORT = 9492
 SAME_AS_X2 = "bucket_app-1-again"
-ALL = ["bare", "quix", "faust-naive", "bucket_app-1", "bucket_app-2", "bucket_app-iso", "sql"]
+ALL = ["bare", "quix", "faust-naive", "kstreams-alos", "kstreams-eos", "bucket_app-1",
+       "bucket_app-2", "bucket_app-iso", "sql"]
+KSTREAMS = contenders.KSTREAMS_GUARANTEES  # contender -> processing.guarantee
 
 
 def main() -> None:
@@ -86,9 +89,19 @@ def run(args: argparse.Namespace, brokers: str, chosen: list[str]) -> list[Resul
     print(f"pre-loaded {args.messages} messages into {topic} ({args.partitions} partitions, "
           f"{len(expected)} buckets) in {took:.1f}s", flush=True)
     sql_from = min(k[2] for k in expected) + 5 * BUCKET_S if expected else 0
+    # Kafka Streams groups by the Kafka key, which the latency phases' messages lack: it counts
+    # the pre-loaded messages, whatever ran before it
+    preloaded_ends = end_offsets(topic, args.partitions, brokers=brokers)
+    preloaded = dict(expected)
     workdir = Path(tempfile.mkdtemp(prefix="bucket-bench-"))
+
+    def kstreams(name: str) -> Callable[[Job], Result]:
+        return lambda job: contenders.kstreams(replace(job, ends=dict(preloaded_ends)), name,
+                                               preloaded)
+
     runners: dict[str, Callable[[Job], Result]] = {
-        "bare": contenders.bare,
+        "bare": lambda job: contenders.bare(job, expected),
+        **{name: kstreams(name) for name in KSTREAMS},
         "quix": contenders.quix,
         "faust-naive": contenders.naive_faust,
         "bucket_app-1": lambda job: contenders.bucket_app(
@@ -128,7 +141,9 @@ def run(args: argparse.Namespace, brokers: str, chosen: list[str]) -> list[Resul
         for each in [SAME_AS_X2, name] if name == "bucket_app-2" else [name]:
             ends = end_offsets(topic, args.partitions, brokers=brokers)
             job = Job(brokers, topic, ends, workdir, args.timeout)
-            print(f"running {each} on {job.messages} messages ...", flush=True)
+            print(f"running {each} on "
+                  f"{sum(preloaded_ends.values()) if each in KSTREAMS else job.messages} "
+                  "messages ...", flush=True)
             result = runners[each](job)
             print(f"  {each}: {fmt(result.rate, '.0f')} msg/s  {result.note}", flush=True)
             results.append(result)
@@ -156,6 +171,21 @@ def by_second(at_s: list[float], values: list[float]) -> list[float]:
     return out
 
 
+def per_thread(r: Result) -> float | None:
+    """msg/s per worker (bucket_app) or stream thread (Kafka Streams: one); the others have
+    one consumer loop each."""
+    if r.rate is None:
+        return None
+    return r.rate / 2 if r.contender == "bucket_app x2" else r.rate
+
+
+def over_kstreams(results: list[Result], r: Result, name: str) -> float | None:
+    """``r``'s msg/s per worker over Kafka Streams' (``name``) per stream thread."""
+    ks = next((x for x in results if x.contender == name), None)
+    mine, theirs = per_thread(r), ks and per_thread(ks)
+    return mine / theirs if mine and theirs and r.contender != SQL_CONTENDER else None
+
+
 def rows(results: list[Result]) -> list[dict[str, Any]]:
     by_name = {r.contender: r.rate for r in results}
     bare_rate, quix_rate = by_name.get("bare"), by_name.get("quix")
@@ -170,6 +200,9 @@ def rows(results: list[Result]) -> list[dict[str, Any]]:
             # the SQL run's rate includes producing its backlog: not comparable
             "ratio_to_bare": r.rate / bare_rate if r.rate and bare_rate and sql_ok else None,
             "ratio_to_quix": r.rate / quix_rate if r.rate and quix_rate and sql_ok else None,
+            # per worker / per stream thread (bucket_app x2: its rate / 2)
+            "ratio_to_kstreams_alos_per_thread": over_kstreams(results, r, "kstreams-alos"),
+            "ratio_to_kstreams_eos_per_thread": over_kstreams(results, r, "kstreams-eos"),
             "live_msg_per_s": r.live_rate,
             "live_kept_up": r.live_kept_up,
             "peak_rss_mb": r.peak_rss_mb,
@@ -193,7 +226,8 @@ def rows(results: list[Result]) -> list[dict[str, Any]]:
 
 
 def print_table(results: list[Result], messages: int) -> None:
-    header = (f"{'contender':<20} {'msg/s':>9} {'x bare':>7} {'x quix':>7} {'live msg/s':>11} "
+    header = (f"{'contender':<20} {'msg/s':>9} {'x bare':>7} {'x quix':>7} {'x KSalos':>8} "
+              f"{'x KSeos':>7} {'live msg/s':>11} "
               f"{'RSS MB':>7} "
               f"{'lat ms p50/p99':>15} {'SQL ms p50/p99':>15} {'exact':>6}")
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -202,9 +236,14 @@ def print_table(results: list[Result], messages: int) -> None:
     for row, r in zip(rows(results), results, strict=True):
         print(f"{row['contender']:<20} {fmt(row['msg_per_s'], '9.0f'):>9} "
               f"{fmt(row['ratio_to_bare'], '.3f'):>7} {fmt(row['ratio_to_quix'], '.2f'):>7} "
+              f"{fmt(row['ratio_to_kstreams_alos_per_thread'], '.2f'):>8} "
+              f"{fmt(row['ratio_to_kstreams_eos_per_thread'], '.2f'):>7} "
               f"{(('>' if r.live_kept_up else '') + fmt(r.live_rate, '.0f')):>11} "
               f"{row['peak_rss_mb']:7.0f} {pct(r.latency_ms):>15} {pct(r.sql_ms):>15} "
               f"{'-' if r.exact is None else ('yes' if r.exact else 'NO'):>6}")
+    if any(r.contender in KSTREAMS for r in results):
+        print("x KSalos, x KSeos: msg/s per worker (bucket_app x2: its msg/s / 2) over Kafka "
+              "Streams' with 1 stream thread, at_least_once and exactly_once_v2")
     busy, whole = scaling(results, busy=True), scaling(results, busy=False)
     if busy is not None or whole is not None:
         print(f"2 workers / 1 worker on the same messages: {fmt(busy, '.2f')}x while every "
@@ -231,6 +270,11 @@ def write_json(path: Path, results: list[Result], args: argparse.Namespace,
            "cores": os.cpu_count(), "load_average_at_end": os.getloadavg(),
            "scaling_2_workers_over_1": scaling(results, busy=True),
            "scaling_2_workers_over_1_whole_backlog": scaling(results, busy=False),
+           # bucket_app x1 over Kafka Streams (1 stream thread), msg/s
+           "bucket_app_x1_over_kstreams": {
+               guarantee: over_kstreams(results, one, name)
+               for name, guarantee in KSTREAMS.items()
+               for one in results if one.contender == "bucket_app x1"},
            "results": rows(results)}
     path.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {path}")
