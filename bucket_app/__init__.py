@@ -21,8 +21,8 @@ def load_app() -> Any:
     global _app
     if _app is None:
         from bucket_app import settings as settings_module
-        from bucket_app.agent import create_app
         from bucket_app.errors import BucketAppError
+        from bucket_app.worker import create_app
 
         try:
             _app = create_app(settings_module.load())

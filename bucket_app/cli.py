@@ -3,7 +3,7 @@
 ``check`` loads the settings exactly as the worker does (:func:`bucket_app.settings.load`) and
 shows each key's effective value and its source, secrets masked. ``produce`` writes demo
 messages the settings count, to their topic with their security
-(:func:`bucket_app.kafka_security.client_kwargs`); :class:`DemoMessages` builds them, a pure
+(:func:`bucket_app.kafka.security.client_kwargs`); :class:`DemoMessages` builds them, a pure
 function of the message's index and event time. ``query`` sends SQL to a running worker's
 ``POST /api/v1/sql`` with urllib and prints the rows; :func:`render` is pure too.
 ``uses-local-broker`` answers the Makefile: does ``make run`` need ``make kafka``?
@@ -89,7 +89,7 @@ def settings_rows(found: Mapping[str, tuple[str, str]],
 
 def cmd_check(args: argparse.Namespace) -> int:
     # imported here: aiokafka is only needed to check the TLS files, not to ask uses-local-broker
-    from bucket_app.kafka_security import ssl_context  # noqa: PLC0415
+    from bucket_app.kafka.security import ssl_context  # noqa: PLC0415
 
     try:
         settings = settings_module.load(args.settings)
@@ -396,7 +396,7 @@ async def produce(settings: Settings, demo: DemoMessages, count: int, rate: floa
     from aiokafka import AIOKafkaProducer  # noqa: PLC0415
     from tqdm import tqdm  # noqa: PLC0415
 
-    from bucket_app.kafka_security import client_kwargs  # noqa: PLC0415
+    from bucket_app.kafka.security import client_kwargs  # noqa: PLC0415
 
     kwargs = client_kwargs(settings)
     await _ensure_topic(settings, kwargs)
@@ -459,7 +459,7 @@ def produce_summary(topic: str, acked: Mapping[int, int]) -> str:
 def cmd_produce(args: argparse.Namespace) -> int:
     from aiokafka.errors import KafkaConnectionError, KafkaError  # noqa: PLC0415
 
-    from bucket_app.kafka_security import raise_if_refused  # noqa: PLC0415
+    from bucket_app.kafka.security import raise_if_refused  # noqa: PLC0415
 
     try:
         settings = settings_module.load(args.settings)

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bucket_app.buckets import FieldMap, TimeField
-from bucket_app.codecs import load_avro_schema
+from bucket_app.counting.buckets import FieldMap, TimeField
+from bucket_app.counting.decode import load_avro_schema
 from bucket_app.errors import InvalidValue, SettingsError
 
 SETTINGS_ENV = "BUCKET_APP_SETTINGS"

@@ -67,7 +67,7 @@ def _attribute(owner: type, name: str, why: str) -> PrivateName:
 
 
 _AIOKAFKA_THREAD = faust_aiokafka.AIOKafkaConsumerThread
-_INTAKE = "consumer.SeamConsumer, for bucket_app.intake: "
+_INTAKE = "consumer.SeamConsumer, for bucket_app.kafka.intake: "
 
 #: Every private name the seam uses. Keep in step with the seam's modules (each row names the
 #: module) and with docs/design.md "Library internals".

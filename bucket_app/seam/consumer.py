@@ -7,7 +7,7 @@ the app that chose them and only when it sets :class:`ConsumerOptions`:
 - the committed-offset seek also re-reads source partitions without a committed offset;
 - the aiokafka consumer's fetch sizes, and its fetcher hands over the source topic's records a
   record batch at a time (:mod:`bucket_app.seam.fetch`);
-- the fetch loop is the app's (``bucket_app.intake.BatchIntake.drain``) instead of Faust's.
+- the fetch loop is the app's (``bucket_app.kafka.intake.BatchIntake.drain``) instead of Faust's.
 
 :class:`SeamConsumer` also gives the intake small methods over the consumer state Faust keeps
 in private attributes (read offsets, acknowledgements, gaps, unacknowledged messages), one call

@@ -32,7 +32,7 @@ def tune_fetches(consumer: AIOKafkaConsumer, min_bytes: int, max_wait_ms: int,
     Faust builds its consumer with ``fetch_max_wait_ms=1500`` (a literal, not a setting) and
     aiokafka's ``fetch_min_bytes=1`` and ``fetch_max_bytes`` of 50 MiB; aiokafka reads these
     three when ``start`` builds the consumer's fetcher. Why these values: see
-    ``bucket_app.agent.FETCH_MIN_BYTES``.
+    ``bucket_app.worker.FETCH_MIN_BYTES``.
     """
     consumer._fetch_min_bytes = min_bytes
     consumer._fetch_max_wait_ms = max_wait_ms

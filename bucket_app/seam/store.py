@@ -2,7 +2,7 @@
 
 Faust's store (``faust.stores.rocksdb.Store``) writes one key at a time and has no per-partition
 key iterator; the counting code writes whole batches straight into a partition's database with
-the store's own encoders (:class:`bucket_app.changelog.TableBatch`) and sweeps one partition's
+the store's own encoders (:class:`bucket_app.kafka.changelog.TableBatch`) and sweeps one partition's
 keys. These functions are the only places that reach into the store for that.
 """
 

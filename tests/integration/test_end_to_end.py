@@ -308,7 +308,8 @@ def test_worker_stops_with_an_error_when_its_snapshot_process_dies(make_worker):
     body = json.dumps({"origin_server": "n", "topic": "t", "timestamp": time.time() - 100})
     worker.wait_caught_up(produce(topic, [Record(body.encode(), p) for p in range(2)]))
     assert worker.proc is not None
-    children = subprocess.run(["pgrep", "-P", str(worker.proc.pid), "-f", "snapshotproc"],
+    children = subprocess.run(["pgrep", "-P", str(worker.proc.pid), "-f",
+                               "bucket_app.snapshot.process"],
                               capture_output=True, text=True, check=True).stdout.split()
     assert len(children) == 1
     os.kill(int(children[0]), signal.SIGKILL)

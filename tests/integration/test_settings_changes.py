@@ -17,9 +17,9 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bucket_app.errors import TopicError
+from bucket_app.kafka.topics import source_partitions
 from bucket_app.settings import Settings, load
-from bucket_app.snapshot import changelog_topic
-from bucket_app.topics import source_partitions
+from bucket_app.snapshot.reader import changelog_topic
 from tests.support.kafka import BROKERS, Record, create_topic, produce, unique
 from tests.support.worker import MSG_MAP, Worker, counts_of
 

@@ -15,8 +15,8 @@ import fastavro.validation
 import pytest
 
 from bucket_app import cli
-from bucket_app.buckets import FieldMap, TimeField, bucket_start
-from bucket_app.codecs import AvroDecoder, JsonDecoder, load_avro_schema
+from bucket_app.counting.buckets import FieldMap, TimeField, bucket_start
+from bucket_app.counting.decode import AvroDecoder, JsonDecoder, load_avro_schema
 from tests.unit.test_settings import REPO, SEED_INI, replace_line, write_config
 
 NOW = 1_796_000_000.0

@@ -11,7 +11,7 @@ import pytest
 
 from bucket_app import identity
 from bucket_app.settings import load
-from bucket_app.snapshot import changelog_topic
+from bucket_app.snapshot.reader import changelog_topic
 from tests.unit.test_settings import SEED_INI, write_config
 
 SCHEMA = {"type": "record", "name": "Msg", "fields": [

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bucket_app import sqlproc, web
 from bucket_app.settings import KEYS, SECRET_KEYS
+from bucket_app.sql import pool as sqlproc
+from bucket_app.web import views as web
 
 REPO = Path(__file__).resolve().parents[2]
 SECURITY = (REPO / "SECURITY.md").read_text()

@@ -1,0 +1,2 @@
+"""Read-only user SQL over the snapshot: the guarded sandbox and the child processes that run it.
+"""

@@ -1,0 +1,435 @@
+"""The Faust app: source topic in, windowed counts (RocksDB + changelog) out.
+
+:func:`create_app` wires one :class:`faust.App` from :class:`~bucket_app.settings.Settings`: the
+source topic (raw bytes; we decode ourselves), the tumbling-window ``counts`` table (which also
+holds each source partition's progress: offset reached and event-time watermark), the counting
+agent, the changelog-to-SQLite snapshot task and the web views. The agent is the only writer of
+the table; it also sweeps expired buckets with changelog tombstones, while handling an event of
+the partition it sweeps, because Faust routes table writes by the current event.
+"""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from operator import attrgetter
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from bucket_app import identity
+from bucket_app.counting.counter import (
+    Classifier,
+    Counter,
+    KeyValues,
+    PartitionProgress,
+    RateLimitedLog,
+)
+from bucket_app.errors import BadInput
+from bucket_app.kafka import security as kafka_security
+from bucket_app.kafka.changelog import ChangelogRecord, ChangelogSender, TableBatch
+from bucket_app.kafka.intake import BatchIntake
+from bucket_app.kafka.topics import source_partitions
+from bucket_app.seam import compat
+from bucket_app.seam import store as table_store
+from bucket_app.seam.app import SeamApp
+from bucket_app.seam.consumer import ConsumerOptions, SeamConsumer
+from bucket_app.seam.table import UnexpiringTable
+from bucket_app.settings import Settings
+from bucket_app.snapshot.process import SnapshotProcess
+from bucket_app.snapshot.reader import COUNTS_TABLE, PROGRESS_KEY, progress_key
+
+log = logging.getLogger(__name__)
+
+_VALUE, _OFFSET = attrgetter("value"), attrgetter("offset")
+
+# The web server's thread waits for the GIL while the main loop counts; CPython hands it over
+# after this long (default 5 ms), and an HTTP answer needs several hand-overs. SQL over
+# 1,000,000 rows while ingesting: p99 46-48 ms at 1 ms, 30 and 35 ms at 0.5 ms; the counting
+# rate the same within noise (drain A/B, three runs each).
+SWITCH_INTERVAL_S = 0.0005
+# The broker answers a fetch once it has FETCH_MIN_BYTES for it, or after FETCH_MAX_WAIT_MS: a
+# steady stream is counted in batches of up to 0.2 s, a backlog in full fetches at once. Each
+# counted batch writes every window-key it touched once (RocksDB, the changelog, then the
+# snapshot), so counting whatever arrived every few milliseconds would write the same keys many
+# times a second; at 120,000 msg/s 2 MiB batches (0.2 s) write half as often as 1 MiB ones. The
+# broker's fetch wait batches without a pause in the worker: aiokafka has the next fetch in
+# flight while a batch is counted, and a backlog is answered at once. A pause in the worker
+# instead (0.2 s between fetches, skipped behind a backlog of a full fetch) capped a steady
+# stream at about 100,000 msg/s, 20,000 records per pause: at 120,000 msg/s the counts fell
+# behind by 3.5 s in 20 s, with the worker at 85% of a core.
+# Each fetch is counted whole (``broker_max_poll_records`` is unset): records left unread keep
+# aiokafka from fetching any partition of their broker for up to 0.1 s, and with 20,000
+# records a batch the worker waited for fetches 25% of the time. FETCH_MAX_BYTES bounds a batch
+# instead. Faust's own fetch settings and how they are set: bucket_app.seam.fetch.tune_fetches.
+FETCH_MAX_WAIT_MS = 200
+FETCH_MIN_BYTES = 2 * 1024 * 1024
+# The most one fetch returns, all partitions together: the most one batch counts. With 4 MiB
+# the worker's peak RSS in the 1,000,000-row benchmark was 406 MB, with 2 MiB 335 MB.
+FETCH_MAX_BYTES = 2 * 1024 * 1024
+# how often /health's view of this worker's partitions is refreshed
+ASSIGNMENT_REFRESH_S = 0.25
+# Allocations between young garbage collections (CPython's default is 700). A batch makes
+# hundreds of thousands of short-lived records, lists and tuples; with the default they were
+# promoted and a full collection ran every 0.3-2 s, holding the GIL 50-85 ms each time
+# (measured with gc.callbacks in the 1,000,000-row SQL benchmark), and every HTTP answer
+# waiting on it.
+GC_YOUNG_THRESHOLD = 100_000
+# RocksDB per partition database. Faust's defaults (three 64 MiB memtables and a 2 GiB block
+# cache, each per database) let a worker with a million live window-keys grow past 600 MB.
+ROCKSDB_OPTIONS = {
+    "write_buffer_size": 8 * 1024 * 1024,
+    "max_write_buffer_number": 2,
+    "block_cache_size": 16 * 1024 * 1024,
+}
+
+
+class CountsTable(UnexpiringTable):
+    """The ``counts`` table: Faust's tumbling-window Table without Faust's window expiry.
+
+    Retention here is bucket_app's: the agent deletes expired window-keys with changelog
+    tombstones, so the changelog is compact-only (see :mod:`bucket_app.seam.table` for why
+    Faust's own expiry is off).
+    """
+
+
+class Processor:
+    """Per-event logic of the agent: classify, count once, track progress, sweep."""
+
+    def __init__(self, app: faust.App, settings: Settings, counts: Any) -> None:
+        self.app = app
+        self.settings = settings
+        self.counts = counts
+        self.classifier = Classifier(settings)
+        self.counter = Counter(settings)
+        self.bad_log = RateLimitedLog()
+        self.assignment: dict[str, Any] = {
+            "ready": False, "assigned": [], "paused": [], "fetching": []}
+
+    def refresh_assignment(self) -> None:
+        """Record this worker's source partitions: assigned, paused by Faust (recovery,
+        rebalance), fetching, and whether table recovery is done.
+
+        Runs on the main event loop (a timer); the web server's thread only reads the result,
+        because touching Faust's lazily created services from that thread binds them to the
+        wrong event loop (seen here: the worker crashed at start-up).
+        """
+        consumer: SeamConsumer = self.app.consumer  # type: ignore[assignment] # BucketApp's
+        topic = self.settings.topic
+        assigned = self._partitions_of(consumer.assignment(), topic)
+        paused = self._partitions_of(consumer.paused_partitions(), topic)
+        fetching = self._partitions_of(consumer.active_partitions(), topic)
+        tables: Any = self.app.tables  # TableManager; recovery is not in TableManagerT
+        ready = bool(tables.recovery.completed.is_set())
+        self.assignment = {"ready": ready, "assigned": assigned, "paused": paused,
+                           "fetching": fetching}
+
+    @staticmethod
+    def _partitions_of(tps: Any, topic: str) -> list[int]:
+        return sorted(tp.partition for tp in tps if tp.topic == topic)
+
+    def forget(self, partitions: set[int]) -> None:
+        """Drop in-memory progress of partitions this worker no longer owns."""
+        for partition in partitions:
+            self.counter.progress.pop(partition, None)
+
+    def _state(self, partition: int) -> PartitionProgress:
+        state = self.counter.progress.get(partition)
+        if state is None:
+            stored = self.counts.get(progress_key(partition))
+            state = PartitionProgress()
+            if stored is not None:
+                state.offset, state.watermark_s = int(stored[0]), float(stored[1])
+            self.counter.progress[partition] = state
+        return state
+
+    def count_batch(self, partition: int, records: Sequence[Any],
+                    table: KeyValues | None = None) -> None:
+        """Count one fetched batch of a source partition, each record exactly once.
+
+        ``records`` are aiokafka records in offset order. ``table`` is the partition's view of
+        the counts table for this batch (:class:`~bucket_app.kafka.changelog.TableBatch`, which the
+        worker then applies to RocksDB and the changelog at once); by default the table itself.
+        Records are grouped per window-key first, so the table sees one read and one write per
+        window-key per batch, then one progress write. A batch the classifier can group whole
+        (:meth:`~bucket_app.counting.counter.Classifier.group_json_epoch`: all well-formed, none a
+        replay, none past retention) is grouped in one go; any other is counted record by record.
+        """
+        state = self._state(partition)
+        counter = self.counter
+        counter.batches += 1
+        counts = self.counts if table is None else table
+        now_s = time.time()
+        group = self.classifier.group
+        grouped = None
+        if group is not None and records and records[0].offset > state.offset:
+            grouped = group(list(map(_VALUE, records)), list(map(_OFFSET, records)), partition,
+                            now_s)
+        if grouped is not None and counter.admits_all(state, grouped):
+            counter.add_grouped(counts, grouped)
+            state.watermark_s = max(state.watermark_s, grouped.max_time_s)
+            last = records[-1].offset
+        else:
+            last = self._count_each(state, partition, records, counts, now_s)
+            if last == state.offset:
+                return
+        state.offset = last
+        counts[progress_key(partition)] = [last, max(state.watermark_s, 0.0)]
+        if time.monotonic() - state.last_sweep_mono >= self.settings.clean_freq_s:
+            self.sweep(partition, counts)
+
+    def _count_each(self, state: PartitionProgress, partition: int, records: Sequence[Any],
+                    counts: KeyValues, now_s: float) -> int:
+        """Count a batch record by record (each gets its own answer: replay, bad input, past
+        retention); return the offset of the last record that was not a replay."""
+        done = state.offset
+        counter = self.counter
+        locate = self.classifier.locate
+        admit = counter.admit_at
+        pending: dict[Any, list[int]] = {}
+        last = done
+        for record in records:
+            offset = record.offset
+            if offset <= done:
+                counter.replayed += 1
+                continue
+            last = offset
+            ts_ms = record.timestamp
+            try:
+                key, start, ts = locate(
+                    record.value, partition, None if ts_ms is None else ts_ms / 1000.0, now_s)
+                admit(state, start, ts)
+            except BadInput as exc:
+                counter.record_skip(exc.reason)
+                self.bad_log.bad_record(exc, self.settings.topic, partition, offset)
+                continue
+            offsets = pending.get(key)
+            if offsets is None:
+                pending[key] = [offset]
+            else:
+                offsets.append(offset)
+        for key, offsets in pending.items():
+            counter.add(counts, key, offsets)
+        return last
+
+    def count_and_write(self, partition: int, records: Sequence[Any]) -> list[ChangelogRecord]:
+        """:meth:`count_batch` into a :class:`TableBatch`, applied to RocksDB; returns the
+        changelog records for :class:`~bucket_app.kafka.intake.BatchIntake` to send."""
+        batch = TableBatch(self.counts.data, partition)
+        self.count_batch(partition, records, batch)
+        return batch.apply()
+
+    def sweep(self, partition: int, table: KeyValues | None = None) -> int:
+        """Delete this partition's buckets past retention, each with a changelog tombstone."""
+        state = self._state(partition)
+        state.last_sweep_mono = time.monotonic()
+        cutoff_s = self.counter.expired_before_s(partition)
+        doomed = [(raw, key) for raw, key in self._keys_of(partition) if key[1][1] < cutoff_s]
+        key_index = table_store.key_index(self.counts.data)
+        counts = self.counts if table is None else table
+        for raw, key in doomed:
+            del counts[key]
+            # Faust's store remembers every key it ever set in memory and never forgets one
+            key_index.pop(raw, None)
+        if doomed:
+            log.info("retention removed %d buckets of partition %d ending before %.0f",
+                     len(doomed), partition, cutoff_s)
+        return len(doomed)
+
+    def _keys_of(self, partition: int) -> Iterator[tuple[bytes, Any]]:
+        # Faust's store has no per-partition key iterator; this reads the partition's RocksDB.
+        for raw_key, key in table_store.partition_keys(self.counts.data, partition):
+            if key[0] == PROGRESS_KEY:
+                continue
+            yield raw_key, (tuple(key[0]), tuple(key[1]))
+
+
+def quiet_debug_logging() -> None:
+    """Stop building log records that no handler will write.
+
+    At ``-l warn`` (Faust's default) Faust's worker sets the root logger to DEBUG so that its
+    start-up spinner turns on every record, and leaves it there: every ``log.debug`` call in
+    Faust and aiokafka then builds a LogRecord that the handlers drop (9% of the main thread
+    while counting, in a profile here). This raises the root level to the lowest level a real
+    handler writes.
+    """
+    root = logging.getLogger()
+    levels = [h.level for h in root.handlers if type(h).__name__ != "SpinnerHandler"]
+    if levels and root.level < min(levels):
+        root.setLevel(min(levels))
+
+
+def guard_local_state(settings: Settings, tabledir: Path) -> None:
+    """Say which state this worker counts under, and wipe that state's local RocksDB tables if
+    its previous worker on this data_dir did not stop cleanly.
+
+    A worker writes RocksDB at once but its changelog records later; after SIGKILL the local
+    store can hold increments the changelog never got, and such a worker would never send them
+    (it skips the replayed events as already counted). Starting from the changelog instead makes
+    it the single truth: recovery rebuilds the store and the replay counts what it lacks.
+
+    Local tables, marker and changelog all belong to one state (:mod:`bucket_app.identity`):
+    a worker whose bound settings changed counts under another state, in another ``tabledir``,
+    and leaves the old one as it was. ``<data_dir>/tables-owner`` names the state the last
+    worker on this data_dir counted under, so the start-up line can say what changed.
+    """
+    marker = identity.running_marker(settings)
+    owner = settings.data_dir / identity.OWNER_FILE
+    owned_by = owner.read_text() if owner.exists() else None
+    # Faust has not set up logging yet at this point of start-up: say it on stderr.
+    print("bucket_app: " + identity.startup_line(settings, owned_by, COUNTS_TABLE),
+          file=sys.stderr, flush=True)
+    if marker.exists() and tabledir.exists():
+        print(f"bucket_app: the previous worker of state {identity.state_id(settings)} on "
+              f"{settings.data_dir} did not stop cleanly; rebuilding its tables from the "
+              "changelog", file=sys.stderr, flush=True)
+        shutil.rmtree(tabledir)
+    # Faust creates the tabledir itself, but not its parents.
+    tabledir.parent.mkdir(parents=True, exist_ok=True)
+    owner.write_text(identity.owner_record(settings))
+    marker.write_text("a worker is running or did not stop cleanly\n")
+
+    def clean_exit() -> None:
+        marker.unlink(missing_ok=True)
+
+    atexit.register(clean_exit)
+
+
+class BucketApp(SeamApp):
+    """A Faust app whose consumer counts the source topic through :class:`BatchIntake`."""
+
+    intake: BatchIntake | None = None
+    processor: Processor | None = None  # set by create_app
+    source_topic_name: str = ""
+
+    def on_consumer(self, consumer: SeamConsumer) -> None:
+        processor = self.processor
+        assert processor is not None, "create_app sets the processor before the worker starts"
+        sender = ChangelogSender(self, processor.counts.data, processor.counts.changelog_topic_name)
+        self.intake = BatchIntake(consumer, self.source_topic_name, processor.count_and_write,
+                                  sender)
+        self.intake.install()
+
+
+def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
+    """Build the Faust app for ``settings``; ``partitions`` skips the Kafka probe when known."""
+    from bucket_app.snapshot import reader as snapshot
+    from bucket_app.web import views as web  # noqa: PLC0415 - they import this module's names
+
+    compat.check()
+    n_partitions = partitions if partitions is not None else source_partitions(settings)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = BucketApp(
+        # consumer group and changelog prefix: a new one when the bound settings change
+        identity.state_id(settings),
+        broker=settings.broker_url,
+        # TLS / SASL for Faust's consumer, producer and the topics they create
+        broker_credentials=kafka_security.faust_credentials(settings),
+        store="rocksdb://",
+        datadir=str(settings.data_dir),
+        tabledir=str(identity.tabledir(settings)),
+        topic_partitions=n_partitions,
+        topic_replication_factor=settings.replication_factor,
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        web_host=settings.web_host,
+        web_bind=settings.web_host,
+        web_port=settings.web_port,
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
+        producer_acks=-1,
+        # Changelog writes go out in batches instead of one produce request per table write.
+        producer_linger=0.02,
+        producer_max_batch_size=512 * 1024,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 4),
+        broker_commit_livelock_soft_timeout=300.0,
+        stream_processing_timeout=20.0,
+        # HTTP answers from its own thread and event loop, so a query does not wait behind
+        # counting batches on the main loop (it only shares the GIL; see SWITCH_INTERVAL_S).
+        web_in_thread=True,
+        # Each fetch is counted whole (see FETCH_MIN_BYTES).
+        broker_max_poll_records=None,
+        # Commit on the commit_interval timer (2.8 s) only: a commit flushes the changelog
+        # producer and, when triggered by the ack count, stalls the fetch loop while it does.
+        broker_commit_every=1_000_000,
+        consumer_max_fetch_size=4 * 1024 * 1024,
+        # No standbys (Kafka Streams' default too): a standby's changelog records share the
+        # source consumer and are delivered one by one, and aiokafka sends no fetch to a broker
+        # while any of its partitions has records left unread (for up to 0.1 s), so standbys
+        # stalled the counting.
+        # 2 workers went from 0.7x one worker to 2.5x; a failover recovers from the changelog.
+        table_standby_replicas=0,
+    )
+    source = app.topic(
+        settings.topic, key_serializer="raw", value_serializer="raw", partitions=n_partitions,
+    )
+    counts = app.tables.add(CountsTable(
+        app, name=COUNTS_TABLE, default=None, partitions=n_partitions,
+        beacon=app.tables.beacon,
+        options=ROCKSDB_OPTIONS,
+        schema=faust.Schema(key_serializer="json", value_serializer="json"),
+        help="[count, max source offset] per ((partition, *mapped values), window range); "
+        "[offset, watermark] per source partition under (__progress__, partition)",
+    )).tumbling(settings.bucket_interval_s)
+    table: Any = counts.table  # changelog_topic_name is not in TableT
+    if table.changelog_topic_name != snapshot.changelog_topic(settings):
+        raise RuntimeError(f"Faust names the changelog {table.changelog_topic_name}, "
+                           f"bucket_app reads {snapshot.changelog_topic(settings)}")
+    processor = Processor(app, settings, counts.table)
+    app.processor = processor
+    app.source_topic_name = settings.topic
+    # this app's consumer only: the committed-offset seek, fetch sizes, record batches
+    app.consumer_options = ConsumerOptions(settings.topic, FETCH_MIN_BYTES, FETCH_MAX_WAIT_MS,
+                                           FETCH_MAX_BYTES)
+    guard_local_state(settings, Path(app.conf.tabledir))
+
+    @app.agent(source, name="bucket_app.count")
+    async def count(stream: faust.StreamT) -> None:
+        # The agent subscribes the source topic (group membership, table recovery and changelog
+        # partitions follow from it); its records reach processor.count_batch through the
+        # BatchIntake installed on the consumer, so this stream stays empty.
+        async for event in stream.events():
+            raise RuntimeError(
+                f"source record {event.message.tp}@{event.message.offset} bypassed BatchIntake")
+
+    async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+        processor.forget({tp.partition for tp in revoked if tp.topic == settings.topic})
+
+    app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+
+    @app.timer(ASSIGNMENT_REFRESH_S)
+    async def refresh_assignment() -> None:
+        processor.refresh_assignment()
+
+    @app.task
+    async def quiet_logging() -> None:
+        quiet_debug_logging()
+
+    @app.task
+    async def freeze_start_up_objects() -> None:
+        # What exists once the worker has started lives as long as it does: keep it out of
+        # every full collection (see GC_YOUNG_THRESHOLD).
+        gc.freeze()
+
+    reader = snapshot.SnapshotReader(
+        settings, n_partitions, SnapshotProcess(snapshot.store_config(settings)))
+
+    @app.task
+    async def run_snapshot() -> None:
+        await reader.run_in_thread()
+
+    web.register(app, settings, reader, processor)
+    app.bucket_processor = processor  # type: ignore[attr-defined]
+    app.bucket_snapshot = reader  # type: ignore[attr-defined]
+    return app
