@@ -319,7 +319,7 @@ class BucketApp(SeamApp):
 
 def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     """Build the Faust app for ``settings``; ``partitions`` skips the Kafka probe when known."""
-    from bucket_app.snapshot import reader as snapshot
+    from bucket_app.snapshot import reader as snapshot  # noqa: PLC0415
     from bucket_app.web import views as web  # noqa: PLC0415 - they import this module's names
 
     compat.check()
