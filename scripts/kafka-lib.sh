@@ -393,3 +393,25 @@ kafka_format_with_args_if_needed() {
   fi
   kafka_say "formatted ${dir#"${REPO_ROOT}"/} (cluster id ${cid})"
 }
+
+# kafka_status LABEL PIDFILE PROPS PORT DETAIL: the `status` command of a single-broker script.
+# Exit 0 when its broker (or another process) listens on 127.0.0.1:PORT or is starting, 3 when
+# nothing runs. DETAIL is what the running line adds after the pid (data dir, log, ...).
+kafka_status() {
+  local label="$1" pidfile="$2" props="$3" port="$4" detail="$5" pid
+  pid="$(kafka_read_pid "${pidfile}")"
+  if kafka_pid_alive "${pid}" "${props}"; then
+    if kafka_port_open "${port}"; then
+      kafka_say "${label} is running (pid ${pid}; ${detail})"
+    else
+      kafka_say "${label} is starting (pid ${pid}; port not open yet)"
+    fi
+    return 0
+  fi
+  if kafka_port_open "${port}"; then
+    kafka_say "a process not started by this script is listening on 127.0.0.1:${port}"
+    return 0
+  fi
+  kafka_say "${label} is not running"
+  return 3
+}

@@ -421,22 +421,7 @@ cmd_stop() {
 }
 
 cmd_status() {
-  local pid
-  pid="$(kafka_read_pid "${PIDFILE}")"
-  if kafka_pid_alive "${pid}" "${PROPS}"; then
-    if kafka_port_open "${PORT}"; then
-      kafka_say "${LABEL} is running (pid ${pid}; user ${SCRAM_USER}; CA $(rel "${CA_PEM}"); log $(rel "${LOGFILE}"))"
-    else
-      kafka_say "${LABEL} is starting (pid ${pid}; port not open yet)"
-    fi
-    return 0
-  fi
-  if kafka_port_open "${PORT}"; then
-    kafka_say "a process not started by this script is listening on 127.0.0.1:${PORT}"
-    return 0
-  fi
-  kafka_say "${LABEL} is not running"
-  return 3
+  kafka_status "${LABEL}" "${PIDFILE}" "${PROPS}" "${PORT}" "user ${SCRAM_USER}; CA $(rel "${CA_PEM}"); log $(rel "${LOGFILE}")"
 }
 
 cmd_clean() {

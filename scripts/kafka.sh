@@ -129,22 +129,7 @@ cmd_stop() {
 }
 
 cmd_status() {
-  local pid
-  pid="$(kafka_read_pid "${PIDFILE}")"
-  if kafka_pid_alive "${pid}" "${PROPS}"; then
-    if kafka_port_open "${PORT}"; then
-      kafka_say "${LABEL} is running (pid ${pid}; data ${DATA_DIR#"${REPO_ROOT}"/}; log ${LOGFILE#"${REPO_ROOT}"/})"
-    else
-      kafka_say "${LABEL} is starting (pid ${pid}; port not open yet)"
-    fi
-    return 0
-  fi
-  if kafka_port_open "${PORT}"; then
-    kafka_say "a broker not started by this script is listening on 127.0.0.1:${PORT}"
-    return 0
-  fi
-  kafka_say "${LABEL} is not running"
-  return 3
+  kafka_status "${LABEL}" "${PIDFILE}" "${PROPS}" "${PORT}" "data ${DATA_DIR#"${REPO_ROOT}"/}; log ${LOGFILE#"${REPO_ROOT}"/}"
 }
 
 cmd_clean() {
