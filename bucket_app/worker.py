@@ -50,39 +50,34 @@ log = logging.getLogger(__name__)
 _VALUE, _OFFSET = attrgetter("value"), attrgetter("offset")
 
 # The web server's thread waits for the GIL while the main loop counts; CPython hands it over
-# after this long (default 5 ms), and an HTTP answer needs several hand-overs. SQL over
-# 1,000,000 rows while ingesting: p99 46-48 ms at 1 ms, 30 and 35 ms at 0.5 ms; the counting
-# rate the same within noise (drain A/B, three runs each).
+# after this long (default 5 ms), and an HTTP answer needs several hand-overs, so a shorter
+# interval bounds how long an answer waits without slowing the counting (docs/performance.md).
 SWITCH_INTERVAL_S = 0.0005
 # The broker answers a fetch once it has FETCH_MIN_BYTES for it, or after FETCH_MAX_WAIT_MS: a
 # steady stream is counted in batches of up to 0.2 s, a backlog in full fetches at once. Each
 # counted batch writes every window-key it touched once (RocksDB, the changelog, then the
 # snapshot), so counting whatever arrived every few milliseconds would write the same keys many
-# times a second; at 120,000 msg/s 2 MiB batches (0.2 s) write half as often as 1 MiB ones. The
-# broker's fetch wait batches without a pause in the worker: aiokafka has the next fetch in
-# flight while a batch is counted, and a backlog is answered at once. A pause in the worker
-# instead (0.2 s between fetches, skipped behind a backlog of a full fetch) capped a steady
-# stream at about 100,000 msg/s, 20,000 records per pause: at 120,000 msg/s the counts fell
-# behind by 3.5 s in 20 s, with the worker at 85% of a core.
+# times a second. The broker's fetch wait batches without a pause in the worker: aiokafka has
+# the next fetch in flight while a batch is counted, and a backlog is answered at once; a
+# pause in the worker instead capped a steady stream (docs/performance.md).
 # Each fetch is counted whole (``broker_max_poll_records`` is unset): records left unread keep
-# aiokafka from fetching any partition of their broker for up to 0.1 s, and with 20,000
-# records a batch the worker waited for fetches 25% of the time. FETCH_MAX_BYTES bounds a batch
-# instead. Faust's own fetch settings and how they are set: bucket_app.seam.fetch.tune_fetches.
+# aiokafka from fetching any partition of their broker for up to 0.1 s. FETCH_MAX_BYTES bounds
+# a batch instead. Faust's own fetch settings and how they are set:
+# bucket_app.seam.fetch.tune_fetches.
 FETCH_MAX_WAIT_MS = 200
 FETCH_MIN_BYTES = 2 * 1024 * 1024
-# The most one fetch returns, all partitions together: the most one batch counts. With 4 MiB
-# the worker's peak RSS in the 1,000,000-row benchmark was 406 MB, with 2 MiB 335 MB.
+# The most one fetch returns, all partitions together: the most one batch counts, and so the
+# bound on the memory a batch takes.
 FETCH_MAX_BYTES = 2 * 1024 * 1024
 # how often /health's view of this worker's partitions is refreshed
 ASSIGNMENT_REFRESH_S = 0.25
 # Allocations between young garbage collections (CPython's default is 700). A batch makes
-# hundreds of thousands of short-lived records, lists and tuples; with the default they were
-# promoted and a full collection ran every 0.3-2 s, holding the GIL 50-85 ms each time
-# (measured with gc.callbacks in the 1,000,000-row SQL benchmark), and every HTTP answer
-# waiting on it.
+# hundreds of thousands of short-lived records, lists and tuples; with the default they are
+# promoted and full collections run often, each holding the GIL while every HTTP answer waits.
 GC_YOUNG_THRESHOLD = 100_000
 # RocksDB per partition database. Faust's defaults (three 64 MiB memtables and a 2 GiB block
-# cache, each per database) let a worker with a million live window-keys grow past 600 MB.
+# cache, each per database) let a worker's memory grow with its number of partitions far past
+# what its live window-keys need.
 ROCKSDB_OPTIONS = {
     "write_buffer_size": 8 * 1024 * 1024,
     "max_write_buffer_number": 2,
