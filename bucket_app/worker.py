@@ -199,7 +199,7 @@ class Processor:
             try:
                 key, start, ts = locate(
                     record.value, partition, None if ts_ms is None else ts_ms / 1000.0, now_s)
-                admit(state, start, ts)
+                admit(state, start, ts, now_s)
             except BadInput as exc:
                 counter.record_skip(exc.reason)
                 self.bad_log.bad_record(exc, self.settings.topic, partition, offset)

@@ -243,9 +243,11 @@ class Counter:
         """Buckets ending at or before this event time are past retention in ``partition``."""
         return self.partition(partition).watermark_s - self.retention_s
 
-    def admit_at(self, state: PartitionProgress, bucket_start_s: int, event_time_s: float) -> None:
+    def admit_at(self, state: PartitionProgress, bucket_start_s: int, event_time_s: float,
+                 now_s: float) -> None:
         """Refuse a record of the partition whose progress is ``state`` if its bucket is past
-        retention; else move the watermark with it."""
+        retention; else move the watermark with it, up to ``now_s`` (the batch's wall clock,
+        as :meth:`Classifier.group_json_epoch` caps it)."""
         if bucket_start_s + self.interval_s <= state.watermark_s - self.retention_s:
             raise BadInput(
                 f"bucket {bucket_start_s} is older than the retention "
@@ -255,7 +257,7 @@ class Counter:
             # Never past the wall clock: one event timed within max_future_skew ahead (a
             # producer's clock 50 minutes fast) made every live event `expired`, and the sweep
             # delete the partition's current buckets, whenever clean_interval < the skew.
-            state.watermark_s = max(state.watermark_s, min(event_time_s, time.time()))
+            state.watermark_s = max(state.watermark_s, min(event_time_s, now_s))
 
     def add(self, table: KeyValues, key: WindowKey, offsets: list[int]) -> int:
         """Count the records at ``offsets`` (ascending) toward ``key``, once each.

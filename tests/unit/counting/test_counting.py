@@ -31,7 +31,7 @@ def count(classifier: Classifier, counter: Counter, table: dict, value: bytes, p
     """One record as the worker counts it record by record (``Processor._count_each``):
     locate, admit, add. False for a replay; raises BadInput for a record the worker skips."""
     key, start, ts = classifier.locate(value, partition, None, NOW)
-    counter.admit_at(counter.partition(partition), start, ts)
+    counter.admit_at(counter.partition(partition), start, ts, NOW)
     return counter.add(table, key, [offset]) == 1
 
 
