@@ -15,23 +15,14 @@ import gc
 import logging
 import shutil
 import sys
-import time
-from collections.abc import Iterator, Sequence
-from operator import attrgetter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import faust
 
 from bucket_app import identity
-from bucket_app.counting.counter import (
-    Classifier,
-    Counter,
-    KeyValues,
-    PartitionProgress,
-    RateLimitedLog,
-)
-from bucket_app.errors import BadInput
+from bucket_app.counting.batch import BatchCounter
 from bucket_app.kafka import security as kafka_security
 from bucket_app.kafka.changelog import ChangelogRecord, ChangelogSender, TableBatch
 from bucket_app.kafka.intake import BatchIntake
@@ -43,11 +34,9 @@ from bucket_app.seam.consumer import ConsumerOptions, SeamConsumer
 from bucket_app.seam.table import UnexpiringTable
 from bucket_app.settings import Settings
 from bucket_app.snapshot.process import SnapshotProcess
-from bucket_app.snapshot.reader import COUNTS_TABLE, PROGRESS_KEY, progress_key
+from bucket_app.snapshot.reader import COUNTS_TABLE
 
 log = logging.getLogger(__name__)
-
-_VALUE, _OFFSET = attrgetter("value"), attrgetter("offset")
 
 # The web server's thread waits for the GIL while the main loop counts; CPython hands it over
 # after this long (default 5 ms), and an HTTP answer needs several hand-overs, so a shorter
@@ -95,15 +84,19 @@ class CountsTable(UnexpiringTable):
 
 
 class Processor:
-    """Per-event logic of the agent: classify, count once, track progress, sweep."""
+    """The counting agent's side of the worker: a :class:`BatchCounter` on the counts table,
+    fed through :class:`BatchIntake`, and the view of its source partitions /health shows."""
 
     def __init__(self, app: faust.App, settings: Settings, counts: Any) -> None:
         self.app = app
         self.settings = settings
         self.counts = counts
-        self.classifier = Classifier(settings)
-        self.counter = Counter(settings)
-        self.bad_log = RateLimitedLog()
+        self.batches = BatchCounter(
+            settings, counts,
+            stored_keys=lambda partition: table_store.partition_keys(counts.data, partition),
+            # Faust's store remembers every key it ever set in memory and never forgets one
+            forget_raw=lambda raw: table_store.key_index(counts.data).pop(raw, None))
+        self.counter = self.batches.counter
         self.assignment: dict[str, Any] = {
             "ready": False, "assigned": [], "paused": [], "fetching": []}
 
@@ -113,7 +106,7 @@ class Processor:
 
         Runs on the main event loop (a timer); the web server's thread only reads the result,
         because touching Faust's lazily created services from that thread binds them to the
-        wrong event loop (seen here: the worker crashed at start-up).
+        wrong event loop (the worker crashed at start-up when it did).
         """
         consumer: SeamConsumer = self.app.consumer  # type: ignore[assignment] # BucketApp's
         topic = self.settings.topic
@@ -129,120 +122,12 @@ class Processor:
     def _partitions_of(tps: Any, topic: str) -> list[int]:
         return sorted(tp.partition for tp in tps if tp.topic == topic)
 
-    def forget(self, partitions: set[int]) -> None:
-        """Drop in-memory progress of partitions this worker no longer owns."""
-        for partition in partitions:
-            self.counter.progress.pop(partition, None)
-
-    def _state(self, partition: int) -> PartitionProgress:
-        state = self.counter.progress.get(partition)
-        if state is None:
-            stored = self.counts.get(progress_key(partition))
-            state = PartitionProgress()
-            if stored is not None:
-                state.offset, state.watermark_s = int(stored[0]), float(stored[1])
-            self.counter.progress[partition] = state
-        return state
-
-    def count_batch(self, partition: int, records: Sequence[Any],
-                    table: KeyValues | None = None) -> None:
-        """Count one fetched batch of a source partition, each record exactly once.
-
-        ``records`` are aiokafka records in offset order. ``table`` is the partition's view of
-        the counts table for this batch (:class:`~bucket_app.kafka.changelog.TableBatch`, which the
-        worker then applies to RocksDB and the changelog at once); by default the table itself.
-        Records are grouped per window-key first, so the table sees one read and one write per
-        window-key per batch, then one progress write. A batch the classifier can group whole
-        (:meth:`~bucket_app.counting.counter.Classifier.group_json_epoch`: all well-formed, none a
-        replay, none past retention) is grouped in one go; any other is counted record by record.
-        """
-        state = self._state(partition)
-        counter = self.counter
-        counter.batches += 1
-        counts = self.counts if table is None else table
-        now_s = time.time()
-        group = self.classifier.group
-        grouped = None
-        if group is not None and records and records[0].offset > state.offset:
-            grouped = group(list(map(_VALUE, records)), list(map(_OFFSET, records)), partition,
-                            now_s)
-        if grouped is not None and counter.admits_all(state, grouped):
-            counter.add_grouped(counts, grouped)
-            state.watermark_s = max(state.watermark_s, grouped.max_time_s)
-            last = records[-1].offset
-        else:
-            last = self._count_each(state, partition, records, counts, now_s)
-            if last == state.offset:
-                return
-        state.offset = last
-        counts[progress_key(partition)] = [last, max(state.watermark_s, 0.0)]
-        if time.monotonic() - state.last_sweep_mono >= self.settings.clean_freq_s:
-            self.sweep(partition, counts)
-
-    def _count_each(self, state: PartitionProgress, partition: int, records: Sequence[Any],
-                    counts: KeyValues, now_s: float) -> int:
-        """Count a batch record by record (each gets its own answer: replay, bad input, past
-        retention); return the offset of the last record that was not a replay."""
-        done = state.offset
-        counter = self.counter
-        locate = self.classifier.locate
-        admit = counter.admit_at
-        pending: dict[Any, list[int]] = {}
-        last = done
-        for record in records:
-            offset = record.offset
-            if offset <= done:
-                counter.replayed += 1
-                continue
-            last = offset
-            ts_ms = record.timestamp
-            try:
-                key, start, ts = locate(
-                    record.value, partition, None if ts_ms is None else ts_ms / 1000.0, now_s)
-                admit(state, start, ts, now_s)
-            except BadInput as exc:
-                counter.record_skip(exc.reason)
-                self.bad_log.bad_record(exc, self.settings.topic, partition, offset)
-                continue
-            offsets = pending.get(key)
-            if offsets is None:
-                pending[key] = [offset]
-            else:
-                offsets.append(offset)
-        for key, offsets in pending.items():
-            counter.add(counts, key, offsets)
-        return last
-
     def count_and_write(self, partition: int, records: Sequence[Any]) -> list[ChangelogRecord]:
-        """:meth:`count_batch` into a :class:`TableBatch`, applied to RocksDB; returns the
+        """Count a batch into a :class:`TableBatch`, applied to RocksDB; returns the
         changelog records for :class:`~bucket_app.kafka.intake.BatchIntake` to send."""
         batch = TableBatch(self.counts.data, partition)
-        self.count_batch(partition, records, batch)
+        self.batches.count_batch(partition, records, batch)
         return batch.apply()
-
-    def sweep(self, partition: int, table: KeyValues | None = None) -> int:
-        """Delete this partition's buckets past retention, each with a changelog tombstone."""
-        state = self._state(partition)
-        state.last_sweep_mono = time.monotonic()
-        cutoff_s = self.counter.expired_before_s(partition)
-        doomed = [(raw, key) for raw, key in self._keys_of(partition) if key[1][1] < cutoff_s]
-        key_index = table_store.key_index(self.counts.data)
-        counts = self.counts if table is None else table
-        for raw, key in doomed:
-            del counts[key]
-            # Faust's store remembers every key it ever set in memory and never forgets one
-            key_index.pop(raw, None)
-        if doomed:
-            log.info("retention removed %d buckets of partition %d ending before %.0f",
-                     len(doomed), partition, cutoff_s)
-        return len(doomed)
-
-    def _keys_of(self, partition: int) -> Iterator[tuple[bytes, Any]]:
-        # Faust's store has no per-partition key iterator; this reads the partition's RocksDB.
-        for raw_key, key in table_store.partition_keys(self.counts.data, partition):
-            if key[0] == PROGRESS_KEY:
-                continue
-            yield raw_key, (tuple(key[0]), tuple(key[1]))
 
 
 def quiet_debug_logging() -> None:
@@ -399,7 +284,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
                 f"source record {event.message.tp}@{event.message.offset} bypassed BatchIntake")
 
     async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
-        processor.forget({tp.partition for tp in revoked if tp.topic == settings.topic})
+        processor.batches.forget({tp.partition for tp in revoked if tp.topic == settings.topic})
 
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
 
@@ -425,6 +310,4 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         await reader.run_in_thread()
 
     web.register(app, settings, reader, processor)
-    app.bucket_processor = processor  # type: ignore[attr-defined]
-    app.bucket_snapshot = reader  # type: ignore[attr-defined]
     return app

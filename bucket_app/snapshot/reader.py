@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from bucket_app import identity
+from bucket_app.counting.keys import PROGRESS_KEY
 from bucket_app.kafka import security as kafka_security
 from bucket_app.seam import clients
 from bucket_app.settings import RST_COLUMN, Settings
@@ -40,8 +41,6 @@ log = logging.getLogger(__name__)
 COUNTS_TABLE = "counts"
 # changes held before a refresh is due anyway: bounds the reader's memory while it catches up
 MAX_PENDING = 50_000
-PROGRESS_KEY = "__progress__"
-
 # (source partition, mapped values, bucket start) -> count in that partition
 PartKey = tuple[int, tuple[Any, ...], int]
 
@@ -56,15 +55,6 @@ def store_config(settings: Settings) -> dict[str, Any]:
     return {"path": str(settings.snapshot_path), "table": settings.sqlite_table,
             "interval_s": settings.bucket_interval_s, "mapped": list(settings.msg_map.values()),
             "schema": dict(settings.sqlite_schema)}
-
-
-def progress_key(partition: int) -> tuple[str, int]:
-    """The counts-table key under which the agent records a source partition's progress.
-
-    It shares the changelog partition with that partition's counts, so a reader that has seen
-    the progress record has seen every count it covers.
-    """
-    return (PROGRESS_KEY, partition)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from pathlib import Path
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from bucket_app.counting.counter import Classifier
+from bucket_app.counting.classify import Classifier
 from bucket_app.errors import SettingsError
 from bucket_app.settings import KEYS, SECRET_KEYS, Settings, load
 from tests.unit.test_fuzz_common import awkward_text, json_values, scratch_dir

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 
-from bucket_app.counting.counter import Classifier, Counter
+from bucket_app.counting.classify import Classifier
+from bucket_app.counting.counter import Counter
 from bucket_app.errors import BadInput, DecodeError, TimeError
 from bucket_app.settings import load
 from tests.unit.test_settings import SEED_INI, replace_line, write_config
@@ -28,7 +28,7 @@ def msg(**fields) -> bytes:
 
 def count(classifier: Classifier, counter: Counter, table: dict, value: bytes, partition: int,
           offset: int) -> bool:
-    """One record as the worker counts it record by record (``Processor._count_each``):
+    """One record as the worker counts it record by record (``BatchCounter._count_each``):
     locate, admit, add. False for a replay; raises BadInput for a record the worker skips."""
     key, start, ts = classifier.locate(value, partition, None, NOW)
     counter.admit_at(counter.partition(partition), start, ts, NOW)
@@ -86,31 +86,3 @@ def test_events_past_retention_are_refused_and_the_watermark_only_moves_forward(
     assert len(table) == 2
     # retention is per partition: partition 1 has its own (empty) watermark
     count(classifier, counter, table, msg(timestamp=NOW - 200), 1, 1)
-
-
-def test_json_epoch_fast_path_agrees_with_the_general_path(settings):
-    """The flat path for JSON + epoch gives the general path's key or error on odd input."""
-    classifier = Classifier(settings)
-    assert classifier.locate.__func__ is Classifier._locate_json_epoch  # the fast one is on
-    rng = random.Random(5)
-    times = [NOW - 5, NOW - 5.5, int(NOW) + 3599, NOW + 3601, True, None, "1440179085",
-             "x", float("nan"), float("inf"), -1e300, 1e20, 0, [1], {"a": 1}]
-    servers = ["a", "", None, 7, 2.5, True, [1, {"b": 2}], {"z": 1, "a": [2]}, "é"]
-    cases = [b"", b"not json", b"[1, 2]", b'"text"', b"null", b"\xff\xfe", None]
-    for _ in range(600):
-        msg = {"origin_server": rng.choice(servers), "timestamp": rng.choice(times)}
-        if rng.random() < 0.2:
-            del msg["timestamp"]
-        if rng.random() < 0.8:
-            msg["topic"] = rng.choice(servers)
-        cases.append(json.dumps(msg).encode())
-    for value in cases:
-        for record_ts in (None, NOW - 100):
-            try:
-                expected = classifier._locate(value, 2, record_ts, NOW)
-            except BadInput as exc:
-                with pytest.raises(BadInput) as caught:
-                    classifier.locate(value, 2, record_ts, NOW)
-                assert caught.value.reason == exc.reason, value
-            else:
-                assert classifier.locate(value, 2, record_ts, NOW) == expected, value

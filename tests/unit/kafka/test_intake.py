@@ -30,12 +30,15 @@ from fastavro import parse_schema, schemaless_writer
 from faust.types import TP
 
 from bucket_app import identity
+from bucket_app.counting.batch import BatchCounter
+from bucket_app.counting.classify import Classifier
+from bucket_app.counting.keys import PROGRESS_KEY
 from bucket_app.kafka.changelog import WRITE_CHUNK, TableBatch
 from bucket_app.kafka.intake import BatchIntake
 from bucket_app.seam import fetch
 from bucket_app.settings import load
-from bucket_app.snapshot.reader import PROGRESS_KEY, SnapshotStore, store_config
-from bucket_app.worker import Processor, create_app, guard_local_state
+from bucket_app.snapshot.reader import SnapshotStore, store_config
+from bucket_app.worker import create_app, guard_local_state
 from tests.unit.test_settings import SEED_INI, replace_line, write_config
 
 TOPIC = "test"
@@ -84,7 +87,7 @@ def table_counts(table: dict) -> Tally:
 def test_batches_count_exactly_once_however_split_and_replayed(settings):
     records, expected = make_records(3000, 2, seed=1)
     table: dict = {}
-    processor = Processor(None, settings, table)  # type: ignore[arg-type]
+    processor = BatchCounter(settings, table)
     rng = random.Random(2)
     i = 0
     while i < len(records):  # uneven batches
@@ -106,9 +109,9 @@ def test_replay_after_lost_progress_uses_each_keys_offset(settings):
     """The progress write is lost but the counts were written: the per-key offsets decide."""
     records, expected = make_records(500, 0, seed=3)
     table: dict = {}
-    Processor(None, settings, table).count_batch(0, records)  # type: ignore[arg-type]
+    BatchCounter(settings, table).count_batch(0, records)  # type: ignore[arg-type]
     del table[(PROGRESS_KEY, 0)]
-    fresh = Processor(None, settings, table)  # type: ignore[arg-type]
+    fresh = BatchCounter(settings, table)
     fresh.count_batch(0, records)
     assert table_counts(table) == expected
     assert fresh.counter.counted == 0
@@ -145,7 +148,7 @@ def test_grouped_batches_count_as_record_by_record(settings, monkeypatch, chunk)
     """The whole-batch path gives the record-by-record path's table, counters and progress,
     batch after batch: clean batches, mixed ones, replays and records past retention; with
     batches in one chunk and in many."""
-    monkeypatch.setattr("bucket_app.counting.counter.GROUP_CHUNK", chunk)
+    monkeypatch.setattr("bucket_app.counting.classify.GROUP_CHUNK", chunk)
     rng = random.Random(11)
     now = int(time.time())
     # stretches of 500 records: clean ones, and ones where about a quarter are odd
@@ -153,9 +156,9 @@ def test_grouped_batches_count_as_record_by_record(settings, monkeypatch, chunk)
                for offset in range(6100)]
     grouped_table: dict = {}
     each_table: dict = {}
-    grouped = Processor(None, settings, grouped_table)  # type: ignore[arg-type]
-    each = Processor(None, settings, each_table)  # type: ignore[arg-type]
-    each.classifier.group = None
+    grouped = BatchCounter(settings, grouped_table)
+    each = BatchCounter(settings, each_table,
+                        classifier=Classifier(settings, batches=False))
     whole = batches = 0
     group = grouped.classifier.group
 

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from bucket_app.counting.keys import progress_key
 from bucket_app.settings import load
 from bucket_app.snapshot.process import SnapshotError, SnapshotProcess
 from bucket_app.snapshot.reader import (
@@ -18,7 +19,6 @@ from bucket_app.snapshot.reader import (
     Progress,
     SnapshotStore,
     decode_records,
-    progress_key,
     store_config,
 )
 from tests.unit.test_settings import SEED_INI, write_config
