@@ -31,7 +31,7 @@ _NUMBERS = frozenset((int, float))
 _ALIASED = frozenset((bool, int, float))
 _COMPOUND = frozenset((dict, list))
 
-#: Records decoded and grouped per C loop: about 1 ms of holding the interpreter lock.
+#: Records decoded and grouped per C loop, which holds the interpreter lock throughout.
 GROUP_CHUNK = 1000
 
 

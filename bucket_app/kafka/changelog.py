@@ -28,16 +28,16 @@ from bucket_app.seam import store as table_store
 ChangelogRecord = tuple[bytes, bytes | None]  # (key, value); None is a tombstone
 
 _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
-# keys per RocksDB write: about 0.7 ms each
+# keys per RocksDB write: the web server's thread waits for the GIL at most one write
 WRITE_CHUNK = 1000
 
 
 def _faust_json(value: Any) -> bytes:
     """The bytes Faust's "json" serializer writes (faust.utils.json.dumps with orjson).
 
-    Copied once: a bytes object from orjson.dumps keeps its 4 KiB write buffer (measured with
-    tracemalloc: 4,097 bytes for a 59-byte key), and a batch's records wait in memory until the
-    brokers acknowledge them; 40,000 of them held 164 MB in the 1,000,000-row SQL benchmark.
+    Copied once: a bytes object from orjson.dumps keeps its 4 KiB write buffer whatever its
+    length, and a batch's records wait in memory until the brokers acknowledge them, so
+    uncopied keys and values would hold kilobytes each (docs/performance.md).
     """
     return bytes(memoryview(orjson.dumps(value, default=on_default, option=_JSON_OPTIONS)))
 
@@ -81,8 +81,8 @@ class TableBatch:
             return []
         key_index = table_store.key_index(self.store)
         records = list(self.writes.items())
-        # rocksdict holds the GIL through a write (15 ms for 20,000 keys, which the web
-        # server's thread waited out); chunks give it the lock between them.
+        # rocksdict holds the GIL through a write, which the web server's thread waits out;
+        # chunks give it the lock between them.
         for first in range(0, len(records), WRITE_CHUNK):
             batch = WriteBatch(raw_mode=True)
             for raw_key, raw_value in records[first:first + WRITE_CHUNK]:

@@ -214,7 +214,7 @@ class BatchIntake:
         Like Faust's ``getmany``, it stops (returning False) as soon as the flow stops or the
         generation changes: a changelog record fetched for a standby before a rebalance and
         handed to table recovery after it would overwrite the newer value that recovery just
-        restored (seen here: counts lost in the scaling test after this path had no check).
+        restored (tests/integration/test_replicas.py lost counts without this check).
         """
         return await self.consumer.deliver(tp, batch, generation)
 

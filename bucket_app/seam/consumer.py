@@ -54,9 +54,10 @@ class SeamConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         committed offset is missing or 0 (``if offset and offset > 0``, aiokafka 0.14.0
         consumer.py; https://github.com/aio-libs/aiokafka/issues/1003, open). Faust drops
         records it fetched while a rebalance was under way and relies on this seek
-        (``Consumer.perform_seek``) to read them again, so they were silently lost (seen here:
-        a replica that joined mid-stream never counted its partitions). Re-reading such a
-        partition from its beginning is safe because counting is idempotent per source offset.
+        (``Consumer.perform_seek``) to read them again, so they were silently lost (a replica
+        that joined mid-stream never counted its partitions; tests/integration/test_replicas.py).
+        Re-reading such a partition from its beginning is safe because counting is idempotent
+        per source offset.
         It can go only when both cases are handled upstream: offset 0 by the fix of aiokafka
         #1003 (its proposed ``offset >= 0``), and no committed offset at all (None), which that
         fix would still skip and for which no upstream issue was found (Faust's

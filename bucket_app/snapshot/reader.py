@@ -125,11 +125,11 @@ class SnapshotStore:
 
     Rows sum a window-key's counts over the source partitions, while the changelog carries each
     partition's own count; the per-partition counts and each row's rowid live in a side database
-    (``<snapshot>-parts``, attached as ``side``) rather than in Python dicts, which took about
-    1 KB a row (1.1 GB of RSS at a million rows). Both files are rebuilt from the changelog at
+    (``<snapshot>-parts``, attached as ``side``) rather than in Python dicts, which cost about
+    a kilobyte a row (docs/performance.md). Both files are rebuilt from the changelog at
     start-up, so the side file has no journal: a refresh that fails part-way stops the worker
-    (see :mod:`bucket_app.snapshot.process`) rather than roll back. An in-memory journal grew the
-    snapshot process from 78 to 153 MB over five refreshes of 50,000 updated counts.
+    (see :mod:`bucket_app.snapshot.process`) rather than roll back; an in-memory journal would
+    grow with every large refresh.
     """
 
     def __init__(self, path: str, table: str, interval_s: int, mapped: Sequence[str],

@@ -359,8 +359,8 @@ class SqlSandbox:
             isolation_level=None,
             timeout=self.time_limit_ms / 1000,
         )
-        # One value (string or blob) of a result may be at most this long: without it
-        # SELECT zeroblob(300000000) carried 300 MB through the worker.
+        # One value (string or blob) of a result may be at most this long: without it one
+        # SELECT zeroblob(n) carries n bytes through the worker.
         conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
         try:
             # Before the authorizer is installed, which would deny this PRAGMA too.
