@@ -27,6 +27,8 @@ SETTINGS_ENV = "BUCKET_APP_SETTINGS"
 ENV_PREFIX = "BUCKET_APP_"
 SECONDS_PER_DAY = 86_400
 BUCKET_COLUMNS = ("bucket_start", "bucket_end", "count")
+# Columns bucket_app adds to every snapshot row (bucket_app.counting.lifecycle)
+LATE_COLUMN, FINAL_COLUMN = "late", "final"
 RST_COLUMN = "RST_ID"
 SQLITE_TYPES = frozenset({"TEXT", "INTEGER", "INT", "REAL", "NUMERIC", "BLOB", "BIGINT", "FLOAT"})
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -160,6 +162,11 @@ def _optional_text(raw: str) -> str | None:
     return None if value.lower() in {"", "none", "null"} else value
 
 
+def _optional_topic(raw: str) -> str | None:
+    value = _optional_text(raw)
+    return None if value is None else _topic(value)
+
+
 def _optional_seconds(raw: str) -> float | None:
     value = raw.strip()
     if value.lower() in {"", "none", "null", "off", "0"}:
@@ -245,6 +252,13 @@ KEYS: tuple[Key, ...] = (
         "path to a JSON object mapping message fields to column names"),
     Key("MsgSettings", "max_future_skew", _seconds_duration, "1h",
         "events timed further ahead of the wall clock are rejected as bad input"),
+    Key("MsgSettings", "grace", _optional_seconds, "none",
+        "a bucket is final once every partition's event time passed its end plus this; "
+        "none = one bucket_interval"),
+    Key("MsgSettings", "idle_close", _optional_seconds, "off",
+        "a partition that received nothing this long no longer holds buckets open; off = never"),
+    Key("MsgSettings", "dead_letter_topic", _optional_topic, "none",
+        "topic that gets every skipped message with its reason as headers; none = off"),
     Key("HTTPEndpointSetting", "sqlite_schema", _text, None,
         "path to a JSON object mapping column names to SQLite types"),
     Key("HTTPEndpointSetting", "sqlite_db", _sqlite_db, None,
@@ -306,6 +320,9 @@ class Settings:
     bucket_type: str
     msg_map: dict[str, str]
     max_future_skew_s: float
+    grace_s: float
+    idle_close_s: float | None
+    dead_letter_topic: str | None
     sqlite_schema: dict[str, str]
     sqlite_db: str
     snapshot_path: Path
@@ -461,7 +478,7 @@ def _resolve(source: Path, values: dict[str, Any], raw: dict[str, tuple[str, str
     columns = list(msg_map.values())
     if len(set(columns)) != len(columns):
         raise fail("msg_map_schema", "two fields map to the same column")
-    reserved = {*BUCKET_COLUMNS, RST_COLUMN}
+    reserved = {*BUCKET_COLUMNS, RST_COLUMN, LATE_COLUMN, FINAL_COLUMN}
     clash = sorted(set(columns) & reserved)
     if clash:
         raise fail("msg_map_schema", f"column {clash[0]!r} is reserved for bucket_app")
@@ -485,11 +502,13 @@ def _resolve(source: Path, values: dict[str, Any], raw: dict[str, tuple[str, str
     if missing:
         raise fail("sqlite_schema", f"lacks column {missing[0]!r} (needs the mapped columns, "
                    "bucket_start, bucket_end and count)")
-    extra = [col for col in schema if col not in (*columns, *BUCKET_COLUMNS, RST_COLUMN)]
+    added = (RST_COLUMN, LATE_COLUMN, FINAL_COLUMN)
+    extra = [col for col in schema if col not in (*columns, *BUCKET_COLUMNS, *added)]
     if extra:
         raise fail("sqlite_schema", f"column {extra[0]!r} is neither mapped in msg_map_schema "
                    "nor one of bucket_start, bucket_end, count")
-    schema.pop(RST_COLUMN, None)  # RST_ID is added by bucket_app itself, as in the seed
+    for column in added:  # added by bucket_app itself (RST_ID as in the seed)
+        schema.pop(column, None)
 
     if values["clean_interval"] < values["bucket_interval"]:
         raise fail("clean_interval", f"must be at least bucket_interval "
@@ -545,6 +564,9 @@ def _resolve(source: Path, values: dict[str, Any], raw: dict[str, tuple[str, str
         bucket_type=values["bucket_type"],
         msg_map={str(k): str(v) for k, v in msg_map.items()},
         max_future_skew_s=values["max_future_skew"],
+        grace_s=values["bucket_interval"] if values["grace"] is None else values["grace"],
+        idle_close_s=values["idle_close"],
+        dead_letter_topic=values["dead_letter_topic"],
         sqlite_schema={str(k): str(v).upper() for k, v in schema.items()},
         sqlite_db=sqlite_db,
         snapshot_path=snapshot,

@@ -25,6 +25,7 @@ from bucket_app import identity
 from bucket_app.counting.batch import BatchCounter
 from bucket_app.kafka import security as kafka_security
 from bucket_app.kafka.changelog import ChangelogRecord, ChangelogSender, TableBatch
+from bucket_app.kafka.deadletter import DeadLetter, DeadLetterSender
 from bucket_app.kafka.intake import BatchIntake
 from bucket_app.kafka.topics import source_partitions
 from bucket_app.seam import compat
@@ -122,12 +123,17 @@ class Processor:
     def _partitions_of(tps: Any, topic: str) -> list[int]:
         return sorted(tp.partition for tp in tps if tp.topic == topic)
 
-    def count_and_write(self, partition: int, records: Sequence[Any]) -> list[ChangelogRecord]:
+    def count_and_write(self, partition: int, records: Sequence[Any],
+                        ) -> tuple[list[ChangelogRecord], list[DeadLetter]]:
         """Count a batch into a :class:`TableBatch`, applied to RocksDB; returns the
-        changelog records for :class:`~bucket_app.kafka.intake.BatchIntake` to send."""
+        changelog records and dead letters for :class:`~bucket_app.kafka.intake.BatchIntake`
+        to send."""
         batch = TableBatch(self.counts.data, partition)
         self.batches.count_batch(partition, records, batch)
-        return batch.apply()
+        dead = [DeadLetter(record, partition, reason)
+                for record, reason in self.batches.take_skipped()]
+        self.counter.dead_letters += len(dead)
+        return batch.apply(), dead
 
 
 def quiet_debug_logging() -> None:
@@ -192,8 +198,11 @@ class BucketApp(SeamApp):
         processor = self.processor
         assert processor is not None, "create_app sets the processor before the worker starts"
         sender = ChangelogSender(self, processor.counts.data, processor.counts.changelog_topic_name)
+        topic = processor.settings.dead_letter_topic
+        dead_letters = None if topic is None else DeadLetterSender(
+            self, topic, self.source_topic_name)
         self.intake = BatchIntake(consumer, self.source_topic_name, processor.count_and_write,
-                                  sender)
+                                  sender, dead_letters)
         self.intake.install()
 
 
@@ -309,5 +318,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     async def run_snapshot() -> None:
         await reader.run_in_thread()
 
+    # a record counted into a bucket this replica's snapshot holds final is late
+    processor.batches.closing_time = reader.closing_time
     web.register(app, settings, reader, processor)
     return app

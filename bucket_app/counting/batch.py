@@ -19,6 +19,7 @@ from typing import Any
 from bucket_app.counting.classify import Classifier
 from bucket_app.counting.counter import Counter, KeyValues, PartitionProgress, RateLimitedLog
 from bucket_app.counting.keys import PROGRESS_KEY, group_identity, progress_key
+from bucket_app.counting.lifecycle import NEVER, Lifecycle
 from bucket_app.errors import BadInput
 from bucket_app.settings import Settings
 
@@ -36,9 +37,14 @@ class BatchCounter:
     def __init__(self, settings: Settings, table: KeyValues, *,
                  stored_keys: StoredKeys | None = None,
                  forget_raw: Callable[[Any], object] = lambda raw: None,
-                 classifier: Classifier | None = None) -> None:
+                 classifier: Classifier | None = None,
+                 closing_time: Callable[[float], float] = lambda now_s: NEVER,
+                 clock: Callable[[], float] = time.time) -> None:
         """``stored_keys`` lists a partition's keys for the sweep (default: ``table``'s own, a
-        dict's); ``forget_raw`` is told of each raw key the sweep deletes."""
+        dict's); ``forget_raw`` is told of each raw key the sweep deletes; ``closing_time``
+        gives, at a wall-clock time, the event time every source partition has reached
+        (:meth:`Lifecycle.closing_time`; by default none, so no bucket is final); ``clock`` is
+        the wall clock (tests fix it)."""
         self.settings = settings
         self.table = table
         self.classifier = classifier or Classifier(settings)
@@ -46,6 +52,12 @@ class BatchCounter:
         self.bad_log = RateLimitedLog()
         self._stored_keys = stored_keys or self._dict_keys
         self._forget_raw = forget_raw
+        self.lifecycle = Lifecycle.of(settings)
+        #: with a dead-letter topic: each skipped record and its reason, until taken
+        self.skipped_records: list[tuple[Any, str]] | None = (
+            [] if settings.dead_letter_topic else None)
+        self.closing_time = closing_time
+        self.clock = clock
 
     def forget(self, partitions: set[int]) -> None:
         """Drop in-memory progress of partitions this worker no longer owns."""
@@ -77,26 +89,29 @@ class BatchCounter:
         counter = self.counter
         counter.batches += 1
         counts = self.table if table is None else table
-        now_s = time.time()
+        now_s = self.clock()
+        last_final_start = self.lifecycle.last_final_start(self.closing_time(now_s))
         grouped = None
         if records and records[0].offset > state.offset:
             grouped = self.classifier.group(list(map(_VALUE, records)),
                                             list(map(_OFFSET, records)), partition, now_s)
         if grouped is not None and counter.admits_all(state, grouped):
-            counter.add_grouped(counts, grouped)
+            counter.add_grouped(counts, grouped, last_final_start)
             state.watermark_s = max(state.watermark_s, grouped.max_time_s)
             last = records[-1].offset
         else:
-            last = self._count_each(state, partition, records, counts, now_s)
+            last = self._count_each(state, partition, records, counts, now_s,
+                                    last_final_start)
             if last == state.offset:
                 return
         state.offset = last
-        counts[progress_key(partition)] = [last, max(state.watermark_s, 0.0)]
+        # [offset, watermark, wall clock]: the snapshot's closing time reads all three
+        counts[progress_key(partition)] = [last, max(state.watermark_s, 0.0), now_s]
         if time.monotonic() - state.last_sweep_mono >= self.settings.clean_freq_s:
             self.sweep(partition, counts)
 
     def _count_each(self, state: PartitionProgress, partition: int, records: Sequence[Any],
-                    counts: KeyValues, now_s: float) -> int:
+                    counts: KeyValues, now_s: float, last_final_start: float) -> int:
         """Count a batch record by record (each gets its own answer: replay, bad input, past
         retention); return the offset of the last record that was not a replay."""
         done = state.offset
@@ -119,6 +134,8 @@ class BatchCounter:
             except BadInput as exc:
                 counter.record_skip(exc.reason)
                 self.bad_log.bad_record(exc, self.settings.topic, partition, offset)
+                if self.skipped_records is not None:
+                    self.skipped_records.append((record, exc.reason))
                 continue
             entry = pending.get(ident := group_identity(key))
             if entry is None:
@@ -126,8 +143,15 @@ class BatchCounter:
             else:
                 entry[1].append(offset)
         for key, offsets in pending.values():
-            counter.add(counts, key, offsets)
+            counter.add(counts, key, offsets, last_final_start)
         return last
+
+    def take_skipped(self) -> list[tuple[Any, str]]:
+        """The skipped records kept since the last call (none without a dead-letter topic)."""
+        if not self.skipped_records:
+            return []
+        taken, self.skipped_records = self.skipped_records, []
+        return taken
 
     def sweep(self, partition: int, table: KeyValues | None = None) -> int:
         """Delete this partition's buckets past retention, each with a changelog tombstone."""

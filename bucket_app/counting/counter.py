@@ -2,9 +2,12 @@
 
 The :class:`Counter` applies classified records (:mod:`bucket_app.counting.classify`) to a
 table-like mapping with the offset watermark that makes replays harmless: each value is
-``[count, max_source_offset]`` and a record at or below the stored offset is skipped. Keys carry
-the source partition, so a window-key lives in exactly one partition and the watermark is exact
-under at-least-once delivery. :mod:`bucket_app.counting.batch` drives it batch by batch.
+``[count, max_source_offset, late]`` and a record at or below the stored offset is skipped
+(``late`` counts the records that came after the bucket was final,
+:mod:`bucket_app.counting.lifecycle`; values written before it existed have two elements).
+Keys carry the source partition, so a window-key lives in exactly one partition and the
+watermark is exact under at-least-once delivery. :mod:`bucket_app.counting.batch` drives it
+batch by batch.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ class Counter:
         self.counted = 0
         self.replayed = 0
         self.batches = 0
+        self.late = 0  # records counted into a bucket already final
+        self.dead_letters = 0  # skipped records sent to the dead-letter topic
 
     def partition(self, partition: int) -> PartitionProgress:
         try:
@@ -82,27 +87,36 @@ class Counter:
             # delete the partition's current buckets, whenever clean_interval < the skew.
             state.watermark_s = max(state.watermark_s, min(event_time_s, now_s))
 
-    def add(self, table: KeyValues, key: WindowKey, offsets: list[int]) -> int:
+    def add(self, table: KeyValues, key: WindowKey, offsets: list[int],
+            last_final_start_s: float = float("-inf")) -> int:
         """Count the records at ``offsets`` (ascending) toward ``key``, once each.
 
-        The stored value is ``[count, highest offset counted]``; offsets at or below it were
-        counted before (a replay after a crash or rebalance) and are skipped. One read and at
-        most one write per key, however many records the batch had for it.
+        The stored value's second element is the highest offset counted; offsets at or below
+        it were counted before (a replay after a crash or rebalance) and are skipped. One read
+        and at most one write per key, however many records the batch had for it. Buckets
+        starting at or before ``last_final_start_s`` are final: their records count as late.
         """
         current = table.get(key)
         done = -1 if current is None else current[1]
         fresh = len(offsets) - bisect_right(offsets, done)
-        self._credit(table, key, current, len(offsets), fresh, offsets[-1])
+        self._credit(table, key, current, len(offsets), fresh, offsets[-1],
+                     key[1][0] <= last_final_start_s)
         return fresh
 
     def _credit(self, table: KeyValues, key: WindowKey, current: list[int] | None, n: int,
-                fresh: int, last: int) -> None:
+                fresh: int, last: int, late: bool) -> None:
         """Of ``n`` records for ``key``, ``fresh`` were not counted before: add them to its
         stored value (``current``), with ``last`` as its highest offset counted."""
         self.replayed += n - fresh
         if fresh:
-            table[key] = [(0 if current is None else current[0]) + fresh, last]
+            added_late = fresh if late else 0
+            if current is None:
+                table[key] = [fresh, last, added_late]
+            else:
+                before_late = current[2] if len(current) > 2 else 0
+                table[key] = [current[0] + fresh, last, before_late + added_late]
             self.counted += fresh
+            self.late += added_late
 
     def admits_all(self, state: PartitionProgress, grouped: Grouped) -> bool:
         """No record of ``grouped`` is past retention, however the watermark moves within
@@ -110,7 +124,8 @@ class Counter:
         watermark_s = max(state.watermark_s, grouped.max_time_s)
         return grouped.min_start_s + self.interval_s > watermark_s - self.retention_s
 
-    def add_grouped(self, table: KeyValues, grouped: Grouped) -> None:
+    def add_grouped(self, table: KeyValues, grouped: Grouped,
+                    last_final_start_s: float = float("-inf")) -> None:
         """:meth:`add` for every key of a grouped batch."""
         first = grouped.first_offset
         get = table.get
@@ -121,7 +136,8 @@ class Counter:
                 fresh = n
             else:
                 fresh = grouped.count_after(index, current[1])
-            self._credit(table, key, current, n, fresh, grouped.lasts[index])
+            self._credit(table, key, current, n, fresh, grouped.lasts[index],
+                         key[1][0] <= last_final_start_s)
 
     def record_skip(self, reason: str) -> None:
         self.skipped[reason] += 1

@@ -42,6 +42,7 @@ from faust.events import Event
 from faust.types import TP
 
 from bucket_app.kafka.changelog import ChangelogRecord, ChangelogSender
+from bucket_app.kafka.deadletter import DeadLetter, DeadLetterSender
 from bucket_app.seam.consumer import SeamConsumer, reset_current_event, set_current_event
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ PRODUCER_HIGH = 20_000
 PRODUCER_LOW = 5_000
 
 #: Counts one partition's batch; returns the changelog records to send.
-BatchHandler = Callable[[int, Sequence[Any]], list[ChangelogRecord]]
+# a source partition's batch in, its changelog records and dead letters out
+BatchHandler = Callable[[int, Sequence[Any]], tuple[list[ChangelogRecord], list[DeadLetter]]]
 
 
 @dataclass
@@ -66,18 +68,20 @@ class Counted:
     previous: int | None  # the read offset before this batch (for gap detection)
     sentinel: Any  # Faust message kept in the consumer's unacknowledged set until then
     changes: list[ChangelogRecord]
+    dead: list[DeadLetter]
 
 
 class BatchIntake:
     """The fetch loop of one Faust consumer, with a batch path for ``topic``."""
 
     def __init__(self, consumer: SeamConsumer, topic: str, handle: BatchHandler,
-                 sender: ChangelogSender) -> None:
+                 sender: ChangelogSender, dead_letters: DeadLetterSender | None = None) -> None:
         self.consumer = consumer
         self.app = consumer.app
         self.topic = topic
         self.handle = handle
         self.sender = sender
+        self.dead_letters = dead_letters
 
     def install(self) -> None:
         """Make the consumer's Fetcher run :meth:`drain` instead of Faust's per-message loop."""
@@ -146,18 +150,21 @@ class BatchIntake:
             consumer.hold(event.message)
             token = set_current_event(event)
             try:
-                changes = self.handle(tp.partition, fresh)
+                changes, dead = self.handle(tp.partition, fresh)
             finally:
                 reset_current_event(token)
             counted.append(Counted(tp, list(map(_OFFSET, fresh)), consumer.read_offset(tp),
-                                   event.message, changes))
+                                   event.message, changes, dead))
             consumer.set_read_offset(tp, fresh[-1].offset)
             inbound[tp] = now
         return counted, others
 
     async def _send(self, batch: Counted) -> None:
-        """Send a counted batch's changelog records; acknowledge its offsets once they are in."""
+        """Send a counted batch's dead letters, then, once the brokers have them, its
+        changelog records; acknowledge its offsets once those are in."""
         try:
+            if batch.dead and self.dead_letters is not None:
+                await self.dead_letters.send(batch.dead)
             futures = await self.sender.send(batch.tp.partition, batch.changes)
         except BaseException:
             self._release(batch)

@@ -29,6 +29,7 @@ from typing import IO, Any
 
 import orjson
 
+from bucket_app.counting.lifecycle import NEVER
 from bucket_app.errors import ChildGone, SnapshotError
 from bucket_app.snapshot.reader import SnapshotStore, decode_records
 from bucket_app.sql.pool import ChildProcess, read_frame, write_frame
@@ -41,6 +42,7 @@ APPLY_TIMEOUT_S = 300.0
 NICENESS = 5
 _CREATE, _APPLY = b"C", b"A"
 _RECORD = struct.Struct(">Ii")  # key length, value length or -1
+_CLOSING = struct.Struct(">d")  # an apply request's closing time, before its records
 
 
 class SnapshotProcess:
@@ -51,21 +53,24 @@ class SnapshotProcess:
         self.path = Path(config["path"])
         self.child = ChildProcess("bucket_app.snapshot.process", config)
         self.generation = 0
+        self._closing_s = NEVER
 
     def create(self) -> None:
         self.generation = self._call(_CREATE)
+        self._closing_s = NEVER
 
-    def apply_records(self, records: Mapping[bytes, bytes | None]) -> int:
-        """Apply raw count records (key -> value, None = tombstone) in one transaction; return
-        the generation."""
-        if not records:
+    def apply_records(self, records: Mapping[bytes, bytes | None],
+                      closing_s: float = NEVER) -> int:
+        """Apply raw count records (key -> value, None = tombstone) and the closing time in
+        one transaction; return the generation."""
+        if not records and closing_s <= self._closing_s:
             return self.generation
         proc = self.child.proc
         if proc is None or proc.poll() is not None:
             # a new child would start without the snapshot this one had built
             status = "never started" if proc is None else f"exit status {proc.poll()}"
             raise SnapshotError(f"the snapshot process ended ({status})")
-        parts = [_APPLY]
+        parts = [_APPLY, _CLOSING.pack(closing_s)]
         pack = _RECORD.pack
         for key, value in records.items():
             if value is None:
@@ -73,6 +78,7 @@ class SnapshotProcess:
             else:
                 parts += (pack(len(key), len(value)), key, value)
         self.generation = self._call(b"".join(parts))
+        self._closing_s = max(self._closing_s, closing_s)
         return self.generation
 
     def close(self) -> None:
@@ -113,7 +119,9 @@ def serve(store: SnapshotStore, requests: IO[bytes], answers: IO[bytes]) -> None
                 store.create()
                 generation = store.generation
             else:
-                generation = store.apply(decode_records(unpack_records(memoryview(frame)[1:])))
+                (closing_s,) = _CLOSING.unpack_from(frame, 1)
+                records = unpack_records(memoryview(frame)[1 + _CLOSING.size:])
+                generation = store.apply(decode_records(records), closing_s)
         except Exception as exc:  # noqa: BLE001 - the worker gets it as SnapshotError
             write_frame(answers, orjson.dumps({"error": f"{type(exc).__name__}: {exc}"}))
             continue

@@ -31,9 +31,10 @@ from aiokafka.errors import KafkaError
 
 from bucket_app import identity
 from bucket_app.counting.keys import PROGRESS_KEY
+from bucket_app.counting.lifecycle import NEVER, Lifecycle
 from bucket_app.kafka import security as kafka_security
 from bucket_app.seam import clients
-from bucket_app.settings import RST_COLUMN, Settings
+from bucket_app.settings import FINAL_COLUMN, LATE_COLUMN, RST_COLUMN, Settings
 from bucket_app.sql.sandbox import quote_identifier
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def store_config(settings: Settings) -> dict[str, Any]:
     """:class:`SnapshotStore`'s arguments for ``settings``, as JSON (a child process gets them)."""
     return {"path": str(settings.snapshot_path), "table": settings.sqlite_table,
             "interval_s": settings.bucket_interval_s, "mapped": list(settings.msg_map.values()),
-            "schema": dict(settings.sqlite_schema)}
+            "schema": dict(settings.sqlite_schema), "grace_s": settings.grace_s}
 
 
 @dataclass
@@ -63,11 +64,16 @@ class Progress:
 
     offset: int = -1
     watermark_s: float = 0.0
+    seen_at_s: float = 0.0  # wall clock of the partition's last counted batch; 0: unknown
+
+
+# a window-key's (count, late) in one source partition; None when retention deleted it
+PartValue = tuple[int, int] | None
 
 
 @dataclass
 class Decoded:
-    counts: dict[PartKey, int | None] = field(default_factory=dict)
+    counts: dict[PartKey, PartValue] = field(default_factory=dict)
     progress: dict[int, Progress] = field(default_factory=dict)
 
 
@@ -94,7 +100,7 @@ class Pending:
             self.records[key] = value
 
 
-def decode_records(records: Iterable[tuple[bytes, bytes | None]]) -> dict[PartKey, int | None]:
+def decode_records(records: Iterable[tuple[bytes, bytes | None]]) -> dict[PartKey, PartValue]:
     """Count records (raw changelog key and value) as per-partition counts, None = deleted."""
     decoded = Decoded()
     for key, value in records:
@@ -110,18 +116,30 @@ def decode_record(key: bytes | None, value: bytes | None, into: Decoded) -> None
         parsed = orjson.loads(key)
         if parsed[0] == PROGRESS_KEY:
             if value is not None:
-                offset, watermark = orjson.loads(value)
-                into.progress[int(parsed[1])] = Progress(int(offset), float(watermark))
+                offset, watermark, *seen_at = orjson.loads(value)
+                into.progress[int(parsed[1])] = Progress(
+                    int(offset), float(watermark), float(seen_at[0]) if seen_at else 0.0)
             return
         (partition, *values), (start, _end) = parsed
-        count = None if value is None else int(orjson.loads(value)[0])
+        count: PartValue = None
+        if value is not None:
+            stored = orjson.loads(value)  # [count, offset] or [count, offset, late]
+            count = (int(stored[0]), int(stored[2]) if len(stored) > 2 else 0)
         into.counts[(int(partition), tuple(values), int(start))] = count
     except (orjson.JSONDecodeError, TypeError, ValueError, IndexError) as exc:
         log.warning("ignored changelog record with key %r: %s", key[:200], exc)
 
 
 class SnapshotStore:
-    """The SQLite file: one table of the sqlite_schema columns plus RST_ID. Thread-confined.
+    """The SQLite file: one table of the sqlite_schema columns plus RST_ID, ``late`` and
+    ``final``. Thread-confined.
+
+    ``final`` is 1 once the bucket is final (:mod:`bucket_app.counting.lifecycle`) as of the
+    closing time each refresh is given; the closing time the store has applied never goes
+    back, so a final row stays final. Each refresh marks only the buckets that became final
+    since the previous one (a range of the bucket_start index), and a row inserted for a bucket
+    already final is inserted final. A row whose ``final`` changes gets the refresh's RST_ID,
+    as one whose count changes does.
 
     Rows sum a window-key's counts over the source partitions, while the changelog carries each
     partition's own count; the per-partition counts and each row's rowid live in a side database
@@ -133,14 +151,16 @@ class SnapshotStore:
     """
 
     def __init__(self, path: str, table: str, interval_s: int, mapped: Sequence[str],
-                 schema: Mapping[str, str]) -> None:
+                 schema: Mapping[str, str], grace_s: float | None = None) -> None:
         self.path = Path(path)
         self.side_path = Path(f"{self.path}-parts")
         self.table = table
         self.interval_s = interval_s
         self.mapped = tuple(mapped)
         self.schema = dict(schema)
+        self.lifecycle = Lifecycle(interval_s, interval_s if grace_s is None else grace_s, None)
         self.generation = 0
+        self.final_through = NEVER  # the latest bucket start marked final
         self._conn: sqlite3.Connection | None = None
 
     def create(self) -> None:
@@ -156,6 +176,8 @@ class SnapshotStore:
         conn.execute("PRAGMA synchronous=NORMAL")
         columns = [f"{quote_identifier(c)} {t}" for c, t in self.schema.items()]
         columns.append(f"{RST_COLUMN} INTEGER")
+        columns.append(f"{LATE_COLUMN} INTEGER NOT NULL DEFAULT 0")
+        columns.append(f"{FINAL_COLUMN} INTEGER NOT NULL DEFAULT 0")
         table = quote_identifier(self.table)
         conn.execute(f"CREATE TABLE {table} ({', '.join(columns)})")
         conn.execute(
@@ -174,19 +196,24 @@ class SnapshotStore:
         # k is the row's key, JSON [mapped values, bucket start]; p a source partition. row.n
         # repeats the row's count as an INTEGER: the main table's count column has whatever
         # type sqlite_schema declares.
+        # (l: the late count beside n)
         conn.execute("CREATE TABLE side.part (k BLOB NOT NULL, p INTEGER NOT NULL, "
-                     "n INTEGER NOT NULL, PRIMARY KEY (k, p)) WITHOUT ROWID")
+                     "n INTEGER NOT NULL, l INTEGER NOT NULL, PRIMARY KEY (k, p)) WITHOUT ROWID")
         conn.execute("CREATE TABLE side.row (k BLOB PRIMARY KEY, id INTEGER NOT NULL, "
-                     "n INTEGER NOT NULL) WITHOUT ROWID")
+                     "n INTEGER NOT NULL, l INTEGER NOT NULL) WITHOUT ROWID")
         conn.execute("CREATE TABLE side.change (k BLOB NOT NULL, p INTEGER NOT NULL, "
-                     "n INTEGER NOT NULL, PRIMARY KEY (k, p)) WITHOUT ROWID")
+                     "n INTEGER NOT NULL, l INTEGER NOT NULL, PRIMARY KEY (k, p)) WITHOUT ROWID")
         self._conn = conn
         self.generation = 0
-        order = list(self.schema) + [RST_COLUMN]
+        self.final_through = NEVER
+        order = list(self.schema) + [RST_COLUMN, LATE_COLUMN, FINAL_COLUMN]
         placeholders = ", ".join("?" for _ in order)
         self._insert = (f"INSERT INTO main.{table} ({', '.join(map(quote_identifier, order))}) "
                         f"VALUES ({placeholders})")
-        self._update = f"UPDATE main.{table} SET count = ?, {RST_COLUMN} = ? WHERE rowid = ?"
+        self._update = (f"UPDATE main.{table} SET count = ?, {LATE_COLUMN} = ?, "
+                        f"{RST_COLUMN} = ? WHERE rowid = ?")
+        self._finalize = (f"UPDATE main.{table} SET {FINAL_COLUMN} = 1, {RST_COLUMN} = ? "
+                          f"WHERE bucket_start > ? AND bucket_start <= ? AND {FINAL_COLUMN} = 0")
         self._delete = f"DELETE FROM main.{table} WHERE rowid = ?"
         self._order = order
 
@@ -195,19 +222,23 @@ class SnapshotStore:
             self._conn.close()
             self._conn = None
 
-    # Per row key: the change in its summed count, and its current rowid and count if any.
+    # Per row key: the change in its summed count and late count, and its current rowid,
+    # count and late count if any.
     _DELTAS = """
-        SELECT d.k, d.delta, r.id, r.n FROM (
-            SELECT c.k AS k, sum(c.n - coalesce(o.n, 0)) AS delta
+        SELECT d.k, d.delta, d.late_delta, r.id, r.n, r.l FROM (
+            SELECT c.k AS k, sum(c.n - coalesce(o.n, 0)) AS delta,
+                   sum(c.l - coalesce(o.l, 0)) AS late_delta
             FROM side.change AS c LEFT JOIN side.part AS o ON o.k = c.k AND o.p = c.p
             GROUP BY c.k
         ) AS d LEFT JOIN side.row AS r ON r.k = d.k
-        WHERE d.delta != 0
+        WHERE d.delta != 0 OR d.late_delta != 0
     """
 
-    def apply(self, changes: Mapping[PartKey, int | None]) -> int:
-        """Apply per-partition counts (None = deleted) in one transaction; return the generation."""
-        if not changes:
+    def apply(self, changes: Mapping[PartKey, PartValue], closing_s: float = NEVER) -> int:
+        """Apply per-partition ``(count, late)`` (None = deleted) and mark the buckets final
+        at ``closing_s``, in one transaction; return the generation."""
+        final_through = max(self.final_through, self.lifecycle.last_final_start(closing_s))
+        if not changes and final_through == self.final_through:
             return self.generation
         assert self._conn is not None, "create() first"
         conn = self._conn
@@ -216,49 +247,66 @@ class SnapshotStore:
         try:
             conn.execute("DELETE FROM side.change")
             conn.executemany(
-                "INSERT INTO side.change VALUES (?, ?, ?)",
-                ((orjson.dumps((values, start)), partition, new or 0)
+                "INSERT INTO side.change VALUES (?, ?, ?, ?)",
+                ((orjson.dumps((values, start)), partition, *(new or (0, 0)))
                  for (partition, values, start), new in changes.items()),
             )
             dirty = conn.execute(self._DELTAS).fetchall()
-            conn.execute("INSERT OR REPLACE INTO side.part SELECT k, p, n FROM side.change "
+            conn.execute("INSERT OR REPLACE INTO side.part SELECT k, p, n, l FROM side.change "
                          "WHERE n > 0")
             conn.execute("DELETE FROM side.part WHERE (k, p) IN "
                          "(SELECT k, p FROM side.change WHERE n <= 0)")
-            for key, delta, rowid, count in dirty:
-                self._write_row(conn, key, delta, rowid, count, generation)
+            for key, delta, late_delta, rowid, count, late in dirty:
+                self._write_row(conn, key, (delta, late_delta), rowid, (count, late),
+                                generation, final_through)
+            changed = bool(dirty)
+            if final_through > self.final_through:
+                changed |= conn.execute(self._finalize, (
+                    generation, _bound(self.final_through), _bound(final_through))).rowcount > 0
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        if dirty:
+        self.final_through = final_through
+        if changed:
             self.generation = generation
         return self.generation
 
-    def apply_records(self, records: Mapping[bytes, bytes | None]) -> int:
+    def apply_records(self, records: Mapping[bytes, bytes | None],
+                      closing_s: float = NEVER) -> int:
         """:meth:`apply` for raw changelog records (key -> value, None = tombstone)."""
-        return self.apply(decode_records(records.items()))
+        return self.apply(decode_records(records.items()), closing_s)
 
-    def _write_row(self, conn: sqlite3.Connection, key: bytes, delta: int, rowid: int | None,
-                   count: int | None, generation: int) -> None:
+    def _write_row(self, conn: sqlite3.Connection, key: bytes, delta: tuple[int, int],
+                   rowid: int | None, current: tuple[int | None, int | None], generation: int,
+                   final_through: float) -> None:
         if rowid is None:
-            if delta <= 0:
+            if delta[0] <= 0:
                 return
             values, start = orjson.loads(key)
             by_column = dict(zip(self.mapped, values, strict=False))
             by_column.update(bucket_start=start, bucket_end=start + self.interval_s,
-                             count=delta)
+                             count=delta[0])
             by_column[RST_COLUMN] = generation
+            by_column[LATE_COLUMN] = delta[1]
+            by_column[FINAL_COLUMN] = int(start <= final_through)
             cursor = conn.execute(self._insert, [_bindable(by_column.get(c)) for c in self._order])
-            conn.execute("INSERT INTO side.row VALUES (?, ?, ?)", (key, cursor.lastrowid, delta))
+            conn.execute("INSERT INTO side.row VALUES (?, ?, ?, ?)",
+                         (key, cursor.lastrowid, delta[0], delta[1]))
             return
-        total = (count or 0) + delta
+        total = (current[0] or 0) + delta[0]
+        late = (current[1] or 0) + delta[1]
         if total <= 0:
             conn.execute(self._delete, (rowid,))
             conn.execute("DELETE FROM side.row WHERE k = ?", (key,))
         else:
-            conn.execute(self._update, (total, generation, rowid))
-            conn.execute("UPDATE side.row SET n = ? WHERE k = ?", (total, key))
+            conn.execute(self._update, (total, late, generation, rowid))
+            conn.execute("UPDATE side.row SET n = ?, l = ? WHERE k = ?", (total, late, key))
+
+
+def _bound(start_s: float) -> float:
+    """A bucket start SQLite can compare with: -inf as the lowest float, +inf the highest."""
+    return max(min(start_s, 1.7e308), -1.7e308)
 
 
 def _bindable(value: Any) -> Any:
@@ -282,6 +330,8 @@ class ReaderState:
     # source partition -> end offset (next offset to be written) at the last refresh
     source_end: dict[int, int] = field(default_factory=dict)
     started: bool = False
+    # the closing time the last refresh marked final buckets by (bucket_app.counting.lifecycle)
+    closing_s: float = NEVER
 
     @property
     def caught_up(self) -> bool:
@@ -323,11 +373,18 @@ class SnapshotReader:
         self.topic = changelog_topic(settings)
         self.store = store
         self.state = ReaderState(partitions)
+        self.lifecycle = Lifecycle.of(settings)
         self.source = [TopicPartition(settings.topic, p) for p in range(partitions)]
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="bucket_app-snapshot")
         # set from the web server's thread, polled by the reader's loop
         self._refresh_now = threading.Event()
         self._stopping = threading.Event()
+
+    def closing_time(self, now_s: float, progress: Mapping[int, Progress] | None = None,
+                     ) -> float:
+        """The event time every source partition has reached, as this snapshot knows it."""
+        return self.lifecycle.closing_time(
+            self.state.progress if progress is None else progress, self.partitions, now_s)
 
     async def in_thread(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -423,10 +480,13 @@ class SnapshotReader:
                 self._refresh_now.clear()
                 last_refresh = time.monotonic()
                 batch, pending = pending, Pending()
+                progress = {**self.state.progress, **batch.progress}
+                closing_s = self.closing_time(time.time(), progress)
                 self.state.generation = await self.in_thread(self.store.apply_records,
-                                                             batch.records)
+                                                             batch.records, closing_s)
                 # replaced, not updated: the web server's thread reads these concurrently
-                self.state.progress = {**self.state.progress, **batch.progress}
+                self.state.progress = progress
+                self.state.closing_s = max(self.state.closing_s, closing_s)
                 self.state.changelog = dict(positions)
                 with contextlib.suppress(KafkaError):
                     ends = await consumer.end_offsets(self.source)

@@ -70,7 +70,7 @@ def test_replayed_offsets_are_skipped_exactly(settings):
     assert not count(classifier, counter, table, value, 1, 11)
     assert count(classifier, counter, table, value, 1, 12)
     key, _, _ = classifier.locate(value, 1, None, NOW)
-    assert table[key] == [3, 12]
+    assert table[key] == [3, 12, 0]
     assert (counter.counted, counter.replayed) == (3, 2)
 
 

@@ -316,7 +316,7 @@ def test_batches_count_what_the_oracle_counts_and_skip_the_rest_by_reason(
     assert counter.replayed == 0
     assert counter.skipped == reasons
     found = Tally[tuple[Any, ...]]()
-    for key, (count, _last) in table.items():
+    for key, (count, *_) in table.items():
         if key[0] != PROGRESS_KEY:
             found[(*key[0], int(key[1][0]))] += count
     assert found == expected
@@ -388,8 +388,8 @@ def test_the_batch_optimisation_counts_as_the_definition_does(data: Any, partiti
         st.lists(aliased_values(now), min_size=1, max_size=60)))
     records = [ConsumerRecord("test", partition, offset, None, 0, None, value, None, 0,
                               len(value or b""), ()) for offset, value in enumerate(values)]
-    fast = BatchCounter(RETENTION, JsonKeyed())
-    definition = BatchCounter(RETENTION, JsonKeyed(),
+    fast = BatchCounter(RETENTION, JsonKeyed(), clock=lambda: now)
+    definition = BatchCounter(RETENTION, JsonKeyed(), clock=lambda: now,
                               classifier=Classifier(RETENTION, batches=False))
     assert fast.classifier.groups_batches and not definition.classifier.groups_batches
     at = 0
@@ -408,7 +408,7 @@ def test_the_batch_optimisation_counts_as_the_definition_does(data: Any, partiti
         for name in ("counted", "replayed", "skipped"):
             assert getattr(fast.counter, name) == getattr(definition.counter, name), name
     assert fast.counter.counted + sum(fast.counter.skipped.values()) == len(records)
-    one_by_one = BatchCounter(RETENTION, JsonKeyed())
+    one_by_one = BatchCounter(RETENTION, JsonKeyed(), clock=lambda: now)
     for record in records:
         one_by_one.count_batch(partition, [record])
     assert one_by_one.table == fast.table

@@ -156,8 +156,8 @@ def test_grouped_batches_count_as_record_by_record(settings, monkeypatch, chunk)
                for offset in range(6100)]
     grouped_table: dict = {}
     each_table: dict = {}
-    grouped = BatchCounter(settings, grouped_table)
-    each = BatchCounter(settings, each_table,
+    grouped = BatchCounter(settings, grouped_table, clock=lambda: now)
+    each = BatchCounter(settings, each_table, clock=lambda: now,
                         classifier=Classifier(settings, batches=False))
     whole = batches = 0
     group = grouped.classifier.group
@@ -342,7 +342,7 @@ def test_avro_logical_types_as_mapped_fields_reach_the_snapshot_as_text(tmp_path
                           {"origin_server": server, "topic": Decimal(price), "timestamp": now})
         values.append(body.getvalue())
     app = create_app(settings, partitions=4)
-    changes = app.processor.count_and_write(0, [record(0, i, v) for i, v in enumerate(values)])
+    changes, _ = app.processor.count_and_write(0, [record(0, i, v) for i, v in enumerate(values)])
     store = SnapshotStore(**store_config(settings))
     store.create()
     try:
@@ -424,7 +424,7 @@ def test_rocksdb_holds_only_buckets_within_retention(tmp_path):
             records.append(record(1, offset, value))
             offset += 1
         processor.counter.partition(1).last_sweep_mono = float("-inf")  # sweep every batch
-        changes = processor.count_and_write(1, records)
+        changes, _ = processor.count_and_write(1, records)
         assert changes  # the changelog gets the writes and the tombstones
     db = processor.counts.data._db_for_partition(1)
     keys = [k for k in db.keys() if not k.startswith(b"__")]  # Faust's own offset key aside

@@ -38,67 +38,82 @@ def store(tmp_path: Path, request: pytest.FixtureRequest):
     store.close()
 
 
-def records(changes: dict[PartKey, int | None]) -> dict[bytes, bytes | None]:
-    """Per-partition counts as the raw changelog records the worker writes (Faust's windowed
-    key layout, value [count, highest offset])."""
+def records(changes: dict[PartKey, Any]) -> dict[bytes, bytes | None]:
+    """Per-partition counts (an int, or (count, late)) as the raw changelog records the worker
+    writes (Faust's windowed key layout, value [count, highest offset] or [count, highest
+    offset, late])."""
     return {orjson.dumps([[partition, *values], [float(start), start + 19.9]]):
-            None if n is None else orjson.dumps([n, 1234])
+            None if n is None else orjson.dumps(
+                [n, 1234] if isinstance(n, int) else [n[0], 1234, n[1]])
             for (partition, values, start), n in changes.items()}
 
 
-def snapshot_rows(store: SnapshotStore) -> dict[tuple[Any, ...], tuple[int, int]]:
-    """(server, topic, start, end) -> (count, RST_ID), read by a separate connection."""
+def snapshot_rows(store: SnapshotStore) -> dict[tuple[Any, ...], tuple[int, ...]]:
+    """(server, topic, start, end) -> (count, late, final, RST_ID), read by a separate
+    connection."""
     with sqlite3.connect(f"file:{store.path}?mode=ro", uri=True) as conn:
-        rows = conn.execute('SELECT server_name, topic, bucket_start, bucket_end, count, RST_ID '
-                            'FROM "default"').fetchall()
-    answer = {tuple(row[:4]): (row[4], row[5]) for row in rows}
+        rows = conn.execute('SELECT server_name, topic, bucket_start, bucket_end, count, late, '
+                            'final, RST_ID FROM "default"').fetchall()
+    answer = {tuple(row[:4]): tuple(row[4:]) for row in rows}
     assert len(answer) == len(rows), "one row per group and bucket"
     return answer
 
 
 def test_rows_sum_partitions_exactly_through_random_refreshes(store: SnapshotStore) -> None:
+    """Counts and late counts sum over partitions; a row is final once the closing time passed
+    its end plus the grace (one 20 s bucket), and stays final; RST_ID is the last refresh that
+    changed the row, its final flag included."""
     rng = random.Random(4)
-    parts: dict[PartKey, int] = {}  # the model: what each partition holds now
+    parts: dict[PartKey, tuple[int, int]] = {}  # the model: what each partition holds now
     last_change: dict[tuple[Any, ...], int] = {}
     generation = 0
+    closing = float("-inf")
     for _ in range(60):
-        changes: dict[PartKey, int | None] = {}
+        changes: dict[PartKey, tuple[int, int] | None] = {}
         for _ in range(rng.choice([0, 1, 5, 40, 200])):
             key = (rng.randrange(4), (rng.choice(SERVERS), rng.choice(TOPICS)),
                    rng.randrange(5) * 20)
-            changes[key] = rng.choice([None, None, rng.randrange(1, 50), rng.randrange(1, 5000)])
-        before = _expected(parts)
+            n = rng.choice([0, 0, rng.randrange(1, 50), rng.randrange(1, 5000)])
+            changes[key] = (n, rng.randrange(0, n + 1)) if n else None
+        # the closing time mostly moves on, sometimes back (a stale refresh): never applied back
+        offered = rng.choice([closing, closing + rng.randrange(0, 30), rng.randrange(0, 140)])
+        before = _expected(parts, closing)
         for key, new in changes.items():
             if new:
                 parts[key] = new
             else:
                 parts.pop(key, None)
-        after = _expected(parts)
+        closing = max(closing, offered)
+        after = _expected(parts, closing)
         changed = {row for row in before.keys() | after.keys() if before.get(row) != after.get(row)}
-        applied = store.apply_records(records(changes))
+        applied = store.apply_records(records(changes), offered)
         if changed:
             generation += 1
             for row in changed:
                 last_change[row] = generation
         assert applied == generation == store.generation
-        assert snapshot_rows(store) == {row: (n, last_change[row]) for row, n in after.items()}
+        assert snapshot_rows(store) == {row: (*values, last_change[row])
+                                        for row, values in after.items()}
 
 
-def _expected(parts: dict[PartKey, int]) -> dict[tuple[Any, ...], int]:
-    rows: dict[tuple[Any, ...], int] = {}
-    for (_, (server, topic), start), n in parts.items():
+def _expected(parts: dict[PartKey, tuple[int, int]], closing: float,
+              ) -> dict[tuple[Any, ...], tuple[int, int, int]]:
+    """Row -> (count, late, final)."""
+    rows: dict[tuple[Any, ...], tuple[int, int, int]] = {}
+    for (_, (server, topic), start), (n, late) in parts.items():
         row = (server, topic, start, start + 20)
-        rows[row] = rows.get(row, 0) + n
+        count, late_sum, _ = rows.get(row, (0, 0, 0))
+        rows[row] = (count + n, late_sum + late, int(start + 20 + 20 <= closing))
     return rows
 
 
 def test_create_starts_from_nothing(store: SnapshotStore) -> None:
     store.apply_records(records({(0, ("s-1", "orders"), 0): 3, (1, ("s-1", "orders"), 0): 4}))
-    assert snapshot_rows(store) == {("s-1", "orders", 0, 20): (7, 1)}
+    assert snapshot_rows(store) == {("s-1", "orders", 0, 20): (7, 0, 0, 1)}
     store.create()
     assert snapshot_rows(store) == {}
     store.apply_records(records({(1, ("s-1", "orders"), 0): 2}))
-    assert snapshot_rows(store) == {("s-1", "orders", 0, 20): (2, 1)}
+    assert snapshot_rows(store) == {("s-1", "orders", 0, 20): (2, 0, 0, 1)}
 
 
 def test_a_refresh_that_changes_no_row_keeps_the_generation(store: SnapshotStore) -> None:
@@ -106,7 +121,7 @@ def test_a_refresh_that_changes_no_row_keeps_the_generation(store: SnapshotStore
     assert store.apply_records(records({(0, ("s-1", "orders"), 0): 3})) == 1
     assert store.apply_records(records({(2, ("s-9", "orders"), 0): None})) == 1
     assert store.apply_records(records({})) == 1
-    assert snapshot_rows(store) == {("s-1", "orders", 0, 20): (3, 1)}
+    assert snapshot_rows(store) == {("s-1", "orders", 0, 20): (3, 0, 0, 1)}
 
 
 def test_the_side_file_is_not_in_the_snapshot(store: SnapshotStore) -> None:
@@ -122,8 +137,8 @@ def test_a_mapped_integer_beyond_64_bits_is_kept_as_text(store: SnapshotStore) -
     huge = 2**64 - 1  # valid JSON; SQLite's INTEGER stops at 2**63 - 1
     assert store.apply_records(records({(0, (huge, "orders"), 0): 3,
                                         (1, ("s-1", "orders"), 0): 2})) == 1
-    assert snapshot_rows(store) == {(str(huge), "orders", 0, 20): (3, 1),
-                                    ("s-1", "orders", 0, 20): (2, 1)}
+    assert snapshot_rows(store) == {(str(huge), "orders", 0, 20): (3, 0, 0, 1),
+                                    ("s-1", "orders", 0, 20): (2, 0, 0, 1)}
 
 
 def test_changelog_records_are_split_into_progress_and_counts(
@@ -147,7 +162,7 @@ def test_changelog_records_are_split_into_progress_and_counts(
         (orjson.dumps([[0, "s-1", "orders"], [60, 79.9]]), None),
         (orjson.dumps([[1, "s-1", "orders"], [60, 79.9]]), orjson.dumps([5, 44])),
         (b'"not a window key"', b"[1]"),
-    ]) == {(1, ("s-1", "orders"), 60): 5, (0, ("s-1", "orders"), 60): None}
+    ]) == {(1, ("s-1", "orders"), 60): (5, 0), (0, ("s-1", "orders"), 60): None}
     assert "ignored changelog record with key b'\"not a window key\"'" in caplog.text
 
 
@@ -159,7 +174,7 @@ def test_the_childs_errors_reach_the_worker_and_it_goes_on(tmp_path: Path) -> No
         with pytest.raises(SnapshotError, match="unpack"):
             store._call(b"A\x00\x00\x00\x05")  # a record cut short
         assert store.apply_records(records({(0, ("s-1", "orders"), 0): 3})) == 1
-        assert snapshot_rows(store) == {("s-1", "orders", 0, 20): (3, 1)}
+        assert snapshot_rows(store) == {("s-1", "orders", 0, 20): (3, 0, 0, 1)}
     finally:
         store.close()
 

@@ -169,7 +169,8 @@ def build_app(settings: Settings) -> tuple[faust.App, web.Service]:
     reader.state.changelog = {p: (0, 0) for p in range(PARTITIONS)}
     # the agent's counters, which the views only report
     processor = SimpleNamespace(
-        counter=SimpleNamespace(batches=0, counted=0, replayed=0, skipped={}),
+        counter=SimpleNamespace(batches=0, counted=0, replayed=0, late=0, dead_letters=0,
+                                skipped={}),
         assignment={"ready": True})
     return app, web.register(app, settings, reader, processor)
 
