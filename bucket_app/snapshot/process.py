@@ -14,7 +14,8 @@ took its interpreter lock for about 2.5 µs a record, at up to 110,000 records a
 
 Frames are those of :mod:`bucket_app.sql.pool`. A request is one byte, ``C`` (create) or ``A``
 (apply), then for ``A`` each record as key length, value length (-1 for a tombstone), key and
-value. The answer is JSON: the generation, or an error. The child exits when its stdin closes.
+value. The answer is JSON: the generation and the table's rows, or an error. The child exits
+when its stdin closes.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class SnapshotProcess:
         self.path = Path(config["path"])
         self.child = ChildProcess("bucket_app.snapshot.process", config)
         self.generation = 0
+        self.rows = 0
         self._closing_s = NEVER
 
     def create(self) -> None:
@@ -93,6 +95,7 @@ class SnapshotProcess:
         reply = orjson.loads(answer)
         if "error" in reply:
             raise SnapshotError(reply["error"])
+        self.rows = int(reply["rows"])
         return int(reply["generation"])
 
 
@@ -125,7 +128,7 @@ def serve(store: SnapshotStore, requests: IO[bytes], answers: IO[bytes]) -> None
         except Exception as exc:  # noqa: BLE001 - the worker gets it as SnapshotError
             write_frame(answers, orjson.dumps({"error": f"{type(exc).__name__}: {exc}"}))
             continue
-        write_frame(answers, orjson.dumps({"generation": generation}))
+        write_frame(answers, orjson.dumps({"generation": generation, "rows": store.rows}))
 
 
 def main() -> None:

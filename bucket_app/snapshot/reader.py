@@ -160,6 +160,7 @@ class SnapshotStore:
         self.schema = dict(schema)
         self.lifecycle = Lifecycle(interval_s, interval_s if grace_s is None else grace_s, None)
         self.generation = 0
+        self.rows = 0  # rows of the table, kept by apply (a count(*) reads them all)
         self.final_through = NEVER  # the latest bucket start marked final
         self._conn: sqlite3.Connection | None = None
 
@@ -205,6 +206,7 @@ class SnapshotStore:
                      "n INTEGER NOT NULL, l INTEGER NOT NULL, PRIMARY KEY (k, p)) WITHOUT ROWID")
         self._conn = conn
         self.generation = 0
+        self.rows = 0
         self.final_through = NEVER
         order = list(self.schema) + [RST_COLUMN, LATE_COLUMN, FINAL_COLUMN]
         placeholders = ", ".join("?" for _ in order)
@@ -256,9 +258,10 @@ class SnapshotStore:
                          "WHERE n > 0")
             conn.execute("DELETE FROM side.part WHERE (k, p) IN "
                          "(SELECT k, p FROM side.change WHERE n <= 0)")
+            added = 0
             for key, delta, late_delta, rowid, count, late in dirty:
-                self._write_row(conn, key, (delta, late_delta), rowid, (count, late),
-                                generation, final_through)
+                added += self._write_row(conn, key, (delta, late_delta), rowid, (count, late),
+                                         generation, final_through)
             changed = bool(dirty)
             if final_through > self.final_through:
                 changed |= conn.execute(self._finalize, (
@@ -268,6 +271,7 @@ class SnapshotStore:
             conn.execute("ROLLBACK")
             raise
         self.final_through = final_through
+        self.rows += added
         if changed:
             self.generation = generation
         return self.generation
@@ -279,10 +283,11 @@ class SnapshotStore:
 
     def _write_row(self, conn: sqlite3.Connection, key: bytes, delta: tuple[int, int],
                    rowid: int | None, current: tuple[int | None, int | None], generation: int,
-                   final_through: float) -> None:
+                   final_through: float) -> int:
+        """Write one row's change; return the change in the number of rows (-1, 0 or 1)."""
         if rowid is None:
             if delta[0] <= 0:
-                return
+                return 0
             values, start = orjson.loads(key)
             by_column = dict(zip(self.mapped, values, strict=False))
             by_column.update(bucket_start=start, bucket_end=start + self.interval_s,
@@ -293,15 +298,16 @@ class SnapshotStore:
             cursor = conn.execute(self._insert, [_bindable(by_column.get(c)) for c in self._order])
             conn.execute("INSERT INTO side.row VALUES (?, ?, ?, ?)",
                          (key, cursor.lastrowid, delta[0], delta[1]))
-            return
+            return 1
         total = (current[0] or 0) + delta[0]
         late = (current[1] or 0) + delta[1]
         if total <= 0:
             conn.execute(self._delete, (rowid,))
             conn.execute("DELETE FROM side.row WHERE k = ?", (key,))
-        else:
-            conn.execute(self._update, (total, late, generation, rowid))
-            conn.execute("UPDATE side.row SET n = ?, l = ? WHERE k = ?", (total, late, key))
+            return -1
+        conn.execute(self._update, (total, late, generation, rowid))
+        conn.execute("UPDATE side.row SET n = ?, l = ? WHERE k = ?", (total, late, key))
+        return 0
 
 
 def _bound(start_s: float) -> float:
@@ -332,6 +338,8 @@ class ReaderState:
     started: bool = False
     # the closing time the last refresh marked final buckets by (bucket_app.counting.lifecycle)
     closing_s: float = NEVER
+    # rows of the snapshot table after the last refresh (None: the store does not say)
+    rows: int | None = None
 
     @property
     def caught_up(self) -> bool:
@@ -487,6 +495,7 @@ class SnapshotReader:
                 # replaced, not updated: the web server's thread reads these concurrently
                 self.state.progress = progress
                 self.state.closing_s = max(self.state.closing_s, closing_s)
+                self.state.rows = getattr(self.store, "rows", None)
                 self.state.changelog = dict(positions)
                 with contextlib.suppress(KafkaError):
                     ends = await consumer.end_offsets(self.source)
