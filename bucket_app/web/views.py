@@ -29,6 +29,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, TypeVar
 from urllib.parse import unquote
@@ -45,6 +46,7 @@ from bucket_app.settings import RST_COLUMN, Settings
 from bucket_app.snapshot.reader import SnapshotReader
 from bucket_app.sql.pool import EncodedResult, SqlPool
 from bucket_app.sql.sandbox import json_default, quote_identifier
+from bucket_app.web import dashboard, formats, metrics, openapi, rollup, stream
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +106,17 @@ async def error_middleware(
         return error_response(HttpError(500, "internal error; see the worker log"))
 
 
+# Open without the token: /health, and the dashboard page and its assets (web.dashboard),
+# which hold no data: a browser cannot add a header to a page it navigates to.
+PUBLIC_PATHS = frozenset({"/health", "/"})
+PUBLIC_PREFIX = "/static/"
+# EventSource cannot send headers: the stream alone also takes the token as ?access_token=.
+QUERY_TOKEN_PATHS = frozenset({f"{API}/stream"})
+
+
 def auth_middleware(token: str | None) -> Callable[..., Awaitable[aioweb.StreamResponse]]:
-    """Every route but /health needs ``Authorization: Bearer <token>`` when a token is set."""
+    """Every route but /health, / and /static/ needs ``Authorization: Bearer <token>`` when a
+    token is set; /api/v1/stream also takes it as ``?access_token=<token>``."""
     expected = None if token is None else token.encode()
 
     @aioweb.middleware
@@ -113,8 +124,12 @@ def auth_middleware(token: str | None) -> Callable[..., Awaitable[aioweb.StreamR
         request: aioweb.Request,
         handler: Callable[[aioweb.Request], Awaitable[aioweb.StreamResponse]],
     ) -> aioweb.StreamResponse:
-        if expected is not None and request.path != "/health":
+        path = request.path
+        if expected is not None and path not in PUBLIC_PATHS and not path.startswith(
+                PUBLIC_PREFIX):
             scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            if not given.strip() and path in QUERY_TOKEN_PATHS:
+                scheme, given = "bearer", request.query.get("access_token", "")
             if scheme.lower() != "bearer" or not given.strip():
                 raise HttpError(401, "this service needs Authorization: Bearer <token>")
             if not hmac.compare_digest(given.strip().encode(), expected):
@@ -395,6 +410,8 @@ class Service:
             processes, settings.sql_client_limit, settings.sql_queue_limit,
             retry_after_s=max(1, math.ceil(settings.sql_time_limit_s)),
         )
+        #: called with each SQL query's seconds in its process (bucket_app.web.metrics sets it)
+        self.on_query: Callable[[float], None] = lambda seconds: None
 
     async def query(self, request: Any, sql: str, params: Any = None, *,
                     query_params: bool = True, row_limit: int | None = None) -> EncodedResult:
@@ -413,8 +430,10 @@ class Service:
         with self.admission.admit(client):
             await self.wait_for_snapshot(wanted, wait_ms)
             loop = asyncio.get_running_loop()
-            return await self.admission.run(client, lambda: loop.run_in_executor(
+            result = await self.admission.run(client, lambda: loop.run_in_executor(
                 self.threads, self.sql.execute, sql, params, row_limit))
+            self.on_query(result.elapsed_ms / 1000)
+            return result
 
     async def wait_for_snapshot(self, wanted: Mapping[int, int], wait_ms: int) -> None:
         state = self.reader.state
@@ -441,6 +460,8 @@ class Service:
             if state.refreshed_at_s else None,
             "caught_up": state.caught_up,
             "complete": state.complete,
+            # buckets ending at or before this minus grace are final (None: none is yet)
+            "closing_time": state.closing_s if math.isfinite(state.closing_s) else None,
             "token": encode_token(state.position()),
             "partitions": {
                 str(p): {
@@ -455,6 +476,8 @@ class Service:
                 "batches": counter.batches,
                 "counted": counter.counted,
                 "replayed": counter.replayed,
+                "late": counter.late,
+                "dead_letters": counter.dead_letters,
                 "skipped": dict(counter.skipped),
             },
         }
@@ -470,6 +493,85 @@ class Service:
         if result is not None:
             headers["X-Truncated"] = "true" if result.truncated else "false"
         return headers
+
+
+# /api/v1/buckets parameters other than column filters and from/to
+BUCKETS_OPTIONS = ("limit", "min_offsets", "wait_ms", "format", "granularity", "tz", "group_by")
+# snapshot columns that sqlite_schema does not list, and that filters may name too
+EXTRA_COLUMNS = (RST_COLUMN, "late", "final")
+
+
+@dataclass(frozen=True, slots=True)
+class BucketFilters:
+    """/api/v1/buckets' filters as SQL conditions with named parameters: ``columns`` on column
+    values (parameters ``params``), ``times`` for from/to, stored buckets overlapping
+    ``[from, to)`` (parameters ``time_params``)."""
+
+    columns: list[str]
+    times: list[str]
+    params: dict[str, Any]
+    time_params: dict[str, Any]
+
+
+def mapped_columns(settings: Settings) -> list[str]:
+    """The mapped columns, in the snapshot table's order."""
+    mapped = set(settings.msg_map.values())
+    return [column for column in settings.sqlite_schema if column in mapped]
+
+
+def bucket_filters(query: Any, settings: Settings) -> BucketFilters:
+    """The filters of /api/v1/buckets' query string; an unknown parameter is 400."""
+    filters = BucketFilters([], [], {}, {})
+    for index, (name, value) in enumerate(query.items()):
+        key = f"f{index}"
+        if name in BUCKETS_OPTIONS:
+            continue
+        if name == "from":
+            filters.times.append(f"bucket_end > :{key}")
+            filters.time_params[key] = parse_time_param(name, value)
+        elif name == "to":
+            filters.times.append(f"bucket_start < :{key}")
+            filters.time_params[key] = parse_time_param(name, value)
+        elif name in settings.sqlite_schema or name in EXTRA_COLUMNS:
+            filters.columns.append(f"{quote_identifier(name)} IS :{key}" if value == "" else
+                                   f"{quote_identifier(name)} = :{key}")
+            filters.params[key] = None if value == "" else value
+        else:
+            raise HttpError(400, f"unknown filter {name!r}", filters=[
+                "from", "to", *BUCKETS_OPTIONS, *settings.sqlite_schema, *EXTRA_COLUMNS])
+    return filters
+
+
+async def rolled_up(service: Service, request: Any, plan: rollup.Rollup, filters: BucketFilters,
+                    limit: int) -> EncodedResult:
+    """/api/v1/buckets rolled up (:mod:`bucket_app.web.rollup`), in two queries.
+
+    The first finds the first and last stored bucket the filters select; the granules in force
+    there bound the second, which sums whole granules: ``from`` and ``to`` select the granules
+    that overlap ``[from, to)``, as they select stored buckets. Buckets that a newer snapshot
+    adds outside those bounds between the two queries are left for the next answer.
+    """
+    settings = service.settings
+    table = quote_identifier(settings.sqlite_table)
+    where = filters.columns + filters.times
+    span = await service.query(
+        request, f"SELECT min(bucket_start) AS lo, max(bucket_start) AS hi FROM {table}"
+        + (" WHERE " + " AND ".join(where) if where else ""),
+        filters.params | filters.time_params)
+    [bounds] = formats.decode_rows(span)
+    if bounds["lo"] is None:
+        columns = [*plan.group_by, "bucket_start", "bucket_end", "count", "late", "final"]
+        return EncodedResult(columns, orjson.Fragment(b"[]"), 0, False, span.elapsed_ms)
+    first, last = int(bounds["lo"]), int(bounds["hi"])
+    # Probing the zone for its transitions is CPU work proportional to the span: not on the loop.
+    granules = await asyncio.to_thread(
+        rollup.Granules, plan.zone, plan.granularity_s, first, last)
+    lo, end = granules.start_of(first), granules.end_of(granules.start_of(last))
+    granules.check_aligned(lo, end, settings.bucket_interval_s)
+    params = dict(filters.params)
+    sql = rollup.rollup_sql(settings.sqlite_table, plan, granules, lo, end - 1, filters.columns,
+                            params, limit + 1)
+    return await service.query(request, sql, params, row_limit=limit)
 
 
 def register(app: faust.App, settings: Settings, reader: SnapshotReader, processor: Any,
@@ -497,22 +599,29 @@ def register(app: faust.App, settings: Settings, reader: SnapshotReader, process
     class AllRows(faust.web.View):
         """GET /a/<table>: every row of the snapshot table (seed route)."""
 
-        async def get(self, request: Any, table: str) -> aioweb.Response:
+        async def get(self, request: Any, table: str) -> aioweb.StreamResponse:
+            fmt = formats.negotiate(request.headers.get("Accept"), request.query.get("format"))
             if table != settings.sqlite_table:
                 raise HttpError(
                     404, f"no table {table!r}; this service has {settings.sqlite_table!r}")
             result = await service.query(request, all_rows_sql)
-            return json_response(result.rows, headers=service.headers(result))
+            return await formats.respond(request, fmt, result, result.rows,
+                                         service.headers(result))
 
     @app.page("/c/{sql:.*}")
     class Custom(faust.web.View):
-        """GET /c/<sql>: the rest of the URL, decoded, as one read-only SQL statement (seed)."""
+        """GET /c/<sql>: the rest of the URL, decoded, as one read-only SQL statement (seed).
 
-        async def get(self, request: Any, sql: str) -> aioweb.Response:
+        The format comes from the Accept header alone: the query string is part of the SQL.
+        """
+
+        async def get(self, request: Any, sql: str) -> aioweb.StreamResponse:
+            fmt = formats.negotiate(request.headers.get("Accept"))
             # The raw path keeps a '?' or '%' that belongs to the SQL; match_info would not.
             raw = request.raw_path.split("/c/", 1)[1] if "/c/" in request.raw_path else sql
             result = await service.query(request, unquote(raw), query_params=False)
-            return json_response(result.rows, headers=service.headers(result))
+            return await formats.respond(request, fmt, result, result.rows,
+                                         service.headers(result))
 
     @app.page("/r")
     class Reset(faust.web.View):
@@ -536,48 +645,44 @@ def register(app: faust.App, settings: Settings, reader: SnapshotReader, process
 
     @app.page(f"{API}/buckets")
     class Buckets(faust.web.View):
-        """GET /api/v1/buckets?<column>=v&from=t&to=t&limit=n: filtered counts, with status."""
+        """GET /api/v1/buckets?<column>=v&from=t&to=t&limit=n: filtered counts, with status;
+        with granularity, tz or group_by, rolled up into granules of local time."""
 
-        async def get(self, request: Any) -> aioweb.Response:
-            where: list[str] = []
-            params: list[Any] = []
-            limit = parse_limit(request.query.get("limit"), settings.sql_row_limit)
-            for name, value in request.query.items():
-                if name in ("limit", "min_offsets", "wait_ms"):
-                    continue
-                if name == "from":
-                    where.append("bucket_end > ?")
-                    params.append(parse_time_param(name, value))
-                elif name == "to":
-                    where.append("bucket_start < ?")
-                    params.append(parse_time_param(name, value))
-                elif name in settings.sqlite_schema or name == RST_COLUMN:
-                    where.append(f"{quote_identifier(name)} IS ?" if value == "" else
-                                 f"{quote_identifier(name)} = ?")
-                    params.append(None if value == "" else value)
-                else:
-                    raise HttpError(400, f"unknown filter {name!r}", filters=[
-                        "from", "to", "limit", "min_offsets", "wait_ms", *settings.sqlite_schema])
-            sql = all_rows_sql + (" WHERE " + " AND ".join(where) if where else "")
-            sql += " ORDER BY bucket_start, rowid LIMIT ?"
-            params.append(limit + 1)
-            result = await service.query(request, sql, params, row_limit=limit)
-            return json_response(
-                {"rows": result.rows, "truncated": result.truncated} | service.status(),
-                headers=service.headers(result),
-            )
+        async def get(self, request: Any) -> aioweb.StreamResponse:
+            query = request.query
+            fmt = formats.negotiate(request.headers.get("Accept"), query.get("format"))
+            limit = parse_limit(query.get("limit"), settings.sql_row_limit)
+            plan = rollup.parse_rollup(
+                query.get("granularity"), query.get("tz"), query.getall("group_by", None),
+                settings.bucket_interval_s, mapped_columns(settings))
+            filters = bucket_filters(query, settings)
+            extra: dict[str, Any] = {}
+            if plan is None:
+                where = filters.columns + filters.times
+                sql = all_rows_sql + (" WHERE " + " AND ".join(where) if where else "")
+                sql += " ORDER BY bucket_start, rowid LIMIT :limit"
+                params = filters.params | filters.time_params | {"limit": limit + 1}
+                result = await service.query(request, sql, params, row_limit=limit)
+            else:
+                result = await rolled_up(service, request, plan, filters, limit)
+                extra["rollup"] = plan.describe()
+            body = {"rows": result.rows, "truncated": result.truncated} | extra | (
+                service.status())
+            return await formats.respond(request, fmt, result, body, service.headers(result))
 
     @app.page(f"{API}/sql")
     class Sql(faust.web.View):
         """GET ?q=... or POST {"sql": ..., "params": [...] | {...}}: read-only SQL, enveloped."""
 
-        async def get(self, request: Any) -> aioweb.Response:
+        async def get(self, request: Any) -> aioweb.StreamResponse:
+            fmt = formats.negotiate(request.headers.get("Accept"), request.query.get("format"))
             sql = request.query.get("q") or request.query.get("sql")
             if not sql:
                 raise HttpError(400, "missing query parameter q")
-            return await self._answer(request, sql, None)
+            return await self._answer(request, sql, None, fmt)
 
-        async def post(self, request: Any) -> aioweb.Response:
+        async def post(self, request: Any) -> aioweb.StreamResponse:
+            fmt = formats.negotiate(request.headers.get("Accept"), request.query.get("format"))
             try:
                 body = orjson.loads(await request.read())
             except orjson.JSONDecodeError as exc:
@@ -590,15 +695,20 @@ def register(app: faust.App, settings: Settings, reader: SnapshotReader, process
                 raise HttpError(400, "body needs a non-empty string 'sql'")
             if params is not None and not isinstance(params, list | dict):
                 raise HttpError(400, "params must be a JSON array or object")
-            return await self._answer(request, sql, params)
+            return await self._answer(request, sql, params, fmt)
 
-        async def _answer(self, request: Any, sql: str, params: Any) -> aioweb.Response:
+        async def _answer(self, request: Any, sql: str, params: Any, fmt: str,
+                          ) -> aioweb.StreamResponse:
             result = await service.query(request, sql, params)
             body = {
                 "columns": result.columns, "rows": result.rows, "truncated": result.truncated,
                 "elapsed_ms": round(result.elapsed_ms, 3),
             } | service.status()
-            return json_response(body, headers=service.headers(result))
+            return await formats.respond(request, fmt, result, body, service.headers(result))
 
     del AllRows, Custom, Reset, RstId, Health, Buckets, Sql
+    metrics.register(app, settings, service)
+    stream.register(app, settings, service)
+    dashboard.register(app, settings, service)
+    openapi.register(app, settings, service)
     return service

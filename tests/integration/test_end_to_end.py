@@ -69,8 +69,12 @@ def test_seed_example_end_to_end(seed_worker):
     start = expected_bucket(record_ts_ms / 1000)
     assert len(rows) == 1
     row = rows[0]
-    assert set(row) == {"server_name", "topic", "bucket_start", "bucket_end", "count", "RST_ID"}
+    # the seed's columns, then what bucket_app adds: RST_ID (as the seed did), late and final
+    assert list(row) == ["server_name", "topic", "bucket_start", "bucket_end", "count", "RST_ID",
+                         "late", "final"]
     assert (row["server_name"], row["topic"], row["count"]) == ("Iceman", "Dreams", 1)
+    # one message, 300 s old, and no later one in the other partitions: nothing is final
+    assert (row["late"], row["final"]) == (0, 0)
     assert (row["bucket_start"], row["bucket_end"]) == (start, start + INTERVAL)
     assert isinstance(row["RST_ID"], int) and row["RST_ID"] >= 1
 
