@@ -25,7 +25,7 @@ from bucket_app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_VALUE, _OFFSET = attrgetter("value"), attrgetter("offset")
+_VALUE, _OFFSET, _TIMESTAMP = attrgetter("value"), attrgetter("offset"), attrgetter("timestamp")
 
 #: a partition's window-keys as stored: ``(raw key, key)``
 StoredKeys = Callable[[int], Iterable[tuple[Any, Any]]]
@@ -93,11 +93,14 @@ class BatchCounter:
         last_final_start = self.lifecycle.last_final_start(self.closing_time(now_s))
         grouped = None
         if records and records[0].offset > state.offset:
-            grouped = self.classifier.group(list(map(_VALUE, records)),
-                                            list(map(_OFFSET, records)), partition, now_s)
+            grouped = self.classifier.group(
+                list(map(_VALUE, records)), list(map(_OFFSET, records)),
+                list(map(_TIMESTAMP, records)), partition, now_s)
         if grouped is not None and counter.admits_all(state, grouped):
             counter.add_grouped(counts, grouped, last_final_start)
             state.watermark_s = max(state.watermark_s, grouped.max_time_s)
+            for at, exc in grouped.skipped:
+                self._skip(records[at], partition, exc)
             last = records[-1].offset
         else:
             last = self._count_each(state, partition, records, counts, now_s,
@@ -132,10 +135,7 @@ class BatchCounter:
                     record.value, partition, None if ts_ms is None else ts_ms / 1000.0, now_s)
                 admit(state, start, ts, now_s)
             except BadInput as exc:
-                counter.record_skip(exc.reason)
-                self.bad_log.bad_record(exc, self.settings.topic, partition, offset)
-                if self.skipped_records is not None:
-                    self.skipped_records.append((record, exc.reason))
+                self._skip(record, partition, exc)
                 continue
             entry = pending.get(ident := group_identity(key))
             if entry is None:
@@ -145,6 +145,13 @@ class BatchCounter:
         for key, offsets in pending.values():
             counter.add(counts, key, offsets, last_final_start)
         return last
+
+    def _skip(self, record: Any, partition: int, exc: BadInput) -> None:
+        """Count, log and keep (for the dead-letter topic) a record that is not counted."""
+        self.counter.record_skip(exc.reason)
+        self.bad_log.bad_record(exc, self.settings.topic, partition, record.offset)
+        if self.skipped_records is not None:
+            self.skipped_records.append((record, exc.reason))
 
     def take_skipped(self) -> list[tuple[Any, str]]:
         """The skipped records kept since the last call (none without a dead-letter topic)."""

@@ -163,7 +163,7 @@ def make_time_parser(bucket_type: str) -> TimeParser:
         ) from None
 
 
-def _split_path(path: str) -> tuple[str, ...] | None:
+def split_path(path: str) -> tuple[str, ...] | None:
     """Pre-split a dotted path; ``None`` for a plain key, which needs no walk."""
     if not isinstance(path, str) or not path:
         raise ValueError(f"field path must be a non-empty string, not {path!r}")
@@ -175,7 +175,7 @@ def _split_path(path: str) -> tuple[str, ...] | None:
     return parts
 
 
-def _lookup(msg: dict[str, Any], path: str, parts: tuple[str, ...] | None) -> Any:
+def lookup(msg: dict[str, Any], path: str, parts: tuple[str, ...] | None) -> Any:
     """The value at ``path`` in ``msg``, or ``None`` when any step is missing or not a dict.
 
     A literal top-level key that contains dots wins over the nested reading of the path.
@@ -219,7 +219,7 @@ class FieldMap:
         self.columns: tuple[str, ...] = tuple(columns)
         self.paths: tuple[str, ...] = tuple(msg_map_schema)
         self._fields: tuple[tuple[str, tuple[str, ...] | None], ...] = tuple(
-            (path, _split_path(path)) for path in self.paths
+            (path, split_path(path)) for path in self.paths
         )
 
     def __repr__(self) -> str:
@@ -230,8 +230,8 @@ class FieldMap:
         """The mapped values of ``msg`` in column order (``None`` where missing)."""
         out = []
         for path, parts in self._fields:
-            # Inlined plain-key case of _lookup: it is the common one and this runs per message.
-            value = msg.get(path) if parts is None else _lookup(msg, path, parts)
+            # Inlined plain-key case of lookup: it is the common one and this runs per message.
+            value = msg.get(path) if parts is None else lookup(msg, path, parts)
             if isinstance(value, _COMPOUND):
                 try:
                     value = orjson.dumps(value, default=str, option=_JSON_OPTS).decode()
@@ -249,7 +249,7 @@ def _event_time(
     parse: TimeParser,
     fallback_ts_s: float | None,
 ) -> float:
-    value = _lookup(msg, path, parts)
+    value = lookup(msg, path, parts)
     if value is None:
         if fallback_ts_s is None:
             raise TimeError(f"time field {path!r} is missing", reason="missing_time")
@@ -265,7 +265,7 @@ class TimeField:
     __slots__ = ("path", "bucket_type", "parse", "_parts")
 
     def __init__(self, path: str, bucket_type: str) -> None:
-        self._parts = _split_path(path)
+        self._parts = split_path(path)
         self.path = path
         self.bucket_type = bucket_type
         self.parse: TimeParser = make_time_parser(bucket_type)

@@ -412,3 +412,61 @@ def test_the_batch_optimisation_counts_as_the_definition_does(data: Any, partiti
     for record in records:
         one_by_one.count_batch(partition, [record])
     assert one_by_one.table == fast.table
+
+
+def shape_values(config: str, now: int) -> st.SearchStrategy[bytes | None]:
+    """Records of one payload shape near ``now``, with odd and bad ones among them."""
+    junk = st.one_of(st.none(), st.binary(max_size=12), st.sampled_from([b"[1]", b"{}"]))
+    if config == "avro":
+        near = st.fixed_dictionaries({
+            "origin_server": st.sampled_from(["a", "b", ""]), "topic": st.sampled_from(["t"]),
+            "timestamp": st.integers(min_value=now - 2000, max_value=now + 7200),
+            "meta": st.fixed_dictionaries({"host": st.sampled_from(["h1", "h2"])})})
+
+        def encode(record: dict[str, Any], framed: bool) -> bytes:
+            buf = io.BytesIO()
+            schemaless_writer(buf, SCHEMA, record)
+            return (b"\x00\x00\x00\x00\x01" if framed else b"") + buf.getvalue()
+
+        good = st.builds(encode, st.one_of(near, avro_records), st.booleans())
+    elif config == "iso":
+        when = st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2030, 1, 1),
+                            timezones=st.one_of(st.none(), st.just(UTC), iso_offsets))
+        good = st.builds(lambda dt, server, sep: dumps(
+            {"origin_server": server, "topic": "t", "timestamp": dt.isoformat(sep=sep)}),
+            when, st.sampled_from(["a", "b", None, 1, True]), st.sampled_from(["T", " "]))
+    else:
+        good = st.one_of(batch_values(now), messages(now).map(dumps))
+    return st.one_of(good, good, good, messages(now).map(dumps), junk)
+
+
+SHAPES = {"flat": RETENTION, "nested": NESTED, "iso": ISO, "avro": AVRO}
+CLOCK = int(time.time())
+
+
+@pytest.mark.parametrize("config", list(SHAPES))
+@given(data=st.data(), partition=st.integers(0, 3))
+def test_every_shape_counts_by_batch_as_by_the_definition(config: str, data: Any,
+                                                          partition: int) -> None:
+    """The batch path of every payload shape - nested fields, ISO-8601 times, Avro - gives the
+    table, counters and progress of locating each record, bad and odd records among them."""
+    settings = SHAPES[config]
+    now = CLOCK  # fixed: the strategies depend on it
+    values = data.draw(st.lists(shape_values(config, now), min_size=1, max_size=80))
+    stamps = data.draw(st.lists(st.one_of(st.none(), st.just((now - 30) * 1000)),
+                                min_size=len(values), max_size=len(values)))
+    records = [ConsumerRecord("test", partition, offset, stamp, 0, None, value, None, 0,
+                              len(value or b""), ())
+               for offset, (value, stamp) in enumerate(zip(values, stamps, strict=True))]
+    batch = BatchCounter(settings, JsonKeyed(), clock=lambda: now)
+    each = BatchCounter(settings, JsonKeyed(), clock=lambda: now,
+                        classifier=Classifier(settings, batches=False))
+    at = 0
+    while at < len(records):
+        size = data.draw(st.integers(1, 50))
+        for counter in (batch, each):
+            counter.count_batch(partition, records[at:at + size])
+        at += size
+    assert batch.table == each.table
+    for name in ("counted", "replayed", "skipped"):
+        assert getattr(batch.counter, name) == getattr(each.counter, name), name
