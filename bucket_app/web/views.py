@@ -42,7 +42,7 @@ from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from bucket_app.counting.buckets import parse_epoch, parse_iso
 from bucket_app.errors import BadInput, HttpError
 from bucket_app.seam import web as web_seam
-from bucket_app.settings import RST_COLUMN, Settings
+from bucket_app.settings import FINAL_COLUMN, RST_COLUMN, Settings
 from bucket_app.snapshot.reader import SnapshotReader
 from bucket_app.sql.pool import EncodedResult, SqlPool
 from bucket_app.sql.sandbox import json_default, quote_identifier
@@ -519,6 +519,14 @@ def mapped_columns(settings: Settings) -> list[str]:
     return [column for column in settings.sqlite_schema if column in mapped]
 
 
+def parse_flag(name: str, value: str) -> int:
+    """``true``/``false`` (or ``1``/``0``) as SQLite's 1/0; anything else is 400."""
+    flag = {"true": 1, "1": 1, "false": 0, "0": 0}.get(value.strip().lower())
+    if flag is None:
+        raise HttpError(400, f"{name} must be true or false, not {value!r}")
+    return flag
+
+
 def bucket_filters(query: Any, settings: Settings) -> BucketFilters:
     """The filters of /api/v1/buckets' query string; an unknown parameter is 400."""
     filters = BucketFilters([], [], {}, {})
@@ -532,6 +540,9 @@ def bucket_filters(query: Any, settings: Settings) -> BucketFilters:
         elif name == "to":
             filters.times.append(f"bucket_start < :{key}")
             filters.time_params[key] = parse_time_param(name, value)
+        elif name == FINAL_COLUMN:  # ?final=true: final buckets only; false: open ones
+            filters.columns.append(f"{quote_identifier(name)} = :{key}")
+            filters.params[key] = parse_flag(name, value)
         elif name in settings.sqlite_schema or name in EXTRA_COLUMNS:
             filters.columns.append(f"{quote_identifier(name)} IS :{key}" if value == "" else
                                    f"{quote_identifier(name)} = :{key}")

@@ -64,6 +64,13 @@ def test_buckets_become_final_and_late_events_are_counted_as_late(make_worker):
     assert found[("c", base + 100)]["final"] == 0
     assert all(row["late"] == 0 for row in found.values())
     assert worker.health()["closing_time"] == base + 35
+    final_only = worker.get("/api/v1/buckets?final=true").json()["rows"]
+    assert {(r["server_name"], r["bucket_start"]) for r in final_only} == {
+        key for key, row in found.items() if row["final"] == 1} == {("a", base)}
+    open_only = worker.get("/api/v1/buckets?final=false").json()["rows"]
+    assert len(open_only) + len(final_only) == len(found)
+    refused = worker.get("/api/v1/buckets?final=maybe")
+    assert refused.status == 400 and "true or false" in refused.json()["error"]
 
     # Late: three more for the final bucket (one a new group in it), one for the open one.
     late = [event("a", base + 5, 0), event("a", base + 6, 1), event("d", base + 7, 0),
