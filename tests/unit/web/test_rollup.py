@@ -19,14 +19,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from aiohttp import web as aioweb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bucket_app.errors import HttpError
 from bucket_app.sql.sandbox import SqlSandbox, quote_identifier
 from bucket_app.web import rollup
-from bucket_app.web import views as web
 from bucket_app.web.rollup import Granules, Rollup, parse_rollup
 from tests.unit.web.test_web_limits import (
     Served,
@@ -34,6 +32,7 @@ from tests.unit.web.test_web_limits import (
     build_app,
     client,
     make_settings,
+    running,
 )
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -346,21 +345,10 @@ async def serve_snapshot(tmp_path: Path, rows: Sequence[tuple[Any, ...]],
     final columns; 20 s buckets, settings ``extra``."""
     writer = make_snapshot(tmp_path / "snap.sqlite3", rows)
     app, service = build_app(make_settings(tmp_path, **extra))
-    # counters the agent will report besides build_app's (the views only pass them on)
-    for name in ("late", "dead_letters"):
-        vars(service.processor.counter).setdefault(name, 0)
-    service.sql.start()
-    runner = web.make_runner(app.web.web_app)  # type: ignore[attr-defined]
-    await runner.setup()
-    site = aioweb.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
     try:
-        yield Served(f"http://127.0.0.1:{port}", service, port)
+        async with running(app, service) as (url, runner):
+            yield Served(url, service, runner.addresses[0][1])
     finally:
-        await runner.cleanup()
-        service.sql.close()
-        service.threads.shutdown(wait=False, cancel_futures=True)
         writer.close()
 
 

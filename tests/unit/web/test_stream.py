@@ -25,7 +25,12 @@ from bucket_app.web import stream as stream_mod
 from bucket_app.web import views as web
 from bucket_app.web.stream import Positions
 from tests.unit.sql.test_sql import make_db
-from tests.unit.web.test_web_limits import assert_error_shape, build_app, make_settings
+from tests.unit.web.test_web_limits import (
+    assert_error_shape,
+    build_app,
+    make_settings,
+    running,
+)
 
 ROWS = [(f"s-{i % 3}", "t", i * 20, i * 20 + 20, i + 1, 1) for i in range(50)]
 COLUMNS = ("server_name", "topic", "bucket_start", "bucket_end", "count", "RST_ID")
@@ -72,18 +77,10 @@ async def served(tmp_path: Path, settings_extra: dict[str, str]) -> AsyncIterato
     writer = make_db(tmp_path / "snap.sqlite3", "default", ROWS)
     app, service = build_app(make_settings(tmp_path, **settings_extra))
     service.reader.state.progress = {0: Progress(offset=5), 1: Progress(offset=3)}
-    service.sql.start()
-    runner = web.make_runner(app.web.web_app)  # type: ignore[attr-defined]
-    await runner.setup()
-    site = aioweb.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
     try:
-        yield Served(f"http://127.0.0.1:{port}", service, runner, writer)
+        async with running(app, service) as (url, runner):
+            yield Served(url, service, runner, writer)
     finally:
-        await runner.cleanup()
-        service.sql.close()
-        service.threads.shutdown(wait=False, cancel_futures=True)
         writer.close()
 
 

@@ -10,6 +10,7 @@ SQLite snapshot and real SQL child processes. Clients with different addresses b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
@@ -189,22 +190,28 @@ def settings_extra() -> dict[str, str]:
     return {}
 
 
-@pytest.fixture
-async def served(tmp_path: Path, db: Path, settings_extra: dict[str, str],
-                 ) -> AsyncIterator[Served]:
-    app, service = build_app(make_settings(tmp_path, **settings_extra))
+@contextlib.asynccontextmanager
+async def running(app: faust.App, service: web.Service) -> AsyncIterator[tuple[str, Any]]:
+    """The views of ``build_app`` served on a free loopback port: (base URL, runner)."""
     service.sql.start()  # as the worker does at start-up
     runner = web.make_runner(app.web.web_app)  # type: ignore[attr-defined]
     await runner.setup()
     site = aioweb.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = runner.addresses[0][1]
     try:
-        yield Served(f"http://127.0.0.1:{port}", service, port)
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}", runner
     finally:
         await runner.cleanup()
         service.sql.close()
         service.threads.shutdown(wait=False, cancel_futures=True)
+
+
+@pytest.fixture
+async def served(tmp_path: Path, db: Path, settings_extra: dict[str, str],
+                 ) -> AsyncIterator[Served]:
+    app, service = build_app(make_settings(tmp_path, **settings_extra))
+    async with running(app, service) as (url, runner):
+        yield Served(url, service, runner.addresses[0][1])
 
 
 def client(address: str = "127.0.0.1", **headers: str) -> aiohttp.ClientSession:
