@@ -213,6 +213,8 @@ KEYS: tuple[Key, ...] = (
     Key("KafkaSettings", "brokers", _brokers, None,
         "Kafka bootstrap servers, host:port[,host:port...]"),
     Key("KafkaSettings", "topic", _topic, None, "the topic of messages to count"),
+    Key("KafkaSettings", "output_topic", _optional_topic, "none",
+        "compacted topic that gets every changed snapshot row as keyed JSON; none = off"),
     Key("KafkaSettings", "avro_val_schema", _optional_path, "None",
         "path to an .avsc schema when values are Avro, or None for JSON"),
     Key("KafkaSettings", "partitions", _positive_int, "6",
@@ -323,6 +325,7 @@ class Settings:
     grace_s: float
     idle_close_s: float | None
     dead_letter_topic: str | None
+    output_topic: str | None
     sqlite_schema: dict[str, str]
     sqlite_db: str
     snapshot_path: Path
@@ -567,6 +570,7 @@ def _resolve(source: Path, values: dict[str, Any], raw: dict[str, tuple[str, str
         grace_s=values["bucket_interval"] if values["grace"] is None else values["grace"],
         idle_close_s=values["idle_close"],
         dead_letter_topic=values["dead_letter_topic"],
+        output_topic=values["output_topic"],
         sqlite_schema={str(k): str(v).upper() for k, v in schema.items()},
         sqlite_db=sqlite_db,
         snapshot_path=snapshot,

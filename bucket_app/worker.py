@@ -318,6 +318,17 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     async def run_snapshot() -> None:
         await reader.run_in_thread()
 
+    if settings.output_topic is not None:
+        from bucket_app.snapshot.output import RowPublisher  # noqa: PLC0415
+
+        # one publisher: the replica counting source partition 0
+        publisher = RowPublisher(settings, settings.output_topic, reader.state,
+                                 lambda: 0 in processor.assignment["assigned"])
+
+        @app.task
+        async def publish_rows() -> None:
+            await publisher.run_in_thread()
+
     # a record counted into a bucket this replica's snapshot holds final is late
     processor.batches.closing_time = reader.closing_time
     web.register(app, settings, reader, processor)

@@ -198,6 +198,10 @@ async def _probe(settings: Settings) -> int:
             changelog_topic(settings), n, settings.replication_factor,
             topic_configs={"cleanup.policy": "compact"}), expect_partitions=n,
             source_topic=settings.topic, brokers=brokers)
+        if settings.output_topic is not None:
+            await _ensure_topic(admin, NewTopic(
+                settings.output_topic, n, settings.replication_factor,
+                topic_configs={"cleanup.policy": "compact"}), brokers=brokers)
         if settings.dead_letter_topic is not None:
             await _ensure_topic(admin, NewTopic(
                 settings.dead_letter_topic, n, settings.replication_factor), brokers=brokers)
