@@ -15,11 +15,12 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+
+from bench.shapes import SHAPES, Shape, encode
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET_S = 60  # bucket_interval of every contender
@@ -29,6 +30,7 @@ TOPICS = 10
 TICK_S = 0.02  # produce_steady sends one batch per partition this often
 
 Key = tuple[str, str, int]  # (server_name, topic, bucket_start)
+FLAT = SHAPES["flat"]
 
 
 def kafka_script(action: str, port: int) -> None:
@@ -37,17 +39,14 @@ def kafka_script(action: str, port: int) -> None:
 
 
 def message(i: int, rng: random.Random, base: int, n: int,
-            iso: bool = False) -> tuple[bytes, bytes, Key]:
-    """Message ``i`` of ``n``: (Kafka key, JSON value, counting key). Event time rises with i;
-    ``iso`` writes it as an ISO-8601 string (every fourth with a +02:00 offset), else epoch s."""
+            shape: Shape = FLAT) -> tuple[bytes, bytes, Key, str | None]:
+    """Message ``i`` of ``n``: (Kafka key, value in ``shape``, counting key, None), or the
+    reason bucket_app skips it instead of None for a bad record (bad1), which counts nowhere.
+    Event time rises with i; the key and time do not depend on the shape."""
     server, topic = f"s-{rng.randrange(SERVERS)}", f"t-{rng.randrange(TOPICS)}"
     ts = base + i * SPAN_S // n
-    when: int | str = ts
-    if iso:
-        zone = timezone(timedelta(hours=2)) if i % 4 == 0 else UTC
-        when = datetime.fromtimestamp(ts, zone).isoformat()
-    value = json.dumps({"origin_server": server, "topic": topic, "timestamp": when, "i": i})
-    return f"{server}|{topic}".encode(), value.encode(), (server, topic, ts - ts % BUCKET_S)
+    value, bad = encode(shape, i, server, topic, ts)
+    return f"{server}|{topic}".encode(), value, (server, topic, ts - ts % BUCKET_S), bad
 
 
 async def produce_all(brokers: str, topic: str,
@@ -65,24 +64,38 @@ async def produce_all(brokers: str, topic: str,
         await producer.stop()
 
 
-def counted_messages(n: int, seed: int, expected: dict[Key, int],
-                     iso: bool = False) -> Iterator[tuple[bytes, bytes, int]]:
+def counted_messages(n: int, seed: int, expected: dict[Key, int], shape: Shape = FLAT,
+                     skipped: collections.Counter[str] | None = None,
+                     ) -> Iterator[tuple[bytes, bytes, int]]:
     """:func:`message` 0 to ``n`` - 1 as (Kafka key, value, record timestamp in ms), their event
-    times over the last SPAN_S before 2 SPAN_S ago; each is added to ``expected`` as it goes."""
+    times over the last SPAN_S before 2 SPAN_S ago; each is added to ``expected`` as it goes,
+    or a bad one to ``skipped`` by reason. A message without its time (bad1) counts at its
+    record timestamp, which is its event time."""
     rng = random.Random(seed)
     base = (int(time.time()) - 2 * SPAN_S) // BUCKET_S * BUCKET_S
     for i in range(n):
-        key, value, count_key = message(i, rng, base, n, iso)
-        expected[count_key] = expected.get(count_key, 0) + 1
+        key, value, count_key, bad = message(i, rng, base, n, shape)
+        if bad is None:
+            expected[count_key] = expected.get(count_key, 0) + 1
+        elif skipped is not None:
+            skipped[bad] += 1
         yield key, value, (base + i * SPAN_S // n) * 1000
 
 
-async def preload(brokers: str, topic: str, n: int, seed: int = 4,
-                  iso: bool = False) -> dict[Key, int]:
+async def preload(brokers: str, topic: str, n: int, seed: int = 4) -> dict[Key, int]:
     """Produce ``n`` messages (keyed, idempotent, acks=all); return the expected counts."""
     expected: dict[Key, int] = {}
-    await produce_all(brokers, topic, counted_messages(n, seed, expected, iso))
+    await produce_all(brokers, topic, counted_messages(n, seed, expected))
     return expected
+
+
+async def preload_shape(brokers: str, topic: str, n: int, shape: Shape,
+                        seed: int = 4) -> tuple[dict[Key, int], dict[str, int]]:
+    """:func:`preload` in ``shape``: the expected counts, and the bad records by reason."""
+    expected: dict[Key, int] = {}
+    skipped: collections.Counter[str] = collections.Counter()
+    await produce_all(brokers, topic, counted_messages(n, seed, expected, shape, skipped))
+    return expected, dict(skipped)
 
 
 # messages in one backlog batch: about 100 bytes each, well under the broker's 1 MB

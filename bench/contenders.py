@@ -78,6 +78,10 @@ class Result:
     busy_rate: float | None = None
     exact: bool | None = None
     note: str = ""
+    # bucket_app: msg/s from the first count until every record was counted or skipped (the
+    # workers' counters), before the snapshot showed the last (None: too short to tell); the
+    # records counted by the first poll are left out. With 2 workers it includes the rebalance.
+    counted_rate: float | None = None
 
     @property
     def rate(self) -> float | None:
@@ -128,9 +132,12 @@ def child_exact(job: Job, name: str, expected: dict[Key, int]) -> bool | None:
     return len(found) == len(rows) and found == expected
 
 
-def bare(job: Job, expected: dict[Key, int]) -> Result:
-    result = run_child("bare", [sys.executable, str(BENCH / "bare.py")], job)
-    result.exact = child_exact(job, "bare", expected)
+def bare(job: Job, expected: dict[Key, int], shape: str = "flat") -> Result:
+    """The bare loop (bare.py) for payload ``shape``; its own directory per shape."""
+    name = "bare" if shape == "flat" else f"bare-{shape}"
+    result = run_child(name, [sys.executable, str(BENCH / "bare.py"), shape], job)
+    result.contender = "bare" if shape == "flat" else f"bare {shape}"
+    result.exact = child_exact(job, name, expected)
     return result
 
 
@@ -236,16 +243,28 @@ def messages_in(offsets: dict[int, int]) -> int:
 
 def bucket_app(job: Job, workers: int, expected: dict[Key, int], load: float,
                probe_s: float, live_s: float, sql_from: int, sql_pause: float,
-               bucket_type: str = "epoch", label: str = "") -> Result:
+               bucket_type: str = "epoch", label: str = "",
+               msg_map: dict[str, str] | None = None, avro_schema: dict[str, Any] | None = None,
+               skipped: dict[str, int] | None = None, sql: bool = True) -> Result:
+    """``workers`` bucket_app workers from the beginning of the topic: msg/s, then the live
+    and latency phases (``live_s``, ``probe_s``; 0 skips them), exact against ``expected``
+    (and, given ``skipped``, the first worker's skipped records by reason). ``sql``: the SQL
+    queries during ingestion. ``msg_map``, ``avro_schema``: see :func:`bucket_worker`."""
     name = f"bucket_app x{workers}" + (f" {bucket_type}" if bucket_type != "epoch" else "") + (
         f" {label}" if label else "")
     app_id = f"bench-app-{uuid.uuid4().hex[:8]}"
     procs = [bucket_worker(job.workdir / f"{app_id}-{i}", job.brokers, job.topic, app_id,
-                           len(job.ends), bucket_type).start(wait=False)
+                           len(job.ends), bucket_type, msg_map, avro_schema).start(wait=False)
              for i in range(workers)]
     try:
-        return _measure_bucket_app(name, procs, job, expected, load, probe_s, live_s,
-                                   sql_from, sql_pause)
+        result = _measure_bucket_app(name, procs, job, expected, load, probe_s, live_s,
+                                     sql_from, sql_pause if sql else None)
+        if skipped is not None and result.exact is not None:
+            health = procs[0].poll_health()
+            found = health["worker"]["skipped"] if health else None
+            result.exact = result.exact and found == skipped
+            result.note += f"; skipped {found} (expected {skipped})"
+        return result
     finally:
         for worker in procs:
             worker.stop()
@@ -253,16 +272,20 @@ def bucket_app(job: Job, workers: int, expected: dict[Key, int], load: float,
 
 def _measure_bucket_app(name: str, procs: list[Worker], job: Job,
                         expected: dict[Key, int], load: float, probe_s: float, live_s: float,
-                        sql_from: int, sql_pause: float) -> Result:
+                        sql_from: int, sql_pause: float | None) -> Result:
+    """``sql_pause`` None: no SQL queries during ingestion."""
     first = procs[0]
     sql = (f"SELECT * FROM default WHERE server_name='s-1' AND bucket_start >= {sql_from}")
     sql_url = first.url + "/c/" + urllib.parse.quote(sql)
-    sql_sampler = Sampler(lambda: http(sql_url).status, sql_pause)
+    sql_sampler = Sampler(lambda: http(sql_url).status, sql_pause or 0.0)
     targets = {p: end - 1 for p, end in job.ends.items() if end > 0}
     deadline = time.monotonic() + job.timeout_s
     started: float | None = None
     settled: tuple[float, int] | None = None  # (time, messages reflected) once the group settled
     drained: tuple[float, int] | None = None  # the same once the first partition was drained
+    # (time, records counted or skipped) at the first count, and when all were
+    processed_from: tuple[float, int] | None = None
+    processed_at: float | None = None
     while True:  # ingestion: wait for the first count, then for every partition's end offset
         if time.monotonic() > deadline or not all(w.alive() for w in procs):
             sql_sampler.halt.set()
@@ -272,10 +295,14 @@ def _measure_bucket_app(name: str, procs: list[Worker], job: Job,
         now = time.monotonic()
         if started is None and any(a and a["worker"]["counted"] for a in answers):
             started = now
+            processed_from = (now, _processed(answers))
         if settled is None and started is not None and _group_settled(answers, len(job.ends)):
             settled = (now, messages_in(reflected(answers[0])))
-        if not sql_sampler.is_alive() and started is not None and answers[0] and (
-                answers[0]["rst_id"]):
+        if processed_from is not None and processed_at is None and (
+                _processed(answers) >= job.messages):
+            processed_at = now
+        if sql_pause is not None and not sql_sampler.is_alive() and started is not None and (
+                answers[0] and answers[0]["rst_id"]):
             sql_sampler.start()  # once the snapshot exists: earlier queries wait for it
         offsets = reflected(answers[0])
         if settled is not None and drained is None and any(
@@ -291,12 +318,20 @@ def _measure_bucket_app(name: str, procs: list[Worker], job: Job,
     # count it would include the start-up rebalance a second worker causes (also reported).
     overall = job.messages / (now - started)
     if settled is None or now - settled[0] < 2:
-        seconds, messages, window = now - started, job.messages, "from the first count"
+        # less what the workers had counted by then: a short backlog is half counted at the
+        # first poll that shows a count
+        assert processed_from is not None
+        seconds, messages = now - started, job.messages - processed_from[1]
+        window = f"from the first count ({messages} messages)"
     else:
         seconds, messages = now - settled[0], job.messages - settled[1]
         window = (f"after the group settled ({messages} messages; {overall:.0f} msg/s from the "
                   "first count)")
     drain_rate = messages / seconds
+    counted_rate = None
+    if processed_from is not None and processed_at is not None and (
+            processed_at - processed_from[0] >= 0.5):
+        counted_rate = (job.messages - processed_from[1]) / (processed_at - processed_from[0])
     busy_rate, busy = None, ""
     if settled is not None and drained is not None and drained[0] - settled[0] >= 2:
         busy_rate = (drained[1] - settled[1]) / (drained[0] - settled[0])
@@ -318,13 +353,20 @@ def _measure_bucket_app(name: str, procs: list[Worker], job: Job,
              f"; at {load:.0%} of the backlog rate ({load * drain_rate:.0f} msg/s): latency ms "
              f"p50 {percentile(drain_latency, 50):.0f}, p99 {percentile(drain_latency, 99):.0f},"
              f" {len(drain_latency)}/{drain_probes} probes seen")
+    queries = ("" if sql_pause is None else
+               f"{len(sql_ms)} SQL queries during ingestion, {sql_failed} not 200; ")
+    lat = ("" if probe_s <= 0 else
+           f"latency at {load * sustained:.0f} msg/s ({load:.0%} of the "
+           f"{'live' if live_rate is not None else 'backlog'} rate) for {probe_s:.0f} s: "
+           f"{len(latency)}/{probes} probes seen within 30 s")
+    counted = ("" if counted_rate is None else
+               f"{counted_rate:.0f} msg/s until every record was counted or skipped; ")
     return Result(name, messages, seconds, _rss(procs), latency_ms=latency,
                   latency_at_s=latency_at, sql_ms=sql_ms, live_rate=live_rate,
                   live_kept_up=kept_up, drain_latency_ms=drain_latency, busy_rate=busy_rate,
-                  exact=exact, note=f"msg/s {window}; {busy}{len(sql_ms)} SQL queries during "
-                  f"ingestion, {sql_failed} not 200; {live}latency at {load * sustained:.0f} msg/s "
-                  f"({load:.0%} of the {'live' if live_rate is not None else 'backlog'} rate) "
-                  f"for {probe_s:.0f} s: {len(latency)}/{probes} probes seen within 30 s{drain}")
+                  counted_rate=counted_rate,
+                  exact=exact,
+                  note=f"msg/s {window}; {busy}{queries}{live}{counted}{lat}{drain}".rstrip("; "))
 
 
 def _live_phase(procs: list[Worker], job: Job, expected: dict[Key, int], rate: float,
@@ -381,6 +423,12 @@ def _record_probes(job: Job, probes: list[Probe]) -> None:
     """The topic now ends after the probes: the exactness check waits for them too."""
     for probe in probes:
         job.ends[probe.partition] = max(job.ends.get(probe.partition, 0), probe.offset + 1)
+
+
+def _processed(answers: list[dict[str, Any] | None]) -> int:
+    """Records the workers counted or skipped, from their /health answers."""
+    return sum(a["worker"]["counted"] + sum(a["worker"]["skipped"].values())
+               for a in answers if a)
 
 
 def _group_settled(answers: list[dict[str, Any] | None], partitions: int) -> bool:

@@ -1,8 +1,10 @@
 """``make bench``: every contender on the same pre-loaded topic; prints one table and writes
-bench/results/latest.json.
+bench/results/latest.json. The ``shapes`` contender compares bucket_app with the bare loop on
+each payload shape (``bench/shapes.py``), each on a topic of its own: a table and JSON of its own.
 
     .venv/bin/python -m bench.run --messages 100000
     .venv/bin/python -m bench.run --brokers host:9092 --contenders bare,bucket_app-1
+    .venv/bin/python -m bench.run --contenders shapes --shape-messages 100000 --shapes iso,avro
 """
 
 from __future__ import annotations
@@ -20,14 +22,24 @@ from pathlib import Path
 from typing import Any
 
 from bench import contenders
-from bench.common import BUCKET_S, REPO, Key, kafka_script, percentile, preload
+from bench.common import (
+    BUCKET_S,
+    REPO,
+    Key,
+    kafka_script,
+    percentile,
+    preload,
+    preload_shape,
+)
 from bench.contenders import SQL_CONTENDER, Job, Result
+from bench.shapes import AVRO_SCHEMA, SHAPES
 from tests.support.kafka import broker_error, create_topic, end_offsets
 
 LOCAL_PORT = 9492
 SAME_AS_X2 = "bucket_app-1-again"
 ALL = ["bare", "quix", "faust-naive", "kstreams-alos", "kstreams-eos", "bucket_app-1",
-       "bucket_app-2", "bucket_app-iso", "sql"]
+       "bucket_app-2", "shapes", "sql"]
+OWN_TOPIC = {"shapes", "sql"}  # contenders that pre-load topics of their own
 KSTREAMS = contenders.KSTREAMS_GUARANTEES  # contender -> processing.guarantee
 
 
@@ -47,8 +59,12 @@ def main() -> None:
                         "counted, to measure the sustained rate (0: use the backlog rate)")
     parser.add_argument("--sql-pause", type=float, default=0.05,
                         help="seconds between SQL queries during bucket_app's ingestion")
-    parser.add_argument("--iso-messages", type=int, default=300_000,
-                        help="bucket_app-iso: messages in its own topic with ISO-8601 times")
+    parser.add_argument("--shapes", default=",".join(SHAPES),
+                        help=f"shapes: the payload shapes to compare ({','.join(SHAPES)})")
+    parser.add_argument("--shape-messages", type=int, default=300_000,
+                        help="shapes: messages in each shape's topic")
+    parser.add_argument("--shape-rounds", type=int, default=1,
+                        help="shapes: bare and bucket_app this often per shape, alternated")
     parser.add_argument("--sql-rows", type=int, default=1_000_000,
                         help="sql: rows in the snapshot the SQL latency is measured over")
     # 300,000 took 2.4 s at the worker's rate: 34 queries, and their "p99" was the slowest
@@ -61,6 +77,10 @@ def main() -> None:
     unknown = set(chosen) - set(ALL)
     if unknown:
         parser.error(f"unknown contenders {sorted(unknown)}; choose from {ALL}")
+    args.shape_list = [c.strip() for c in args.shapes.split(",") if c.strip()]
+    if set(args.shape_list) - set(SHAPES):
+        parser.error(f"unknown shapes {sorted(set(args.shape_list) - set(SHAPES))}; "
+                     f"choose from {list(SHAPES)}")
 
     started_broker = False
     brokers = args.brokers or f"127.0.0.1:{LOCAL_PORT}"
@@ -71,23 +91,31 @@ def main() -> None:
         kafka_script("clean", LOCAL_PORT)
         kafka_script("start", LOCAL_PORT)
         started_broker = True
+    shape_rows: list[dict[str, Any]] = []
     try:
-        results = run(args, brokers, chosen)
+        results = run(args, brokers, chosen, shape_rows)
     finally:
         if started_broker:
             kafka_script("clean", LOCAL_PORT)
-    print_table(results, args.messages)
-    write_json(args.output, results, args, brokers)
+    if results:
+        print_table(results, args.messages)
+    if shape_rows:
+        print_shapes(shape_rows, args.shape_messages)
+    write_json(args.output, results, args, brokers, shape_rows)
 
 
-def run(args: argparse.Namespace, brokers: str, chosen: list[str]) -> list[Result]:
+def run(args: argparse.Namespace, brokers: str, chosen: list[str],
+        shape_rows: list[dict[str, Any]]) -> list[Result]:
+    """Every chosen contender in turn; the shapes' rows go to ``shape_rows``."""
     topic = f"bench-{uuid.uuid4().hex[:8]}"
     create_topic(topic, args.partitions, brokers=brokers)
     t0 = time.monotonic()
-    expected: dict[Key, int] = asyncio.run(preload(brokers, topic, args.messages))
-    took = time.monotonic() - t0
-    print(f"pre-loaded {args.messages} messages into {topic} ({args.partitions} partitions, "
-          f"{len(expected)} buckets) in {took:.1f}s", flush=True)
+    expected: dict[Key, int] = {}
+    if set(chosen) - OWN_TOPIC:
+        expected = asyncio.run(preload(brokers, topic, args.messages))
+        took = time.monotonic() - t0
+        print(f"pre-loaded {args.messages} messages into {topic} ({args.partitions} "
+              f"partitions, {len(expected)} buckets) in {took:.1f}s", flush=True)
     sql_from = min(k[2] for k in expected) + 5 * BUCKET_S if expected else 0
     # Kafka Streams groups by the Kafka key, which the latency phases' messages lack: it counts
     # the pre-loaded messages, whatever ran before it
@@ -117,17 +145,8 @@ def run(args: argparse.Namespace, brokers: str, chosen: list[str]) -> list[Resul
     }
     results = []
     for name in chosen:
-        if name == "bucket_app-iso":
-            iso_topic = f"{topic}-iso"
-            create_topic(iso_topic, args.partitions, brokers=brokers)
-            iso_expected = asyncio.run(preload(brokers, iso_topic, args.iso_messages, iso=True))
-            ends = end_offsets(iso_topic, args.partitions, brokers=brokers)
-            job = Job(brokers, iso_topic, ends, workdir, args.timeout)
-            print(f"running {name} on {job.messages} messages with ISO times ...", flush=True)
-            result = contenders.bucket_app(job, 1, iso_expected, args.load, 0, 0, sql_from,
-                                           args.sql_pause, bucket_type="iso")
-            print(f"  {name}: {fmt(result.rate, '.0f')} msg/s  {result.note}", flush=True)
-            results.append(result)
+        if name == "shapes":
+            shape_rows.extend(run_shapes(args, brokers, topic, workdir))
             continue
         if name == "sql":
             print(f"running sql: {args.sql_rows} rows, then {args.sql_backlog} messages ...",
@@ -149,6 +168,115 @@ def run(args: argparse.Namespace, brokers: str, chosen: list[str]) -> list[Resul
             results.append(result)
     print(f"work files: {workdir}")
     return results
+
+
+def run_shapes(args: argparse.Namespace, brokers: str, topic: str,
+               workdir: Path) -> list[dict[str, Any]]:
+    """Each chosen payload shape in turn (:func:`run_shape`)."""
+    return [run_shape(args, brokers, f"{topic}-{name}", workdir, name)
+            for name in args.shape_list]
+
+
+def run_shape(args: argparse.Namespace, brokers: str, topic: str, workdir: Path,
+              name: str) -> dict[str, Any]:
+    """One payload shape: a topic of its own, then the bare loop for that shape and one
+    bucket_app worker on it (``--shape-rounds`` times, the order alternated), both checked
+    against the counts computed while producing (bad records by reason for bucket_app)."""
+    shape = SHAPES[name]
+    create_topic(topic, args.partitions, brokers=brokers)
+    t0 = time.monotonic()
+    expected, skipped = asyncio.run(preload_shape(brokers, topic, args.shape_messages, shape))
+    ends = end_offsets(topic, args.partitions, brokers=brokers)
+    print(f"shape {name}: pre-loaded {args.shape_messages} messages ({shape.what}; "
+          f"{sum(skipped.values())} bad) in {time.monotonic() - t0:.1f}s", flush=True)
+    bares: list[Result] = []
+    apps: list[Result] = []
+
+    def job(n: int) -> Job:
+        return Job(brokers, topic, dict(ends), workdir / f"shape-{name}-{n}", args.timeout)
+
+    def run_bare(n: int) -> None:
+        bares.append(contenders.bare(job(n), expected, name))
+
+    def run_app(n: int) -> None:
+        apps.append(contenders.bucket_app(
+            job(n), 1, expected, args.load, 0, 0, 0, args.sql_pause,
+            bucket_type=shape.bucket_type, label=name, msg_map=shape.msg_map,
+            avro_schema=AVRO_SCHEMA if shape.avro else None,
+            skipped=skipped if shape.bad else None, sql=False))
+
+    for n in range(args.shape_rounds):
+        for step in (run_bare, run_app) if n % 2 == 0 else (run_app, run_bare):
+            step(n)
+        print(f"  {name} round {n + 1}: bare {fmt(bares[-1].rate, '.0f')} msg/s "
+              f"({yes(bares[-1].exact)}), bucket_app {fmt(apps[-1].rate, '.0f')} msg/s "
+              f"({yes(apps[-1].exact)}; counted {fmt(apps[-1].counted_rate, '.0f')})",
+              flush=True)
+    return shape_row(name, args.shape_messages, skipped, bares, apps)
+
+
+def median(values: list[float | None]) -> float | None:
+    known = sorted(v for v in values if v is not None)
+    if not known:
+        return None
+    middle = len(known) // 2
+    return known[middle] if len(known) % 2 else (known[middle - 1] + known[middle]) / 2
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def yes(exact: bool | None) -> str:
+    return "-" if exact is None else ("yes" if exact else "NO")
+
+
+def shape_row(name: str, messages: int, skipped: dict[str, int], bares: list[Result],
+              apps: list[Result]) -> dict[str, Any]:
+    """One shape's figures: the median msg/s of each side over the rounds and their ratio,
+    with each round's, so the noise shows."""
+    bare_rate = median([r.rate for r in bares])
+    app_rate = median([r.rate for r in apps])
+    counted_rate = median([r.counted_rate for r in apps])
+    return {
+        "shape": name,
+        "what": SHAPES[name].what,
+        "messages": messages,
+        "bad": skipped,
+        "bare_msg_per_s": bare_rate,
+        "bucket_app_msg_per_s": app_rate,
+        "ratio_bucket_app_to_bare": ratio(app_rate, bare_rate),
+        # up to the last record counted, before the snapshot shows it (bare's end point)
+        "bucket_app_counted_msg_per_s": counted_rate,
+        "ratio_counted_to_bare": ratio(counted_rate, bare_rate),
+        "rounds": [{"bare_msg_per_s": b.rate, "bucket_app_msg_per_s": a.rate,
+                    "ratio": ratio(a.rate, b.rate),
+                    "bucket_app_counted_msg_per_s": a.counted_rate,
+                    "bare_exact": b.exact, "bucket_app_exact": a.exact,
+                    "bare_note": b.note, "bucket_app_note": a.note}
+                   for b, a in zip(bares, apps, strict=True)],
+        "bare_peak_rss_mb": max(r.peak_rss_mb for r in bares),
+        "bucket_app_peak_rss_mb": max(r.peak_rss_mb for r in apps),
+        "exact": all(r.exact for r in bares + apps),
+    }
+
+
+def print_shapes(shape_rows: list[dict[str, Any]], messages: int) -> None:
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    header = (f"{'shape':<16} {'bare msg/s':>11} {'bucket_app':>11} {'x bare':>7} "
+              f"{'counted':>9} {'x bare':>7} {'x bare by round':>24} {'exact':>6}")
+    print(f"\npayload shapes: {messages} messages each, bare loop and 1 bucket_app worker, "
+          f"load average {load}\n{header}\n{'-' * len(header)}")
+    for row in shape_rows:
+        rounds = " ".join(fmt(r["ratio"], ".2f") for r in row["rounds"])
+        print(f"{row['shape']:<16} {fmt(row['bare_msg_per_s'], '.0f'):>11} "
+              f"{fmt(row['bucket_app_msg_per_s'], '.0f'):>11} "
+              f"{fmt(row['ratio_bucket_app_to_bare'], '.3f'):>7} "
+              f"{fmt(row['bucket_app_counted_msg_per_s'], '.0f'):>9} "
+              f"{fmt(row['ratio_counted_to_bare'], '.3f'):>7} {rounds:>24} "
+              f"{yes(row['exact']):>6}")
+    print("bucket_app: msg/s until its snapshot shows the last message; counted: until its "
+          "counters have every record (the end point bare's msg/s has); medians over rounds")
 
 
 def fmt(value: float | None, spec: str) -> str:
@@ -260,7 +388,7 @@ def scaling(results: list[Result], busy: bool) -> float | None:
 
 
 def write_json(path: Path, results: list[Result], args: argparse.Namespace,
-               brokers: str) -> None:
+               brokers: str, shape_rows: list[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "messages": args.messages, "partitions": args.partitions, "brokers": brokers,
@@ -275,7 +403,10 @@ def write_json(path: Path, results: list[Result], args: argparse.Namespace,
                guarantee: over_kstreams(results, one, name)
                for name, guarantee in KSTREAMS.items()
                for one in results if one.contender == "bucket_app x1"},
-           "results": rows(results)}
+           "results": rows(results),
+           # per payload shape: bare loop and bucket_app x1 on the same topic (run_shapes)
+           "shapes": shape_rows,
+           "shape_messages": args.shape_messages if shape_rows else None}
     path.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {path}")
 
