@@ -179,6 +179,15 @@ def serve(sandbox: SqlSandbox, requests: IO[bytes], answers: IO[bytes]) -> None:
             write_frame(answers, orjson.dumps({"error": error}, default=json_default))
             write_frame(answers, b"[]")
             continue
+        except Exception as exc:  # noqa: BLE001 - a query must not end the process
+            # Every input should be refused above with its own message; this one was not
+            # foreseen. Refuse it (the client sent it) rather than die and restart a process.
+            print(f"bucket_app SQL process: {type(exc).__name__}: {exc}", file=sys.stderr)
+            error = {"status": 400, "message": f"the query could not run: "
+                     f"{type(exc).__name__}: {exc}"[:500], "context": {}}
+            write_frame(answers, orjson.dumps({"error": error}, default=json_default))
+            write_frame(answers, b"[]")
+            continue
         rows = orjson.dumps(result.rows, default=json_default)
         meta = {"columns": result.columns, "row_count": len(result.rows),
                 "truncated": result.truncated, "elapsed_ms": result.elapsed_ms}

@@ -255,6 +255,8 @@ def check_statement(sql: str) -> None:
 
     This check is for friendly messages only; the authorizer is what enforces read-only.
     """
+    if "\x00" in sql:  # sqlite3 refuses it with a ValueError no layer below expects
+        raise HttpError(400, "the query contains a NUL character", sql=sql)
     tokens = _tokenize(sql)
     statements: list[list[_Token]] = [[]]
     for token in tokens:
@@ -320,14 +322,15 @@ class SqlSandbox:
         check_statement(sql)
         query = quote_table_name(sql, self.table)
         if not os.path.exists(self.db_path):
-            raise HttpError(503, "snapshot not ready", sql=sql)
+            raise HttpError(503, "snapshot not ready", sql=sql, retry_after_s=1)
         denied: list[str] = []
         started = time.perf_counter()
         try:
             conn = self._connect()
         except sqlite3.Error as exc:
             # The file can vanish between the check and the open while it is swapped.
-            raise HttpError(503, "snapshot not ready", sql=sql, detail=str(exc)) from exc
+            raise HttpError(503, "snapshot not ready", sql=sql, detail=str(exc),
+                            retry_after_s=1) from exc
         try:
             conn.set_authorizer(self._authorizer(denied))
             # Checked every 1000 VM steps, fetching included, since rows are produced lazily.
@@ -413,8 +416,10 @@ class SqlSandbox:
         if "readonly database" in message:
             return HttpError(403, "query refused: the snapshot is read-only", sql=sql)
         if getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
-            return HttpError(503, "snapshot busy, try again", sql=sql, detail=message)
+            return HttpError(503, "snapshot busy, try again", sql=sql, detail=message,
+                             retry_after_s=1)
         if isinstance(exc, sqlite3.Error) and "unable to open database file" in message:
-            return HttpError(503, "snapshot not ready", sql=sql, detail=message)
+            return HttpError(503, "snapshot not ready", sql=sql, detail=message,
+                             retry_after_s=1)
         # Syntax errors, unknown tables or columns, wrong parameters: SQLite says it best.
         return HttpError(400, message, sql=sql)

@@ -619,7 +619,7 @@ def register(app: faust.App, settings: Settings, reader: SnapshotReader, process
             return await formats.respond(request, fmt, result, result.rows,
                                          service.headers(result))
 
-    @app.page("/c/{sql:.*}")
+    @app.page("/c/{sql:(?s:.*)}")  # a newline in the SQL too
     class Custom(faust.web.View):
         """GET /c/<sql>: the rest of the URL, decoded, as one read-only SQL statement (seed).
 

@@ -181,6 +181,9 @@ REFUSED = [
     ("/* only */ ; -- comments", "empty"),
     ("SELECT 'unterminated", "incomplete"),
     ("SELECT 1 /* open comment", "incomplete"),
+    # found by schemathesis: sqlite3 raised ValueError and the SQL process died (503)
+    ("SELECT 1\x00", "NUL character"),
+    ("\x00", "NUL character"),
 ]
 
 
