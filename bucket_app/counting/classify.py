@@ -131,7 +131,10 @@ class Classifier:
                 return None
             positions, chunk_groups, chunk_min_start, chunk_max_time, chunk_skipped = chunk
             groups.extend(chunk_groups)
-            counted_offsets.extend(offsets[first + at] for at in positions)
+            if len(positions) == len(chunk_groups) == min(last, len(values)) - first:
+                counted_offsets.extend(offsets[first:last])  # every record of the chunk
+            else:
+                counted_offsets.extend(offsets[first + at] for at in positions)
             skipped.extend((first + at, exc) for at, exc in chunk_skipped)
             min_start, max_time = min(min_start, chunk_min_start), max(max_time, chunk_max_time)
         tally: Tally[tuple[Any, ...]] = Tally(groups)  # in order of first appearance
@@ -163,7 +166,8 @@ class Classifier:
             positions, msgs = keep, [msgs[at] for at in keep]
         found = self._times(self._get_time(msgs), now_s)
         columns = [get(msgs) for get in self._getters]
-        drop = {at for at, ts in enumerate(found) if ts is None}
+        # (`None in found` is a C loop; the set is built only for a chunk that has one)
+        drop = {at for at, ts in enumerate(found) if ts is None} if None in found else set()
         for column in columns:
             seen = set(map(type, column))
             if seen & _COMPOUND:
