@@ -25,7 +25,7 @@ from bucket_app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_VALUE, _OFFSET, _TIMESTAMP = attrgetter("value"), attrgetter("offset"), attrgetter("timestamp")
+_VALUE, _OFFSET = attrgetter("value"), attrgetter("offset")
 
 #: a partition's window-keys as stored: ``(raw key, key)``
 StoredKeys = Callable[[int], Iterable[tuple[Any, Any]]]
@@ -95,7 +95,7 @@ class BatchCounter:
         if records and records[0].offset > state.offset:
             grouped = self.classifier.group(
                 list(map(_VALUE, records)), list(map(_OFFSET, records)),
-                list(map(_TIMESTAMP, records)), partition, now_s)
+                lambda at: records[at].timestamp, partition, now_s)
         if grouped is not None and counter.admits_all(state, grouped):
             counter.add_grouped(counts, grouped, last_final_start)
             state.watermark_s = max(state.watermark_s, grouped.max_time_s)

@@ -106,13 +106,14 @@ class Classifier:
         return key, start, ts
 
     def group(self, values: Sequence[Any], offsets: Sequence[int],
-              timestamps: Sequence[int | None], partition: int, now_s: float,
+              timestamp_of: Callable[[int], int | None], partition: int, now_s: float,
               ) -> Grouped | None:
         """Every record of a batch located as :meth:`locate` would, grouped by window-key;
         None when turned off, or when a mapped field mixes ``true``, ``1`` and ``1.0`` (equal
         keys in Python, three in the table: the caller then locates each record).
 
-        ``timestamps`` are the records' Kafka timestamps in ms (or None). The loops run over
+        ``timestamp_of(i)`` is record ``i``'s Kafka timestamp in ms (or None), asked only for
+        the records ``locate`` decides. The loops run over
         GROUP_CHUNK records at a time: a C loop holds the interpreter lock from start to end,
         and over a whole fetch it would keep the web server's thread waiting.
         """
@@ -125,7 +126,7 @@ class Classifier:
         min_start, max_time = MAX_TS_S, MIN_TS_S
         for first in range(0, len(values), GROUP_CHUNK):
             last = first + GROUP_CHUNK
-            chunk = self._group_chunk(values[first:last], timestamps[first:last], partition,
+            chunk = self._group_chunk(values[first:last], first, timestamp_of, partition,
                                       now_s, kinds)
             if chunk is None:
                 return None
@@ -148,8 +149,9 @@ class Classifier:
                        first_offset=offsets[0], skipped=skipped, _groups=groups,
                        _offsets=counted_offsets)
 
-    def _group_chunk(self, values: Sequence[Any], timestamps: Sequence[int | None],
-                     partition: int, now_s: float, kinds: list[set[type]],
+    def _group_chunk(self, values: Sequence[Any], first: int,
+                     timestamp_of: Callable[[int], int | None], partition: int, now_s: float,
+                     kinds: list[set[type]],
                      ) -> tuple[list[int], list[tuple[Any, ...]], float, float,
                                 list[tuple[int, BadInput]]] | None:
         """The counted records' positions and groups ``(*mapped values, bucket start)``, the
@@ -190,7 +192,8 @@ class Classifier:
         low, high = (min(starts), max(times)) if starts else (MAX_TS_S, MIN_TS_S)
         skipped: list[tuple[int, BadInput]] = []
         if unsure:
-            located = self._locate_each(values, timestamps, sorted(unsure), partition, now_s)
+            located = self._locate_each(values, first, timestamp_of, sorted(unsure),
+                                        partition, now_s)
             for at, answer in located:
                 if isinstance(answer, BadInput):
                     skipped.append((at, answer))
@@ -254,12 +257,13 @@ class Classifier:
             return None
         return ts if MIN_TS_S <= ts <= latest else None
 
-    def _locate_each(self, values: Sequence[Any], timestamps: Sequence[int | None],
+    def _locate_each(self, values: Sequence[Any], first: int,
+                     timestamp_of: Callable[[int], int | None],
                      positions: list[int], partition: int, now_s: float,
                      ) -> list[tuple[int, tuple[WindowKey, int, float] | BadInput]]:
         answers: list[tuple[int, tuple[WindowKey, int, float] | BadInput]] = []
         for at in positions:
-            ts_ms = timestamps[at]
+            ts_ms = timestamp_of(first + at)
             try:
                 answers.append((at, self.locate(
                     values[at], partition, None if ts_ms is None else ts_ms / 1000.0, now_s)))
