@@ -141,6 +141,9 @@ def test_skipped_messages_go_to_the_dead_letter_topic_with_their_reason(make_wor
            Record(json.dumps({"origin_server": "x", "timestamp": now + 86400}).encode(), 0),
            Record(b'{"origin_server": "x", "timestamp": "soon"}', 1)]
     good = [event("a", now - 60, p % 2) for p in range(10)]
+    # past retention (7 days behind partition 0's watermark, now - 60): skipped as expired
+    old = {"origin_server": "x", "timestamp": now - 8 * 86400}
+    bad.append(Record(json.dumps(old).encode(), 0))
     last = produce(topic, [*good[:5], *bad, *good[5:]])
     worker.wait_caught_up(last)
     letters = asyncio.run(_dead_letters(dead, 2, len(bad)))
@@ -157,6 +160,6 @@ def test_skipped_messages_go_to_the_dead_letter_topic_with_their_reason(make_wor
             int(headers["bucket_app.source_partition"])]
     assert seen == sent
     assert reasons == worker.health()["worker"]["skipped"] == {
-        "not_json": 1, "not_object": 1, "future_time": 1, "bad_time": 1}
-    assert worker.health()["worker"]["dead_letters"] == 4
+        "not_json": 1, "not_object": 1, "future_time": 1, "bad_time": 1, "expired": 1}
+    assert worker.health()["worker"]["dead_letters"] == 5
     assert sum(r["count"] for r in rows(worker).values()) == len(good)
