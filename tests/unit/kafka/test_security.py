@@ -27,25 +27,7 @@ from bucket_app.errors import KafkaAuthError, SettingsError
 from bucket_app.kafka import security as kafka_security
 from bucket_app.kafka.security import client_kwargs, faust_credentials, raise_if_refused
 from bucket_app.settings import Settings, load
-
-INI = """\
-[KafkaSettings]
-brokers = {brokers}
-topic = test
-
-[MsgSettings]
-bucket_interval = 20
-bucket_field = timestamp
-bucket_type = epoch
-msg_map_schema = msg_map_schema.json
-
-[HTTPEndpointSetting]
-sqlite_schema = sqlite_schema.json
-sqlite_db = :memory:
-sqlite_table = default
-clean_interval = 10
-clean_freq = 10
-"""
+from tests.unit.test_settings import SEED_INI, replace_line
 
 
 def settings_for(tmp_path: Path, brokers: str = "127.0.0.1:9092", **env: str) -> Settings:
@@ -53,7 +35,7 @@ def settings_for(tmp_path: Path, brokers: str = "127.0.0.1:9092", **env: str) ->
     (tmp_path / "sqlite_schema.json").write_text(json.dumps({
         "a": "TEXT", "bucket_start": "INTEGER", "bucket_end": "INTEGER", "count": "INTEGER"}))
     path = tmp_path / "settings.ini"
-    path.write_text(INI.format(brokers=brokers))
+    path.write_text(replace_line(SEED_INI, "brokers", brokers))
     return load(path, {f"BUCKET_APP_{k.upper()}": v for k, v in env.items()})
 
 
