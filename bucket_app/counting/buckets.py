@@ -48,7 +48,7 @@ _EPOCH_NAIVE: Final = datetime(1970, 1, 1)
 _COMPOUND: Final = (dict, list)
 _JSON_OPTS: Final = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 
-_MISSING: Final = object()
+MISSING: Final = object()  # "no such key", where None is a value
 
 def bucket_start(ts_s: float, interval_s: int) -> int:
     """Start of the half-open bucket ``[start, start + interval_s)`` that holds ``ts_s``.
@@ -182,8 +182,8 @@ def lookup(msg: dict[str, Any], path: str, parts: tuple[str, ...] | None) -> Any
     """
     if parts is None:
         return msg.get(path)
-    value = msg.get(path, _MISSING)
-    if value is not _MISSING:
+    value = msg.get(path, MISSING)
+    if value is not MISSING:
         return value
     node: Any = msg
     for part in parts:

@@ -23,6 +23,7 @@ import orjson
 from bucket_app.counting.buckets import (
     MAX_TS_S,
     MIN_TS_S,
+    MISSING,
     FieldMap,
     TimeField,
     bucket_start,
@@ -64,10 +65,6 @@ class Grouped:
         group = self._groups[self._offsets.index(self.lasts[index])]
         return sum(1 for each, at in zip(self._groups, self._offsets, strict=True)
                    if at > offset and each == group)
-
-
-class _Unsure(Exception):
-    """A value the column path leaves to :meth:`Classifier.locate`."""
 
 
 class Classifier:
@@ -279,12 +276,13 @@ def _column_reader(path: str) -> Callable[[list[Any]], list[Any]]:
     """A function from decoded messages to the value at ``path`` in each, as
     :func:`~bucket_app.counting.buckets.lookup` reads it, in C loops where it can."""
     parts = split_path(path)
+    get = methodcaller("get", path)
     if parts is None:
-        return lambda msgs: list(map(methodcaller("get", path), msgs))
-    literal = methodcaller("get", path, _ABSENT)
+        return lambda msgs: list(map(get, msgs))
+    literal = methodcaller("get", path, MISSING)
 
     def read(msgs: list[Any]) -> list[Any]:
-        if any(each is not _ABSENT for each in map(literal, msgs)):
+        if any(each is not MISSING for each in map(literal, msgs)):
             return [lookup(msg, path, parts) for msg in msgs]  # a literal dotted key
         nodes = msgs
         for part in parts:
@@ -296,5 +294,3 @@ def _column_reader(path: str) -> Callable[[list[Any]], list[Any]]:
 
     return read
 
-
-_ABSENT = object()
