@@ -24,7 +24,7 @@ import faust
 from bucket_app import identity
 from bucket_app.counting.batch import BatchCounter
 from bucket_app.kafka import security as kafka_security
-from bucket_app.kafka.changelog import ChangelogRecord, ChangelogSender, TableBatch
+from bucket_app.kafka.changelog import ChangelogRecord, ChangelogSender, TableBatch, Unacked
 from bucket_app.kafka.deadletter import DeadLetter, DeadLetterSender
 from bucket_app.kafka.intake import BatchIntake
 from bucket_app.kafka.topics import source_partitions
@@ -92,6 +92,8 @@ class Processor:
         self.app = app
         self.settings = settings
         self.counts = counts
+        # table writes between counting and the changelog's acknowledgement
+        self.unacked = Unacked(counts.data)
         self.batches = BatchCounter(
             settings, counts,
             stored_keys=lambda partition: table_store.partition_keys(counts.data, partition),
@@ -125,10 +127,10 @@ class Processor:
 
     def count_and_write(self, partition: int, records: Sequence[Any],
                         ) -> tuple[list[ChangelogRecord], list[DeadLetter]]:
-        """Count a batch into a :class:`TableBatch`, applied to RocksDB; returns the
-        changelog records and dead letters for :class:`~bucket_app.kafka.intake.BatchIntake`
-        to send."""
-        batch = TableBatch(self.counts.data, partition)
+        """Count a batch into a :class:`TableBatch`, staged until its changelog records are
+        acknowledged; returns those records and the dead letters for
+        :class:`~bucket_app.kafka.intake.BatchIntake` to send."""
+        batch = TableBatch(self.unacked, partition)
         self.batches.count_batch(partition, records, batch)
         dead = [DeadLetter(record, partition, reason)
                 for record, reason in self.batches.take_skipped()]
@@ -151,14 +153,23 @@ def quiet_debug_logging() -> None:
         root.setLevel(min(levels))
 
 
-def guard_local_state(settings: Settings, tabledir: Path) -> None:
-    """Say which state this worker counts under, and wipe that state's local RocksDB tables if
-    its previous worker on this data_dir did not stop cleanly.
+#: What the unclean-stop marker says of the tables of a worker that writes RocksDB only after
+#: the changelog (bucket_app.kafka.changelog). A marker without it was left by an earlier
+#: version, whose tables can hold increments the changelog never got.
+TABLES_AFTER_CHANGELOG = "tables written after the changelog (store v2)"
 
-    A worker writes RocksDB at once but its changelog records later; after SIGKILL the local
-    store can hold increments the changelog never got, and such a worker would never send them
-    (it skips the replayed events as already counted). Starting from the changelog instead makes
-    it the single truth: recovery rebuilds the store and the replay counts what it lacks.
+
+def guard_local_state(settings: Settings, tabledir: Path) -> None:
+    """Say which state this worker counts under, and keep its local RocksDB tables unless an
+    earlier version of bucket_app left them after an unclean stop.
+
+    A worker writes RocksDB only after the brokers acknowledged the changelog records of the
+    same writes, with the changelog offset they reach (:mod:`bucket_app.kafka.changelog`), so
+    its tables are a prefix of the changelog even after SIGKILL, and Faust's recovery reads
+    only the tail past that offset. Versions before that wrote RocksDB first: after their
+    unclean stop the local store can hold increments the changelog never got, and such a worker
+    would never send them (it skips the replayed events as already counted), so those tables
+    are wiped and rebuilt from the changelog, once.
 
     Local tables, marker and changelog all belong to one state (:mod:`bucket_app.identity`):
     a worker whose bound settings changed counts under another state, in another ``tabledir``,
@@ -172,14 +183,21 @@ def guard_local_state(settings: Settings, tabledir: Path) -> None:
     print("bucket_app: " + identity.startup_line(settings, owned_by, COUNTS_TABLE),
           file=sys.stderr, flush=True)
     if marker.exists() and tabledir.exists():
-        print(f"bucket_app: the previous worker of state {identity.state_id(settings)} on "
-              f"{settings.data_dir} did not stop cleanly; rebuilding its tables from the "
-              "changelog", file=sys.stderr, flush=True)
-        shutil.rmtree(tabledir)
+        state = identity.state_id(settings)
+        if TABLES_AFTER_CHANGELOG in marker.read_text():
+            print(f"bucket_app: the previous worker of state {state} on {settings.data_dir} "
+                  "did not stop cleanly; its tables hold only what the changelog holds, so "
+                  "recovery reads the changelog from where they stop", file=sys.stderr,
+                  flush=True)
+        else:
+            print(f"bucket_app: the previous worker of state {state} on {settings.data_dir} "
+                  "did not stop cleanly and was an earlier version; rebuilding its tables "
+                  "from the changelog", file=sys.stderr, flush=True)
+            shutil.rmtree(tabledir)
     # Faust creates the tabledir itself, but not its parents.
     tabledir.parent.mkdir(parents=True, exist_ok=True)
     owner.write_text(identity.owner_record(settings))
-    marker.write_text("a worker is running or did not stop cleanly\n")
+    marker.write_text(f"a worker is running or did not stop cleanly; {TABLES_AFTER_CHANGELOG}\n")
 
     def clean_exit() -> None:
         marker.unlink(missing_ok=True)
@@ -197,7 +215,7 @@ class BucketApp(SeamApp):
     def on_consumer(self, consumer: SeamConsumer) -> None:
         processor = self.processor
         assert processor is not None, "create_app sets the processor before the worker starts"
-        sender = ChangelogSender(self, processor.counts.data, processor.counts.changelog_topic_name)
+        sender = ChangelogSender(self, processor.unacked, processor.counts.changelog_topic_name)
         topic = processor.settings.dead_letter_topic
         dead_letters = None if topic is None else DeadLetterSender(
             self, topic, self.source_topic_name)
@@ -293,7 +311,9 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
                 f"source record {event.message.tp}@{event.message.offset} bypassed BatchIntake")
 
     async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
-        processor.batches.forget({tp.partition for tp in revoked if tp.topic == settings.topic})
+        partitions = {tp.partition for tp in revoked if tp.topic == settings.topic}
+        processor.batches.forget(partitions)
+        processor.unacked.forget(partitions)
 
     app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
 

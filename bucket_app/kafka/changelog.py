@@ -1,24 +1,35 @@
-"""Table writes of one batch: RocksDB in one write batch, the changelog in one Kafka batch.
+"""Table writes of one batch: the changelog in one Kafka batch, then RocksDB in write batches.
 
 Faust writes a table key with one RocksDB put and one changelog message, each message going
 through Faust's producer buffer, its sensors and a separate ``producer.send`` before a callback
 records the changelog offset in RocksDB (about 60 µs a key here). :class:`TableBatch` collects
 the reads and writes the counting code makes for one partition's batch; :meth:`TableBatch.apply`
-writes them to the partition's RocksDB database in ``WriteBatch``es of ``WRITE_CHUNK`` keys and
-returns the changelog records, which :class:`ChangelogSender` appends to whole aiokafka batches
-on Faust's own producer. The bytes are Faust's (the store's key and value encoders), so Faust's
-recovery and the snapshot reader read them as if Faust had written them, and Faust's commit,
-which flushes that producer before it commits source offsets, covers them.
+hands them to :class:`Unacked` and returns the changelog records, which :class:`ChangelogSender`
+appends to whole aiokafka batches on Faust's own producer. The bytes are Faust's (the store's key
+and value encoders), so Faust's recovery and the snapshot reader read them as if Faust had
+written them, and Faust's commit, which flushes that producer before it commits source offsets,
+covers them.
+
+Invariant: **the local store never holds a value the changelog does not.** A batch's writes
+reach RocksDB only once the brokers have acknowledged its changelog records, in send order,
+with the changelog offset they reach (Faust's persisted offset) in the same ``WriteBatch`` as
+the last of them; until then reads see them in :class:`Unacked`. So after any exit, SIGKILL
+included, the store is the changelog up to its persisted offset (or a prefix of the next
+acknowledged batch, which the changelog repeats), and Faust's recovery, which reads the
+changelog from that offset, brings it to the changelog's end: the local tables are kept, and
+a restart reads only the tail (Kafka Streams' ``.checkpoint`` plays the same part).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from faust.types import TP
 from faust.utils.json import on_default
 from rocksdict import WriteBatch
 
@@ -45,9 +56,12 @@ def _faust_json(value: Any) -> bytes:
 class TableBatch:
     """A partition's view of the table for one batch: reads see this batch's own writes."""
 
-    def __init__(self, store: Any, partition: int) -> None:
+    def __init__(self, unacked: Unacked, partition: int) -> None:
+        store = unacked.store
         self.store = store
         self.partition = partition
+        self.unacked = unacked
+        self.pending = unacked.view(partition)
         self.db = table_store.partition_db(store, partition)
         self._encode_key: Callable[[Any], bytes]
         self._encode_value: Callable[[Any], bytes]
@@ -64,6 +78,8 @@ class TableBatch:
         raw_key = self._encode_key(key)
         if raw_key in self.writes:
             raw = self.writes[raw_key]
+        elif raw_key in self.pending:
+            raw = self.pending[raw_key]
         else:
             raw = self.db.get(raw_key)
         return default if raw is None else self._decode_value(raw)
@@ -75,12 +91,94 @@ class TableBatch:
         self.writes[self._encode_key(key)] = None
 
     def apply(self) -> list[ChangelogRecord]:
-        """Write everything to RocksDB, WRITE_CHUNK keys a write; return the changelog records
-        in write order."""
+        """Hand the batch's writes to :class:`Unacked`, where later batches read them until
+        the brokers acknowledge them; return the changelog records in write order."""
         if not self.writes:
             return []
-        key_index = table_store.key_index(self.store)
         records = list(self.writes.items())
+        self.writes = {}
+        self.unacked.stage(self.partition, records)
+        return records
+
+
+@dataclass(eq=False)
+class _Staged:
+    """One batch's changelog records, waiting for their acknowledgement."""
+
+    records: list[ChangelogRecord]
+    acked_through: int | None = None  # the changelog offset of the last one, once acknowledged
+
+
+@dataclass
+class _Partition:
+    values: dict[bytes, bytes | None] = field(default_factory=dict)  # newest unwritten value
+    queue: deque[_Staged] = field(default_factory=deque)  # in send order
+
+
+class Unacked:
+    """Table writes whose changelog records the brokers have not acknowledged yet, per
+    partition: reads see them here; RocksDB gets them, in send order, once acknowledged."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._partitions: dict[int, _Partition] = {}
+
+    def view(self, partition: int) -> dict[bytes, bytes | None]:
+        """The newest staged value of each key of ``partition`` not yet in RocksDB."""
+        return self._part(partition).values
+
+    def stage(self, partition: int, records: list[ChangelogRecord]) -> None:
+        part = self._part(partition)
+        part.values.update(records)
+        part.queue.append(_Staged(records))
+
+    def acknowledged(self, partition: int, records: list[ChangelogRecord],
+                     last_offset: int) -> None:
+        """The brokers hold ``records`` (a staged batch) through changelog ``last_offset``:
+        write every batch acknowledged so far, in send order, to RocksDB."""
+        part = self._partitions.get(partition)
+        if part is None:
+            return  # forgotten: the partition was revoked meanwhile
+        for staged in part.queue:
+            if staged.records is records:
+                staged.acked_through = last_offset
+                break
+        else:
+            return
+        while part.queue and part.queue[0].acked_through is not None:
+            staged = part.queue.popleft()
+            self._write(partition, staged)
+            values = part.values
+            for raw_key, raw_value in staged.records:
+                # a later batch may have staged a newer value of the key since
+                if raw_key in values and values[raw_key] is raw_value:
+                    del values[raw_key]
+
+    def forget(self, partitions: set[int]) -> None:
+        """Drop what waits for ``partitions``' acknowledgements: they were revoked, and Faust's
+        recovery reads the changelog from the persisted offset when one comes back, so a late
+        acknowledgement must not write over what that recovery restored."""
+        for partition in partitions:
+            self._partitions.pop(partition, None)
+
+    def pending(self) -> int:
+        """Staged batches not yet written to RocksDB."""
+        return sum(len(part.queue) for part in self._partitions.values())
+
+    def _part(self, partition: int) -> _Partition:
+        part = self._partitions.get(partition)
+        if part is None:
+            part = self._partitions[partition] = _Partition()
+        return part
+
+    def _write(self, partition: int, staged: _Staged) -> None:
+        """Write ``staged`` to RocksDB, WRITE_CHUNK keys a write, the persisted offset with the
+        last chunk: a crash between chunks leaves the persisted offset before the batch, whose
+        records recovery then reads again."""
+        store = self.store
+        db = table_store.partition_db(store, partition)
+        key_index = table_store.key_index(store)
+        records = staged.records
         # rocksdict holds the GIL through a write, which the web server's thread waits out;
         # chunks give it the lock between them.
         for first in range(0, len(records), WRITE_CHUNK):
@@ -92,53 +190,61 @@ class TableBatch:
                     key_index.pop(raw_key, None)
                 else:
                     batch.put(raw_key, raw_value)
-                    key_index[raw_key] = self.partition
-            self.db.write(batch)
-        self.writes = {}
-        return records
+                    key_index[raw_key] = partition
+            if first + WRITE_CHUNK >= len(records):
+                batch.put(store.offset_key, str(staged.acked_through).encode())
+            db.write(batch)
 
 
 class ChangelogSender:
-    """Sends changelog records as whole Kafka batches on Faust's producer."""
+    """Sends changelog records as whole Kafka batches on Faust's producer, and has
+    :class:`Unacked` write them to RocksDB once the brokers acknowledge them."""
 
-    def __init__(self, app: Any, store: Any, topic: str) -> None:
+    def __init__(self, app: Any, unacked: Unacked, topic: str) -> None:
         self.app = app
-        self.store = store
+        self.unacked = unacked
         self.topic = topic
 
-    async def send(self, partition: int, records: Sequence[ChangelogRecord]) -> list[Any]:
-        """Hand ``records`` to the producer; return the futures of their Kafka batches.
+    async def send(self, partition: int, records: list[ChangelogRecord]) -> list[Any]:
+        """Hand ``records`` (as :meth:`TableBatch.apply` returned them) to the producer;
+        return the futures of their Kafka batches.
 
         The records are in flight when this returns; each future resolves when the brokers
         have acknowledged its batch (acks=all).
         """
         producer = clients.aiokafka_producer(self.app)
-        futures = []
+        futures: list[Any] = []
+        counts: list[int] = []
         batch = producer.create_batch()
         count = 0
         for key, value in records:
             if batch.append(key=key, value=value, timestamp=None) is None:
-                futures.append(await self._send(producer, batch, partition, count))
+                futures.append(await self._send(producer, batch, partition))
+                counts.append(count)
                 batch, count = producer.create_batch(), 0
                 if batch.append(key=key, value=value, timestamp=None) is None:
                     raise ValueError(f"changelog record of {len(key) + len(value or b'')} "
                                      "bytes does not fit in a producer batch")
             count += 1
         if count:
-            futures.append(await self._send(producer, batch, partition, count))
+            futures.append(await self._send(producer, batch, partition))
+            counts.append(count)
+        if futures:
+            self._write_when_acknowledged(partition, records, futures, counts)
         return futures
 
-    async def _send(self, producer: AIOKafkaProducer, batch: Any, partition: int,
-                    count: int) -> Any:
+    def _write_when_acknowledged(self, partition: int, records: list[ChangelogRecord],
+                                 futures: list[Any], counts: list[int]) -> None:
+        def acknowledged(done: asyncio.Future[Any]) -> None:
+            # a failed write leaves the records staged: the intake stops the worker, and the
+            # changelog, not this store, says what was counted
+            if done.cancelled() or done.exception() is not None:
+                return
+            last = max(meta.offset + n - 1 for meta, n in zip(done.result(), counts, strict=True))
+            self.unacked.acknowledged(partition, records, last)
+
+        asyncio.gather(*futures).add_done_callback(acknowledged)
+
+    async def _send(self, producer: AIOKafkaProducer, batch: Any, partition: int) -> Any:
         batch.close()
-        future = await producer.send_batch(batch, self.topic, partition=partition)
-        tp = TP(self.topic, partition)
-
-        def persisted(done: Any) -> None:
-            # Faust's own callback does this per message: at start-up it reads the changelog
-            # only past the offset the local store already holds.
-            if not done.cancelled() and done.exception() is None:
-                self.store.set_persisted_offset(tp, done.result().offset + count - 1)
-
-        future.add_done_callback(persisted)
-        return future
+        return await producer.send_batch(batch, self.topic, partition=partition)

@@ -243,9 +243,10 @@ def test_source_records_come_a_record_batch_at_a_time_as_aiokafka_would(monkeypa
 
 
 def test_local_tables_of_another_app_id_or_topic_are_not_used(tmp_path, capsys):
-    """Local RocksDB tables are kept for the same app_id and topic after a clean stop; another
-    app_id or topic on the same data_dir counts in tables of its own state and leaves the old
-    ones as they were; an unclean stop wipes that state's tables (the changelog rebuilds them)."""
+    """Local RocksDB tables are kept for the same app_id and topic after a clean or an unclean
+    stop; another app_id or topic on the same data_dir counts in tables of its own state and
+    leaves the old ones as they were; an unclean stop of an earlier version, which wrote RocksDB
+    before the changelog, wipes that state's tables (the changelog rebuilds them)."""
     def settings_for(app_id: str = "first", topic: str = "test"):
         ini = SEED_INI.replace("[HTTPEndpointSetting]\n",
                                f"[HTTPEndpointSetting]\ndata_dir = {tmp_path}/data\n")
@@ -276,8 +277,12 @@ def test_local_tables_of_another_app_id_or_topic_are_not_used(tmp_path, capsys):
     assert not start(settings_for(app_id="another", topic="elsewhere"))
     assert start(first)  # back to the first: its tables were left untouched
     start(first, clean_stop=False)
+    assert start(first)  # the tables hold only what the changelog holds: kept
+    assert "recovery reads the changelog from where they stop" in capsys.readouterr().err
+    # an earlier version's marker (its tables could be ahead of the changelog)
+    identity.running_marker(first).write_text("a worker is running or did not stop cleanly\n")
     assert not start(first)
-    assert "did not stop cleanly" in capsys.readouterr().err
+    assert "was an earlier version; rebuilding" in capsys.readouterr().err
 
 
 def test_acknowledged_batches_commit_like_faust_acks(settings):
@@ -357,45 +362,88 @@ def test_avro_logical_types_as_mapped_fields_reach_the_snapshot_as_text(tmp_path
 
 def test_table_batch_writes_the_bytes_faust_writes(settings):
     app = create_app(settings, partitions=4)
-    store = app.processor.counts.data
+    store, unacked = app.processor.counts.data, app.processor.unacked
+    changelog = TP(app.processor.counts.changelog_topic_name, 2)
     db = store._db_for_partition(2)
     key, other = ((2, "a", "t"), (1000.0, 1019.9)), ((2, "b", "t"), (1000.0, 1019.9))
-    batch = TableBatch(store, 2)
+    batch = TableBatch(unacked, 2)
     assert batch._encode_key is not store._encode_key  # the fast path is the one compared
     batch[key] = [3, 17]
     batch[other] = [1, 18]
     assert batch.get(key) == [3, 17]  # a batch reads its own writes
-    assert db.get(store._encode_key(key)) is None  # and writes nothing before apply
     records = batch.apply()
     # what Faust's send_changelog would serialize for the same writes, in order
     faust_bytes = [(app.serializers.dumps_key(None, k, serializer="json"),
                     app.serializers.dumps_value(None, v, serializer="json"))
                    for k, v in ((key, [3, 17]), (other, [1, 18]))]
     assert records == faust_bytes
+    # staged, not written, until the brokers acknowledge the changelog records
+    assert db.get(records[0][0]) is None
+    assert TableBatch(unacked, 2).get(key) == [3, 17]  # the next batch reads them
+    unacked.acknowledged(2, records, 41)
     assert store._decode_value(db.get(records[0][0])) == [3, 17]
     assert store._key_index[records[0][0]] == 2
+    assert store.persisted_offset(changelog) == 41
+    assert unacked.view(2) == {} and unacked.pending() == 0
 
+    batch = TableBatch(unacked, 2)
     batch[key] = [4, 19]
     del batch[other]  # retention: a tombstone
     assert batch.get(other) is None
-    assert batch.apply() == [(records[0][0], faust_bytes[0][1].replace(b"3,17", b"4,19")),
-                             (records[1][0], None)]
+    tombstoned = batch.apply()
+    assert tombstoned == [(records[0][0], faust_bytes[0][1].replace(b"3,17", b"4,19")),
+                          (records[1][0], None)]
+    assert TableBatch(unacked, 2).get(other) is None  # staged tombstone hides the stored value
+    unacked.acknowledged(2, tombstoned, 43)
     assert db.get(records[1][0]) is None
     assert records[1][0] not in store._key_index
+    assert store.persisted_offset(changelog) == 43
+
+
+def test_acknowledgements_out_of_order_write_rocksdb_in_send_order(settings):
+    """RocksDB only ever holds a prefix of the changelog: a batch acknowledged before an earlier
+    one waits for it, a newer staged value survives an older batch's write, and a revoked
+    partition's late acknowledgements write nothing."""
+    app = create_app(settings, partitions=4)
+    store, unacked = app.processor.counts.data, app.processor.unacked
+    changelog = TP(app.processor.counts.changelog_topic_name, 3)
+    db = store._db_for_partition(3)
+    key = ((3, "a", "t"), (1000.0, 1019.9))
+
+    def stage(value):
+        batch = TableBatch(unacked, 3)
+        batch[key] = value
+        return batch.apply()
+
+    first, second = stage([1, 5]), stage([2, 6])
+    raw_key = first[0][0]
+    unacked.acknowledged(3, second, 11)
+    assert db.get(raw_key) is None and store.persisted_offset(changelog) is None
+    assert TableBatch(unacked, 3).get(key) == [2, 6]
+    third = stage([3, 7])
+    unacked.acknowledged(3, first, 10)  # both first and second land, in send order
+    assert store._decode_value(db.get(raw_key)) == [2, 6]
+    assert store.persisted_offset(changelog) == 11
+    assert TableBatch(unacked, 3).get(key) == [3, 7]  # third still staged over the store
+    unacked.forget({3})
+    unacked.acknowledged(3, third, 12)  # revoked meanwhile: recovery owns the store now
+    assert store._decode_value(db.get(raw_key)) == [2, 6]
+    assert store.persisted_offset(changelog) == 11
 
 
 def test_table_batch_larger_than_a_write_chunk_lands_whole(settings):
     app = create_app(settings, partitions=4)
-    store = app.processor.counts.data
+    store, unacked = app.processor.counts.data, app.processor.unacked
     db = store._db_for_partition(1)
     n = 2 * WRITE_CHUNK + 7
     keys = [((1, f"s-{i}", "t"), (1000.0, 1019.9)) for i in range(n)]
-    batch = TableBatch(store, 1)
+    batch = TableBatch(unacked, 1)
     for i, key in enumerate(keys):
         batch[key] = [i + 1, i]
     del batch[keys[WRITE_CHUNK]]  # a tombstone in the second chunk
     records = batch.apply()
     assert len(records) == n
+    unacked.acknowledged(1, records, n - 1)
     for i, key in enumerate(keys):
         raw = db.get(store._encode_key(key))
         if i == WRITE_CHUNK:
@@ -426,6 +474,7 @@ def test_rocksdb_holds_only_buckets_within_retention(tmp_path):
         processor.counter.partition(1).last_sweep_mono = float("-inf")  # sweep every batch
         changes, _ = processor.count_and_write(1, records)
         assert changes  # the changelog gets the writes and the tombstones
+        processor.unacked.acknowledged(1, changes, minute)
     db = processor.counts.data._db_for_partition(1)
     keys = [k for k in db.keys() if not k.startswith(b"__")]  # Faust's own offset key aside
     rows = [json.loads(k) for k in keys if b"__progress__" not in k]
