@@ -15,11 +15,12 @@ import gc
 import logging
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from bucket_app import identity
 from bucket_app.counting.batch import BatchCounter
@@ -27,6 +28,8 @@ from bucket_app.kafka import security as kafka_security
 from bucket_app.kafka.changelog import ChangelogRecord, ChangelogSender, TableBatch, Unacked
 from bucket_app.kafka.deadletter import DeadLetter, DeadLetterSender
 from bucket_app.kafka.intake import BatchIntake
+from bucket_app.kafka.recovery import RecoveryProgress
+from bucket_app.kafka.restore import restore_changelog
 from bucket_app.kafka.topics import source_partitions
 from bucket_app.seam import compat
 from bucket_app.seam import store as table_store
@@ -81,7 +84,20 @@ class CountsTable(UnexpiringTable):
     Retention here is bucket_app's: the agent deletes expired window-keys with changelog
     tombstones, so the changelog is compact-only (see :mod:`bucket_app.seam.table` for why
     Faust's own expiry is off).
+
+    Newly assigned partitions are restored in bulk (:mod:`bucket_app.kafka.restore`) before
+    Faust's recovery, which Faust starts only once every table's ``on_rebalance`` returned.
     """
+
+    #: set by create_app: reads changelog partitions into the store, returns records read
+    restore: Callable[[set[int]], Awaitable[int]] | None = None
+
+    async def on_rebalance(self, assigned: set[TP], revoked: set[TP],
+                           newly_assigned: set[TP], generation_id: int = 0) -> None:
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+        if self.restore is not None:
+            topic = self.changelog_topic_name
+            await self.restore({tp.partition for tp in newly_assigned if tp.topic == topic})
 
 
 class Processor:
@@ -209,6 +225,7 @@ class BucketApp(SeamApp):
     """A Faust app whose consumer counts the source topic through :class:`BatchIntake`."""
 
     intake: BatchIntake | None = None
+    recovery_progress: RecoveryProgress | None = None  # set by create_app
     processor: Processor | None = None  # set by create_app
     source_topic_name: str = ""
 
@@ -293,6 +310,15 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     if table.changelog_topic_name != snapshot.changelog_topic(settings):
         raise RuntimeError(f"Faust names the changelog {table.changelog_topic_name}, "
                            f"bucket_app reads {snapshot.changelog_topic(settings)}")
+
+    # the bulk restore and Faust's recovery report to one progress (log lines, /metrics)
+    app.recovery_progress = RecoveryProgress()
+
+    def restore(partitions: set[int]) -> Awaitable[int]:
+        return restore_changelog(settings, table.data, table.changelog_topic_name, partitions,
+                                 app.recovery_progress, COUNTS_TABLE)
+
+    table.restore = restore
     processor = Processor(app, settings, counts.table)
     app.processor = processor
     app.source_topic_name = settings.topic

@@ -1,10 +1,12 @@
 """Table recovery's progress: changelog records left to restore, and a log line about it.
 
-While a worker rebuilds its tables from the changelog (at start-up after an unclean exit, or when
-it takes over partitions), Faust logs tables of offsets. :class:`RecoveryProgress`, sampled on
-the worker's main loop, keeps the records left per table partition (``/metrics``'
-``bucket_app_recovery_remaining``) and logs one line every few seconds: records restored of all,
-rate and time left. It reads Faust's public recovery API (``app.tables.recovery``).
+While a worker reads its tables' changelog (when it takes over partitions, or at start-up for
+what its local tables lack), Faust logs tables of offsets. :class:`RecoveryProgress` keeps the
+records left per table partition (``/metrics``' ``bucket_app_recovery_remaining``) and logs one
+line every few seconds: records restored of all, rate and time left. It follows both readers:
+the bulk restore (:mod:`bucket_app.kafka.restore`, which reports to :meth:`restoring`) and
+Faust's own recovery after it, sampled on the worker's main loop through Faust's public recovery
+API (``app.tables.recovery``).
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ class RecoveryProgress:
         #: changelog partition -> records left to restore; replaced whole by each sample
         self.remaining: dict[int, int] = {}
         self._runs: dict[str, _Run] = {}
+        # Faust's records left at the last sample, and a bulk restore's (restoring)
+        self._faust_left: dict[int, int] = {}
+        self._bulk_left: dict[int, int] = {}
+        self._bulk_runs: dict[str, _Run] = {}
         self._table_offsets: dict[Any, int | None] = {}
 
     def on_assigned(self, recovery: Any) -> None:
@@ -110,7 +116,8 @@ class RecoveryProgress:
         for partitions in by_table.values():
             for partition, left in partitions.items():
                 remaining[partition] = remaining.get(partition, 0) + left
-        self.remaining = remaining
+        self._faust_left = remaining
+        self.remaining = self._merged()
         now = self.clock()
         lines = []
         for name in sorted(set(by_table) | set(self._runs)):
@@ -142,11 +149,46 @@ class RecoveryProgress:
                 lines.append(line)
         return lines
 
+    def restoring(self, name: str, left: Mapping[int, int]) -> None:
+        """A bulk restore of table ``name`` (:mod:`bucket_app.kafka.restore`) has ``left``
+        records to read per changelog partition: the first call starts a run, one with none
+        left ends it. Logs the lines :meth:`observe` logs for Faust's recovery."""
+        self._bulk_left = {p: n for p, n in left.items() if n > 0}
+        self.remaining = self._merged()
+        total_left = sum(self._bulk_left.values())
+        now = self.clock()
+        run = self._bulk_runs.get(name)
+        if run is None:
+            if total_left == 0:
+                return
+            run = self._bulk_runs[name] = _Run(total_left, now, 0, now)
+            log.info("%s", f"bucket_app: recovering table {name}: 0/{total_left:,} records "
+                     f"({percent(0, total_left)})")
+        done = run.total - total_left
+        elapsed = now - run.seen_s
+        rate = done / elapsed if elapsed > 0 else 0.0
+        if total_left == 0:
+            del self._bulk_runs[name]
+            log.info("%s", f"bucket_app: recovered table {name}: {done:,} records in "
+                     f"{duration(elapsed)}" + (f", {rate:,.0f}/s" if rate > 0 else ""))
+        elif now - run.logged_s >= self.log_every_s:
+            run.logged_s = now
+            line = (f"bucket_app: recovering table {name}: {done:,}/{run.total:,} records "
+                    f"({percent(done, run.total)})")
+            if rate > 0:
+                line += f", {rate:,.0f}/s, ~{duration(total_left / rate)} left"
+            log.info("%s", line)
+
+    def _merged(self) -> dict[int, int]:
+        merged = dict(self._faust_left)
+        for partition, left in self._bulk_left.items():
+            merged[partition] = merged.get(partition, 0) + left
+        return merged
+
 
 def table_name(recovery: Any, tp: Any) -> str:
     """The name of the table whose changelog partition ``tp`` is (its topic if unknown)."""
     return str(getattr(recovery.tp_to_table.get(tp), "name", None) or tp.topic)
-
 
 def percent(part: int, whole: int) -> str:
     """``part`` of ``whole`` as a whole percentage, rounded down (100% only when done)."""

@@ -180,7 +180,8 @@ def register(app: Any, settings: Settings, service: Any) -> CollectorRegistry:
     """Add GET /metrics (behind ``http_token`` like every route but /health) and the main
     loop's samplers to the Faust app."""
     lag = ConsumerLag(settings.topic)
-    recovery = RecoveryProgress()
+    # the worker's, which its bulk restore reports to too
+    recovery = getattr(app, "recovery_progress", None) or RecoveryProgress()
     registry = build_registry(service, lag, recovery)
 
     # Faust starts timers once the tables have recovered, so the consumer exists by then.

@@ -152,3 +152,37 @@ def test_sigkill_leaves_tables_a_prefix_of_the_changelog_and_restart_keeps_them(
     worker.wait_caught_up(last, timeout_s=120)
     assert counts_of(worker) == expected
     assert sum(expected.values()) == 40_000
+
+
+def test_a_joining_replica_restores_its_partitions_in_bulk_exactly(make_worker):
+    """A new replica takes over partitions with a long changelog: it reads them into RocksDB
+    in whole fetches before Faust's recovery, and both replicas answer exactly."""
+    topic = unique("join")
+    create_topic(topic, PARTITIONS)
+    app_id = unique("app")
+    first, second = (make_worker(topic, app_id=app_id, name=name, partitions=PARTITIONS,
+                                 extra={"session_timeout": "6s"}) for name in ("a", "b"))
+    records, expected = bulk_records(40_000, PARTITIONS, seed=12)
+    first.start()
+    last = produce(topic, records[:30_000])
+    first.wait_caught_up(last, timeout_s=120)
+    second.start()
+    deadline = time.monotonic() + 90
+    while not second.health()["worker"]["assigned"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    last = produce(topic, records[30_000:])
+    for worker in (first, second):
+        worker.wait_caught_up(last, timeout_s=180)
+        assert counts_of(worker) == expected
+    log = second.log_path.read_text(errors="replace")
+    assert "restored " in log and " changelog records of partitions " in log, second.tail()
+    # its tables, read back after a clean stop, are the changelog's own records
+    second.stop()
+    second_settings = load(second.settings_path, {})
+    tabledir = identity.tabledir(second_settings)
+    if not tabledir.is_absolute():
+        tabledir = second.directory / tabledir
+    changelog = identity.changelog_topic(second_settings, COUNTS_TABLE)
+    assert_prefix_of_changelog(local_tables(tabledir, PARTITIONS),
+                               changelog_records(changelog, PARTITIONS))
+    assert sum(expected.values()) == 40_000

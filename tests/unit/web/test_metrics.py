@@ -179,6 +179,28 @@ def test_recovery_logs_a_start_line_progress_every_few_seconds_and_an_end_line()
     assert progress.observe(False, {"counts": {0: 0, 1: 0}}) == []  # one end line only
 
 
+def test_a_bulk_restore_logs_as_recovery_does_and_adds_to_the_gauge(caplog) -> None:
+    clock = Clock()
+    progress = RecoveryProgress(log_every_s=5.0, clock=clock)
+    progress.observe(False, {"counts": {0: 0, 2: 7}})  # Faust's view: 7 left on partition 2
+    with caplog.at_level(logging.INFO, logger="bucket_app.kafka.recovery"):
+        progress.restoring("counts", {0: 0, 1: 0})  # nothing to read: no run, no line
+        progress.restoring("counts", {0: 300_000, 1: 100_000})
+        assert progress.remaining == {0: 300_000, 1: 100_000, 2: 7}
+        clock.now += 4
+        progress.restoring("counts", {0: 200_000, 1: 100_000})  # not due yet
+        clock.now += 1
+        progress.restoring("counts", {0: 100_000, 1: 50_000})
+        clock.now += 3
+        progress.restoring("counts", {})
+    assert [r.getMessage() for r in caplog.records] == [
+        "bucket_app: recovering table counts: 0/400,000 records (0%)",
+        "bucket_app: recovering table counts: 250,000/400,000 records (62%), 50,000/s, "
+        "~3 s left",
+        "bucket_app: recovered table counts: 400,000 records in 8 s, 50,000/s"]
+    assert progress.remaining == {0: 0, 2: 7}
+
+
 def test_a_recovery_first_seen_part_done_counts_what_was_restored_before() -> None:
     clock = Clock()
     progress = RecoveryProgress(log_every_s=5.0, clock=clock)
