@@ -186,11 +186,12 @@ class Unacked:
             for raw_key, raw_value in records[first:first + WRITE_CHUNK]:
                 if raw_value is None:
                     batch.delete(raw_key)
-                    # Faust's store remembers every key it ever set and never forgets one
                     key_index.pop(raw_key, None)
                 else:
+                    # Not added to Faust's key index, which never forgets a key: counting reads
+                    # each partition's database directly, and the index only saves Faust a
+                    # lookup in every partition for a read outside an event.
                     batch.put(raw_key, raw_value)
-                    key_index[raw_key] = partition
             if first + WRITE_CHUNK >= len(records):
                 batch.put(store.offset_key, str(staged.acked_through).encode())
             db.write(batch)

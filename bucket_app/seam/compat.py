@@ -121,7 +121,7 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
     _method(Store, "_encode_key", ("self", "key"), "store: the bytes Faust writes"),
     _method(Store, "_encode_value", ("self", "value"), "store: the bytes Faust writes"),
     _method(Store, "_decode_value", ("self", "value"), "store: the bytes Faust reads"),
-    _attribute(Store, "_key_index", "store: Faust's key-to-partition map, kept in step"),
+    _attribute(Store, "_key_index", "store: Faust's key-to-partition map, deleted keys removed"),
     # --- faust: producer and web server (seam.clients, seam.web)
     _attribute(faust_aiokafka.Producer, "_producer",
                "clients: changelog batches on Faust's aiokafka producer"),

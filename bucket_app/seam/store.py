@@ -27,8 +27,9 @@ def codec(store: Any) -> Codec:
 def key_index(store: Any) -> MutableMapping[bytes, int]:
     """The store's in-memory map of raw key to partition.
 
-    Faust adds every key it ever sets and never forgets one; whoever writes or deletes keys
-    behind the store's back keeps it in step.
+    Faust adds every key it sets or finds and never forgets one; it is only a shortcut (a key
+    missing from it is looked up in every partition), so bucket_app's writes add nothing to it
+    and its deletes remove the key, which must not point at a database that no longer has it.
     """
     return store._key_index  # type: ignore[no-any-return]
 
