@@ -32,6 +32,7 @@ from bench.common import (
     preload_quickly,
     produce_steady,
 )
+from bench.shapes import SHAPES, Shape, kstreams_spec
 from tests.support.http import http, http_json
 from tests.support.kafka import create_topic, end_offsets
 from tests.support.worker import Worker
@@ -41,6 +42,7 @@ SQL_CONTENDER = "bucket_app SQL"
 # the live phase produces at this fraction of the backlog rate: more than the workers count
 # while the broker and the producer share their cores (if they keep up, the result says so)
 LIVE_LOAD = 1.0
+FLAT_SHAPE = SHAPES["flat"]
 BENCH_PYTHON = REPO / ".bench-venv" / "bin" / "python"
 
 
@@ -167,18 +169,29 @@ def build_kstreams() -> str | None:
     return f"mvn package failed:\n{output[-2000:]}"
 
 
-def kstreams(job: Job, name: str, expected: dict[Key, int]) -> Result:
+def kstreams(job: Job, name: str, expected: dict[Key, int], shape: Shape = FLAT_SHAPE,
+             skipped: dict[str, int] | None = None) -> Result:
     """Kafka Streams (bench/kstreams): a windowed count, one stream thread, at_least_once or
-    exactly_once_v2; exact when its window store (queried at the end) equals the harness's."""
+    exactly_once_v2, on payload ``shape``; exact when its window store (queried at the end)
+    equals the harness's counts and the records it skipped, by reason, equal ``skipped`` (none
+    if not given)."""
     error = "no java on PATH (Java 17)" if shutil.which("java") is None else build_kstreams()
+    label = name if shape == FLAT_SHAPE else f"{name} {shape.name}"
     if error is not None:
-        return Result(name, job.messages, None, 0.0, note=error)
+        return Result(label, job.messages, None, 0.0, note=error)
     classpath = f"{KSTREAMS_JAR}:{KSTREAMS / 'target' / 'lib'}/*"
     extra = os.environ.get("BENCH_KSTREAMS_JVM_OPTS", "").split()  # e.g. -Dks.NAME=VALUE
     result = run_child(name, ["java", KSTREAMS_HEAP, *extra, "-cp", classpath,
-                              "bench.kstreams.Main", KSTREAMS_GUARANTEES[name]], job)
+                              "bench.kstreams.Main", KSTREAMS_GUARANTEES[name],
+                              json.dumps(kstreams_spec(shape))], job)
+    result.contender = label
     result.exact = child_exact(job, name, expected)
     path = job.workdir / name / "result.json"
+    if result.exact is not None and path.exists():
+        found = json.loads(path.read_text()).get("skipped")
+        result.exact = result.exact and found == (skipped or {})
+        if found or skipped:
+            result.note += f"; skipped {found} (expected {skipped or {}})"
     if result.seconds and path.exists():
         data = json.loads(path.read_text())
         cpu, warm = data.get("cpu_seconds"), data.get("warmup")

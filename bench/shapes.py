@@ -69,6 +69,15 @@ BAD_VALUES: list[tuple[str, bytes]] = [
 ]
 
 
+def kstreams_spec(shape: Shape) -> dict[str, Any]:
+    """``shape`` as the Kafka Streams contender reads it (bench/kstreams, ``Shape.java``): how
+    its values hold the event time. It counts by the Kafka key (``server|topic``), so the group
+    fields and ``msg_map`` are not in it."""
+    return {"name": shape.name, "time": shape.bucket_type,
+            "avro_schema": AVRO_SCHEMA if shape.avro else None,
+            "skip": len(CONFLUENT_HEADER) if shape.confluent else 0, "bad": shape.bad}
+
+
 def iso_time(i: int, ts: int) -> str:
     """Epoch second ``ts`` as ISO-8601: every fourth in +02:00, else UTC; i % 3 == 1 with
     milliseconds, i % 3 == 2 with microseconds (the fraction never leaves the second)."""

@@ -1,8 +1,7 @@
 package bench.kstreams;
 
-import com.fasterxml.jackson.core.JsonFactory;
-import com.fasterxml.jackson.core.JsonParser;
-import com.fasterxml.jackson.core.JsonToken;
+import bench.kstreams.Shape.Decoder;
+import bench.kstreams.Shape.Skip;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ArrayNode;
@@ -19,13 +18,13 @@ import java.util.List;
 import java.util.Map;
 import java.util.Properties;
 import java.util.Set;
+import java.util.TreeMap;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicReference;
 import org.apache.kafka.clients.admin.Admin;
 import org.apache.kafka.clients.admin.AdminClientConfig;
 import org.apache.kafka.clients.consumer.ConsumerConfig;
-import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.common.serialization.Serdes;
 import org.apache.kafka.common.utils.AppInfoParser;
 import org.apache.kafka.common.utils.Bytes;
@@ -41,7 +40,6 @@ import org.apache.kafka.streams.kstream.Grouped;
 import org.apache.kafka.streams.kstream.Materialized;
 import org.apache.kafka.streams.kstream.TimeWindows;
 import org.apache.kafka.streams.kstream.Windowed;
-import org.apache.kafka.streams.processor.TimestampExtractor;
 import org.apache.kafka.streams.processor.api.FixedKeyProcessor;
 import org.apache.kafka.streams.processor.api.FixedKeyProcessorContext;
 import org.apache.kafka.streams.processor.api.FixedKeyRecord;
@@ -53,11 +51,18 @@ import org.apache.kafka.streams.state.WindowStore;
 
 /**
  * The Kafka Streams contender: a 60 s tumbling-window count per Kafka key, event time from the
- * message's {@code timestamp} field (epoch seconds), RocksDB window store with its changelog, one
- * stream thread.
+ * message value's {@code timestamp} field, RocksDB window store with its changelog, one stream
+ * thread.
+ *
+ * <p>The harness keys every message by its {@code server|topic}, the fields bucket_app groups by,
+ * so the count groups by the Kafka key without a repartition and reads only the event time from
+ * the value: as a Kafka Streams user would on a topic keyed this way. A value it cannot read is
+ * skipped and counted by reason (bucket_app's reasons), never fatal; see {@link Shape}.
  *
  * <p>Job in {@code $BENCH_CONFIG} (as bench/child.py's): brokers, topic, ends, result, group,
- * state_dir. Argument: {@code at_least_once} or {@code exactly_once_v2}. It first warms the JVM up
+ * state_dir. Arguments: {@code at_least_once} or {@code exactly_once_v2}, then optionally the
+ * payload shape as JSON (bench/shapes.py's {@code kstreams_spec}; default: flat JSON with epoch
+ * seconds). It first warms the JVM up
  * with passes over the topic, each with its own application.id and state, until {@code
  * $BENCH_KSTREAMS_WARMUP} messages (600,000 by default; 0: none) were processed, then counts the
  * whole topic with a new application.id, and writes the wall-clock times of the first record processed and of the
@@ -75,6 +80,7 @@ public final class Main {
 
   public static void main(String[] args) throws Exception {
     String guarantee = args.length > 0 ? args[0] : StreamsConfig.AT_LEAST_ONCE;
+    Shape shape = Shape.parse(args.length > 1 ? args[1] : "{}");
     JsonNode cfg = JSON.readTree(System.getenv("BENCH_CONFIG"));
     Map<Integer, Long> ends = new HashMap<>();
     cfg.get("ends").fields().forEachRemaining(
@@ -85,15 +91,18 @@ public final class Main {
     String group = cfg.get("group").asText();
     Path stateDir = Path.of(cfg.get("state_dir").asText());
 
-    ObjectNode warm = warmUp(brokers, topic, group, stateDir, guarantee, ends, warmup);
+    ObjectNode warm = warmUp(brokers, topic, group, stateDir, guarantee, shape, ends, warmup);
     String tune = System.getenv("BENCH_KSTREAMS_TUNE");
     if (tune != null) { // "k=v,k=v|k=v": each config in turn, rounds times, after the warm-up
-      tune(brokers, topic, group, stateDir, guarantee, ends, tune.split("\\|", -1),
+      tune(brokers, topic, group, stateDir, guarantee, shape, ends, tune.split("\\|", -1),
           Integer.parseInt(System.getenv().getOrDefault("BENCH_KSTREAMS_TUNE_ROUNDS", "3")));
       System.exit(0);
     }
-    Pass pass = new Pass(brokers, topic, group, stateDir.resolve("main"), guarantee, ends);
+    Pass pass = new Pass(brokers, topic, group, stateDir.resolve("main"), guarantee, shape,
+        ends);
     ArrayNode counts = pass.run(true);
+    System.out.println("shape " + shape.name() + ": processed " + pass.progress.messages
+        + " records, skipped " + pass.skipped);
 
     ObjectNode result = JSON.createObjectNode();
     result.put("first", pass.progress.first / 1000.0);
@@ -105,6 +114,9 @@ public final class Main {
     result.put("version", "kafka-streams " + AppInfoParser.getVersion() + " " + guarantee
         + (warm == null ? ", no warm-up" : ""));
     result.put("guarantee", guarantee);
+    result.put("shape", shape.name());
+    ObjectNode skipped = result.putObject("skipped"); // by reason, as bucket_app's /health
+    pass.skipped.forEach(skipped::put);
     ObjectNode config = result.putObject("config");
     pass.props.forEach((k, v) -> config.put(k.toString(), v.toString()));
     if (warm != null) {
@@ -122,7 +134,7 @@ public final class Main {
    * one over its first messages, until {@code warmup} messages were processed. Returns the
    * passes, messages and the last full pass's msg/s (null: no warm-up). */
   static ObjectNode warmUp(String brokers, String topic, String group, Path stateDir,
-      String guarantee, Map<Integer, Long> ends, long warmup) throws Exception {
+      String guarantee, Shape shape, Map<Integer, Long> ends, long warmup) throws Exception {
     long total = ends.values().stream().mapToLong(Long::longValue).sum();
     if (warmup <= 0 || total == 0) {
       return null;
@@ -139,7 +151,7 @@ public final class Main {
         warmEnds.put(e.getKey(), Math.min(e.getValue(), share));
       }
       Pass pass = new Pass(brokers, topic, group + "-warmup" + passes,
-          stateDir.resolve("warmup" + passes), guarantee, warmEnds);
+          stateDir.resolve("warmup" + passes), guarantee, shape, warmEnds);
       pass.run(false);
       Progress pr = pass.progress;
       done += pr.messages;
@@ -157,11 +169,11 @@ public final class Main {
 
   /** Prints each pass's msg/s and msg per JVM CPU second, configs interleaved. */
   static void tune(String brokers, String topic, String group, Path stateDir, String guarantee,
-      Map<Integer, Long> ends, String[] configs, int rounds) throws Exception {
+      Shape shape, Map<Integer, Long> ends, String[] configs, int rounds) throws Exception {
     for (int round = 0; round < rounds; round++) {
       for (int c = 0; c < configs.length; c++) {
         Pass pass = new Pass(brokers, topic, group + "-" + round + "-" + c,
-            stateDir.resolve(round + "-" + c), guarantee, ends);
+            stateDir.resolve(round + "-" + c), guarantee, shape, ends);
         for (String kv : configs[c].split(",")) {
           if (!kv.isBlank()) {
             pass.props.put(kv.substring(0, kv.indexOf('=')), kv.substring(kv.indexOf('=') + 1));
@@ -231,7 +243,7 @@ public final class Main {
       }
     }
 
-    /** After the record was counted (its forward returned): record its offset. */
+    /** After the record was counted (its forward returned) or skipped: record its offset. */
     void counted(int partition, long offset) {
       messages++;
       if (first == 0) {
@@ -262,12 +274,16 @@ public final class Main {
     final String appId;
     final Properties props;
     final Progress progress;
+    final Shape shape;
+    // records skipped, by reason; written by the one stream thread, read after progress.done
+    final Map<String, Long> skipped = new TreeMap<>();
 
     Pass(String brokers, String topic, String appId, Path stateDir, String guarantee,
-        Map<Integer, Long> ends) {
+        Shape shape, Map<Integer, Long> ends) {
       this.brokers = brokers;
       this.topic = topic;
       this.appId = appId;
+      this.shape = shape;
       this.props = streamsConfig(brokers, appId, stateDir, guarantee);
       this.progress = new Progress(ends);
     }
@@ -275,9 +291,12 @@ public final class Main {
     Topology topology() {
       StreamsBuilder builder = new StreamsBuilder();
       Progress tracked = progress;
-      builder.stream(topic, Consumed.with(Serdes.Bytes(), Serdes.ByteArray())
-              .withTimestampExtractor(new EventTime()))
+      Map<String, Long> skips = skipped;
+      // the source's timestamp is the record's (the producer's); the processor replaces it
+      // with the event time it reads from the value, which the windowed count uses
+      builder.stream(topic, Consumed.with(Serdes.Bytes(), Serdes.ByteArray()))
           .processValues(() -> new FixedKeyProcessor<Bytes, byte[], byte[]>() {
+            private final Decoder decoder = shape.decoder();
             private FixedKeyProcessorContext<Bytes, byte[]> context;
 
             @Override
@@ -287,7 +306,13 @@ public final class Main {
 
             @Override
             public void process(FixedKeyRecord<Bytes, byte[]> record) {
-              context.forward(record); // counted (in the store's cache) when this returns
+              try {
+                long time = decoder.eventTimeMs(record.value(), record.timestamp());
+                // counted (in the store's cache) when this returns
+                context.forward(record.withTimestamp(time));
+              } catch (Skip skip) {
+                skips.merge(skip.reason, 1L, Long::sum);
+              }
               RecordMetadata meta = context.recordMetadata().orElseThrow();
               tracked.counted(meta.partition(), meta.offset());
             }
@@ -371,41 +396,6 @@ public final class Main {
       } catch (Exception e) {
         System.err.println("could not delete the internal topics of " + appId + ": " + e);
       }
-    }
-  }
-
-  /** Event time: the message's top-level {@code timestamp} (epoch seconds, an integer or a
-   * number with a fraction, truncated like the harness's int()), parsed with jackson-core's
-   * streaming parser. A message without one fails the stream thread. */
-  static final class EventTime implements TimestampExtractor {
-    private static final JsonFactory FACTORY = new JsonFactory();
-
-    @Override
-    public long extract(ConsumerRecord<Object, Object> record, long partitionTime) {
-      byte[] value = (byte[]) record.value();
-      try (JsonParser parser = FACTORY.createParser(value)) {
-        if (parser.nextToken() != JsonToken.START_OBJECT) {
-          throw new IllegalArgumentException("not a JSON object");
-        }
-        while (parser.nextToken() == JsonToken.FIELD_NAME) {
-          String field = parser.currentName();
-          JsonToken token = parser.nextToken();
-          if ("timestamp".equals(field)) {
-            if (token == JsonToken.VALUE_NUMBER_INT) {
-              return parser.getLongValue() * 1000;
-            }
-            if (token == JsonToken.VALUE_NUMBER_FLOAT) {
-              return (long) parser.getDoubleValue() * 1000;
-            }
-            throw new IllegalArgumentException("timestamp is not a number");
-          }
-          parser.skipChildren();
-        }
-      } catch (IOException e) {
-        throw new IllegalArgumentException(e);
-      }
-      throw new IllegalArgumentException("no timestamp at " + record.topic() + "-"
-          + record.partition() + "@" + record.offset());
     }
   }
 
