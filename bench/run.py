@@ -1,10 +1,12 @@
 """``make bench``: every contender on the same pre-loaded topic; prints one table and writes
-bench/results/latest.json. The ``shapes`` contender compares bucket_app with the bare loop on
-each payload shape (``bench/shapes.py``), each on a topic of its own: a table and JSON of its own.
+bench/results/latest.json. The ``shapes`` contender compares bucket_app with the bare loop and
+Kafka Streams on each payload shape (``bench/shapes.py``), each on a topic of its own: a table
+and JSON of its own.
 
     .venv/bin/python -m bench.run --messages 100000
     .venv/bin/python -m bench.run --brokers host:9092 --contenders bare,bucket_app-1
     .venv/bin/python -m bench.run --contenders shapes --shape-messages 100000 --shapes iso,avro
+    .venv/bin/python -m bench.run --contenders sweep --sweep 1e3,1e5   # state sizes: sweep.py
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench import contenders
+from bench import contenders, sweep
 from bench.common import (
     BUCKET_S,
     REPO,
@@ -38,7 +40,7 @@ from tests.support.kafka import broker_error, create_topic, end_offsets
 LOCAL_PORT = 9492
 SAME_AS_X2 = "bucket_app-1-again"
 ALL = ["bare", "quix", "faust-naive", "kstreams-alos", "kstreams-eos", "bucket_app-1",
-       "bucket_app-2", "shapes", "sql"]
+       "bucket_app-2", "shapes", "sql", "sweep"]
 OWN_TOPIC = {"shapes", "sql"}  # contenders that pre-load topics of their own
 KSTREAMS = contenders.KSTREAMS_GUARANTEES  # contender -> processing.guarantee
 
@@ -64,7 +66,10 @@ def main() -> None:
     parser.add_argument("--shape-messages", type=int, default=300_000,
                         help="shapes: messages in each shape's topic")
     parser.add_argument("--shape-rounds", type=int, default=1,
-                        help="shapes: bare and bucket_app this often per shape, alternated")
+                        help="shapes: bare, bucket_app and Kafka Streams this often per shape, "
+                        "alternated")
+    parser.add_argument("--shapes-no-kstreams", action="store_true",
+                        help="shapes: leave Kafka Streams (at_least_once) out of each shape")
     parser.add_argument("--sql-rows", type=int, default=1_000_000,
                         help="sql: rows in the snapshot the SQL latency is measured over")
     # 300,000 took 2.4 s at the worker's rate: 34 queries, and their "p99" was the slowest
@@ -72,6 +77,7 @@ def main() -> None:
                         help="sql: messages ingested while the queries run")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per contender")
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "latest.json")
+    sweep.add_arguments(parser)
     args = parser.parse_args()
     chosen = [c.strip() for c in args.contenders.split(",") if c.strip()]
     unknown = set(chosen) - set(ALL)
@@ -81,6 +87,10 @@ def main() -> None:
     if set(args.shape_list) - set(SHAPES):
         parser.error(f"unknown shapes {sorted(set(args.shape_list) - set(SHAPES))}; "
                      f"choose from {list(SHAPES)}")
+    try:
+        sweep_sizes = sweep.sizes(args.sweep)
+    except ValueError as exc:
+        parser.error(str(exc))
 
     started_broker = False
     brokers = args.brokers or f"127.0.0.1:{LOCAL_PORT}"
@@ -92,8 +102,12 @@ def main() -> None:
         kafka_script("start", LOCAL_PORT)
         started_broker = True
     shape_rows: list[dict[str, Any]] = []
+    sweep_rows: list[dict[str, Any]] = []
     try:
-        results = run(args, brokers, chosen, shape_rows)
+        others = [c for c in chosen if c != "sweep"]
+        results = run(args, brokers, others, shape_rows) if others else []
+        if "sweep" in chosen and sweep_sizes:
+            sweep_rows = sweep.run(args, brokers)
     finally:
         if started_broker:
             kafka_script("clean", LOCAL_PORT)
@@ -102,6 +116,8 @@ def main() -> None:
     if shape_rows:
         print_shapes(shape_rows, args.shape_messages)
     write_json(args.output, results, args, brokers, shape_rows)
+    if sweep_rows:
+        sweep.report(args.output, sweep_rows, args)
 
 
 def run(args: argparse.Namespace, brokers: str, chosen: list[str],
@@ -179,9 +195,11 @@ def run_shapes(args: argparse.Namespace, brokers: str, topic: str,
 
 def run_shape(args: argparse.Namespace, brokers: str, topic: str, workdir: Path,
               name: str) -> dict[str, Any]:
-    """One payload shape: a topic of its own, then the bare loop for that shape and one
-    bucket_app worker on it (``--shape-rounds`` times, the order alternated), both checked
-    against the counts computed while producing (bad records by reason for bucket_app)."""
+    """One payload shape: a topic of its own, then the bare loop for that shape, one
+    bucket_app worker and Kafka Streams at_least_once (its flat configuration, warmed up; not
+    with ``--shapes-no-kstreams``) on it, ``--shape-rounds`` times, the order alternated; all
+    checked against the counts computed while producing (bad records by reason for bucket_app
+    and Kafka Streams)."""
     shape = SHAPES[name]
     create_topic(topic, args.partitions, brokers=brokers)
     t0 = time.monotonic()
@@ -191,6 +209,7 @@ def run_shape(args: argparse.Namespace, brokers: str, topic: str, workdir: Path,
           f"{sum(skipped.values())} bad) in {time.monotonic() - t0:.1f}s", flush=True)
     bares: list[Result] = []
     apps: list[Result] = []
+    streams: list[Result] = []
 
     def job(n: int) -> Job:
         return Job(brokers, topic, dict(ends), workdir / f"shape-{name}-{n}", args.timeout)
@@ -205,14 +224,22 @@ def run_shape(args: argparse.Namespace, brokers: str, topic: str, workdir: Path,
             avro_schema=AVRO_SCHEMA if shape.avro else None,
             skipped=skipped if shape.bad else None, sql=False))
 
+    def run_kstreams(n: int) -> None:
+        streams.append(contenders.kstreams(job(n), "kstreams-alos", expected, shape, skipped))
+
+    steps = [run_bare, run_app] + ([] if args.shapes_no_kstreams else [run_kstreams])
     for n in range(args.shape_rounds):
-        for step in (run_bare, run_app) if n % 2 == 0 else (run_app, run_bare):
+        for step in steps if n % 2 == 0 else steps[::-1]:
             step(n)
+        ks = ("" if not streams else f", Kafka Streams alos {fmt(streams[-1].rate, '.0f')} "
+              f"msg/s ({yes(streams[-1].exact)})")
         print(f"  {name} round {n + 1}: bare {fmt(bares[-1].rate, '.0f')} msg/s "
               f"({yes(bares[-1].exact)}), bucket_app {fmt(apps[-1].rate, '.0f')} msg/s "
-              f"({yes(apps[-1].exact)}; counted {fmt(apps[-1].counted_rate, '.0f')})",
+              f"({yes(apps[-1].exact)}; counted {fmt(apps[-1].counted_rate, '.0f')}){ks}",
               flush=True)
-    return shape_row(name, args.shape_messages, skipped, bares, apps)
+        if streams and streams[-1].rate is None:
+            print(f"  kstreams-alos {name}: {streams[-1].note}", flush=True)
+    return shape_row(name, args.shape_messages, skipped, bares, apps, streams)
 
 
 def median(values: list[float | None]) -> float | None:
@@ -232,12 +259,15 @@ def yes(exact: bool | None) -> str:
 
 
 def shape_row(name: str, messages: int, skipped: dict[str, int], bares: list[Result],
-              apps: list[Result]) -> dict[str, Any]:
-    """One shape's figures: the median msg/s of each side over the rounds and their ratio,
-    with each round's, so the noise shows."""
+              apps: list[Result], streams: list[Result]) -> dict[str, Any]:
+    """One shape's figures: the median msg/s of each contender over the rounds and the ratios,
+    with each round's, so the noise shows. Kafka Streams runs one stream thread and bucket_app
+    one worker: their msg/s are per thread and per worker as they stand."""
     bare_rate = median([r.rate for r in bares])
     app_rate = median([r.rate for r in apps])
     counted_rate = median([r.counted_rate for r in apps])
+    ks_rate = median([r.rate for r in streams])
+    ks_rounds: list[Result | None] = [*streams] + [None] * (len(apps) - len(streams))
     return {
         "shape": name,
         "what": SHAPES[name].what,
@@ -249,34 +279,55 @@ def shape_row(name: str, messages: int, skipped: dict[str, int], bares: list[Res
         # up to the last record counted, before the snapshot shows it (bare's end point)
         "bucket_app_counted_msg_per_s": counted_rate,
         "ratio_counted_to_bare": ratio(counted_rate, bare_rate),
+        # Kafka Streams at_least_once, 1 stream thread (None: not run)
+        "kstreams_alos_msg_per_s": ks_rate,
+        "ratio_bucket_app_to_kstreams_alos_per_thread": ratio(app_rate, ks_rate),
+        "ratio_counted_to_kstreams_alos_per_thread": ratio(counted_rate, ks_rate),
+        "ratio_bare_to_kstreams_alos": ratio(bare_rate, ks_rate),
         "rounds": [{"bare_msg_per_s": b.rate, "bucket_app_msg_per_s": a.rate,
                     "ratio": ratio(a.rate, b.rate),
                     "bucket_app_counted_msg_per_s": a.counted_rate,
+                    "kstreams_alos_msg_per_s": k.rate if k else None,
+                    "ratio_to_kstreams_alos": ratio(a.rate, k.rate if k else None),
                     "bare_exact": b.exact, "bucket_app_exact": a.exact,
-                    "bare_note": b.note, "bucket_app_note": a.note}
-                   for b, a in zip(bares, apps, strict=True)],
+                    "kstreams_alos_exact": k.exact if k else None,
+                    "bare_note": b.note, "bucket_app_note": a.note,
+                    "kstreams_alos_note": k.note if k else None}
+                   for b, a, k in zip(bares, apps, ks_rounds, strict=True)],
         "bare_peak_rss_mb": max(r.peak_rss_mb for r in bares),
         "bucket_app_peak_rss_mb": max(r.peak_rss_mb for r in apps),
-        "exact": all(r.exact for r in bares + apps),
+        "kstreams_alos_peak_rss_mb": max((r.peak_rss_mb for r in streams), default=None),
+        "bare_exact": all(r.exact for r in bares),
+        "bucket_app_exact": all(r.exact for r in apps),
+        "kstreams_alos_exact": all(r.exact for r in streams) if streams else None,
+        "exact": all(r.exact for r in bares + apps + streams),
     }
 
 
 def print_shapes(shape_rows: list[dict[str, Any]], messages: int) -> None:
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     header = (f"{'shape':<16} {'bare msg/s':>11} {'bucket_app':>11} {'x bare':>7} "
-              f"{'counted':>9} {'x bare':>7} {'x bare by round':>24} {'exact':>6}")
-    print(f"\npayload shapes: {messages} messages each, bare loop and 1 bucket_app worker, "
-          f"load average {load}\n{header}\n{'-' * len(header)}")
+              f"{'counted':>9} {'x bare':>7} {'x bare by round':>16} {'KS alos':>9} "
+              f"{'x KS':>6} {'exact b/a/KS':>13}")
+    print(f"\npayload shapes: {messages} messages each, bare loop, 1 bucket_app worker and "
+          f"Kafka Streams at_least_once (1 stream thread), load average {load}"
+          f"\n{header}\n{'-' * len(header)}")
     for row in shape_rows:
         rounds = " ".join(fmt(r["ratio"], ".2f") for r in row["rounds"])
+        exact = "/".join(yes(row[f"{who}_exact"]) for who in ("bare", "bucket_app",
+                                                              "kstreams_alos"))
         print(f"{row['shape']:<16} {fmt(row['bare_msg_per_s'], '.0f'):>11} "
               f"{fmt(row['bucket_app_msg_per_s'], '.0f'):>11} "
               f"{fmt(row['ratio_bucket_app_to_bare'], '.3f'):>7} "
               f"{fmt(row['bucket_app_counted_msg_per_s'], '.0f'):>9} "
-              f"{fmt(row['ratio_counted_to_bare'], '.3f'):>7} {rounds:>24} "
-              f"{yes(row['exact']):>6}")
+              f"{fmt(row['ratio_counted_to_bare'], '.3f'):>7} {rounds:>16} "
+              f"{fmt(row['kstreams_alos_msg_per_s'], '.0f'):>9} "
+              f"{fmt(row['ratio_bucket_app_to_kstreams_alos_per_thread'], '.2f'):>6} "
+              f"{exact:>13}")
     print("bucket_app: msg/s until its snapshot shows the last message; counted: until its "
-          "counters have every record (the end point bare's msg/s has); medians over rounds")
+          "counters have every record (the end point bare's msg/s has); KS alos: Kafka Streams "
+          "msg/s from its first record to the last, after its JIT warm-up; x KS: bucket_app "
+          "per worker over Kafka Streams per stream thread; medians over rounds")
 
 
 def fmt(value: float | None, spec: str) -> str:
