@@ -9,29 +9,41 @@ reader sums the partitions of a key into one row. Each refresh is applied by
 previous refresh or the next one, never half of one; each refresh bumps the generation that the
 seed called RST_ID. The worker's SQLite writes run in a child process
 (:mod:`bucket_app.snapshot.process`), called from one thread, off the event loop.
+
+The snapshot outlives the worker: each refresh stores with it the changelog offsets it reflects
+(a :class:`Checkpoint`), and a restarted reader seeks to them and reads only the changelog's
+tail, unless :meth:`SnapshotStore.open` finds the files do not provably match this state and
+changelog, in which case they are rebuilt from the beginning as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import math
+import os
+import secrets
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
 from bucket_app import identity
 from bucket_app.counting.keys import PROGRESS_KEY
 from bucket_app.counting.lifecycle import NEVER, Lifecycle
+from bucket_app.errors import SnapshotError
 from bucket_app.kafka import security as kafka_security
 from bucket_app.seam import clients
 from bucket_app.settings import FINAL_COLUMN, LATE_COLUMN, RST_COLUMN, Settings
@@ -45,6 +57,19 @@ COUNTS_TABLE = "counts"
 MAX_PENDING = 50_000
 # (source partition, mapped values, bucket start) -> count in that partition
 PartKey = tuple[int, tuple[Any, ...], int]
+# The layout of the files and their checkpoint: a snapshot of another format is rebuilt.
+SNAPSHOT_FORMAT = 1
+# The side file's journal. WAL, as the snapshot's: a kept file must survive a kill mid-refresh
+# (journal_mode=OFF corrupts it then), and WAL appends each refresh's pages instead of
+# copying every page it changes to a rollback journal first.
+SIDE_JOURNAL_MODE = "WAL"
+# PRAGMA user_version is a signed 32-bit integer: commit numbers wrap below its maximum.
+COMMIT_WRAP = 2**31 - 1
+# How long a new writer waits for the previous one: a killed worker's snapshot process
+# finishes the refresh it was applying, then sees its closed stdin and exits.
+LOCK_TIMEOUT_S = 120.0
+# Kafka's default delete.retention.ms, used when the changelog's own cannot be read.
+DEFAULT_TOMBSTONE_RETENTION_S = 86_400.0
 
 
 def changelog_topic(settings: Settings) -> str:
@@ -56,7 +81,9 @@ def store_config(settings: Settings) -> dict[str, Any]:
     """:class:`SnapshotStore`'s arguments for ``settings``, as JSON (a child process gets them)."""
     return {"path": str(settings.snapshot_path), "table": settings.sqlite_table,
             "interval_s": settings.bucket_interval_s, "mapped": list(settings.msg_map.values()),
-            "schema": dict(settings.sqlite_schema), "grace_s": settings.grace_s}
+            "schema": dict(settings.sqlite_schema), "grace_s": settings.grace_s,
+            "idle_close_s": settings.idle_close_s, "state": identity.state_id(settings),
+            "changelog": changelog_topic(settings)}
 
 
 @dataclass
@@ -131,6 +158,52 @@ def decode_record(key: bytes | None, value: bytes | None, into: Decoded) -> None
         log.warning("ignored changelog record with key %r: %s", key[:200], exc)
 
 
+@dataclass
+class Checkpoint:
+    """What a snapshot on disk reflects, stored with every refresh in the same transaction;
+    from :meth:`SnapshotStore.open` also whether it was resumed, and why (not)."""
+
+    generation: int = 0
+    # changelog partition -> the next offset to read
+    offsets: dict[int, int] = field(default_factory=dict)
+    progress: dict[int, Progress] = field(default_factory=dict)
+    closing_s: float = NEVER
+    final_through: float = NEVER
+    rows: int = 0
+    refreshed_at_s: float = 0.0
+    resumed: bool = False
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"generation": self.generation,
+                "offsets": {str(p): o for p, o in self.offsets.items()},
+                "progress": {str(p): [g.offset, g.watermark_s, g.seen_at_s]
+                             for p, g in self.progress.items()},
+                "closing_s": _finite(self.closing_s), "final_through": _finite(self.final_through),
+                "rows": self.rows, "refreshed_at_s": self.refreshed_at_s,
+                "resumed": self.resumed, "reason": self.reason}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Checkpoint:
+        return cls(
+            generation=int(doc["generation"]),
+            offsets={int(p): int(o) for p, o in doc["offsets"].items()},
+            progress={int(p): Progress(int(o), float(w), float(s))
+                      for p, (o, w, s) in doc["progress"].items()},
+            closing_s=_infinite(doc["closing_s"]), final_through=_infinite(doc["final_through"]),
+            rows=int(doc["rows"]), refreshed_at_s=float(doc["refreshed_at_s"]),
+            resumed=bool(doc.get("resumed", False)), reason=str(doc.get("reason", "")))
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no -inf: NEVER is stored as null."""
+    return value if math.isfinite(value) else None
+
+
+def _infinite(value: float | None) -> float:
+    return NEVER if value is None else float(value)
+
+
 class SnapshotStore:
     """The SQLite file: one table of the sqlite_schema columns plus RST_ID, ``late`` and
     ``final``. Thread-confined.
@@ -145,37 +218,195 @@ class SnapshotStore:
     Rows sum a window-key's counts over the source partitions, while the changelog carries each
     partition's own count; the per-partition counts and each row's rowid live in a side database
     (``<snapshot>-parts``, attached as ``side``) rather than in Python dicts, which cost about
-    a kilobyte a row (docs/performance.md). Both files are rebuilt from the changelog at
-    start-up, so the side file has no journal: a refresh that fails part-way stops the worker
-    (see :mod:`bucket_app.snapshot.process`) rather than roll back; an in-memory journal would
-    grow with every large refresh.
+    a kilobyte a row (docs/performance.md).
+
+    The files survive a restart, clean or not: each refresh stores, in the same transaction, a
+    :class:`Checkpoint` of what they reflect (the next changelog offset per partition, the
+    source partitions' progress, the generation, the closing time, the row count) in the side
+    file, with the settings that give the rows their meaning (:attr:`identity`). Both files are
+    in WAL mode, so each commits atomically, but a transaction over two WAL files is atomic per
+    file only: a kill between the two commits leaves one a refresh ahead. So every commit also
+    numbers itself in both files (``PRAGMA user_version`` of the snapshot, the checkpoint's
+    ``commit``), and :meth:`create` ties the two files together with a random number
+    (``PRAGMA application_id`` and the checkpoint's ``nonce``). :meth:`open` resumes only when
+    the identity, the nonce and the commit number agree and every stored offset is still within
+    the changelog; otherwise it rebuilds from nothing. Generations keep increasing across
+    rebuilds (a rebuild starts above the previous file's), so an RST_ID is never reused.
+    One process writes a snapshot at a time (a lock file): a killed worker's snapshot process
+    finishes the refresh it was applying before its successor opens the files.
     """
 
     def __init__(self, path: str, table: str, interval_s: int, mapped: Sequence[str],
-                 schema: Mapping[str, str], grace_s: float | None = None) -> None:
+                 schema: Mapping[str, str], grace_s: float | None = None,
+                 idle_close_s: float | None = None, state: str = "",
+                 changelog: str = "") -> None:
         self.path = Path(path)
         self.side_path = Path(f"{self.path}-parts")
+        self.lock_path = Path(f"{self.path}-lock")
         self.table = table
         self.interval_s = interval_s
         self.mapped = tuple(mapped)
         self.schema = dict(schema)
-        self.lifecycle = Lifecycle(interval_s, interval_s if grace_s is None else grace_s, None)
-        self.generation = 0
-        self.rows = 0  # rows of the table, kept by apply (a count(*) reads them all)
-        self.final_through = NEVER  # the latest bucket start marked final
+        grace = interval_s if grace_s is None else grace_s
+        self.lifecycle = Lifecycle(interval_s, grace, idle_close_s)
+        # what the rows mean: a checkpoint stored under another identity is not resumed
+        self.identity: dict[str, Any] = orjson.loads(orjson.dumps({
+            "format": SNAPSHOT_FORMAT, "state": state, "changelog": changelog, "table": table,
+            "schema": [[c, t] for c, t in self.schema.items()], "mapped": list(self.mapped),
+            "interval_s": interval_s, "grace_s": grace, "idle_close_s": idle_close_s}))
+        self.stored = Checkpoint()  # what the files reflect as of the last commit
+        self._commit = 0
+        self._nonce = 0
         self._conn: sqlite3.Connection | None = None
+        self._lock: int | None = None
+
+    @property
+    def generation(self) -> int:
+        return self.stored.generation
+
+    @property
+    def rows(self) -> int:
+        """Rows of the table, kept by apply (a count(*) reads them all)."""
+        return self.stored.rows
+
+    @property
+    def final_through(self) -> float:
+        """The latest bucket start marked final."""
+        return self.stored.final_through
+
+    # -- opening ---------------------------------------------------------------------------
+
+    def open(self, changelog: Mapping[int, tuple[int, int]], max_age_s: float | None = None,
+             now_s: float | None = None) -> Checkpoint:
+        """Resume the files on disk if they provably reflect one refresh of this identity
+        whose offsets lie within ``changelog`` (partition -> (beginning, end) offsets) and
+        that is at most ``max_age_s`` old; otherwise :meth:`create`. Returns the checkpoint
+        resumed from, or the reason for the rebuild."""
+        self._acquire()
+        now = time.time() if now_s is None else now_s
+        previous: dict[str, Any] | None = None
+        try:
+            previous = self._connect_existing()
+            reason = self._why_not_resume(previous, changelog, max_age_s, now)
+        except (sqlite3.Error, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            reason = f"the snapshot files cannot be read ({type(exc).__name__}: {exc})"
+        if reason is None and previous is not None:
+            self.stored = Checkpoint.from_json(previous)
+            self.stored.resumed, self.stored.reason = True, "the checkpoint matches"
+            self._commit, self._nonce = int(previous["commit"]), int(previous["nonce"])
+            return replace(self.stored)
+        self.create()
+        return replace(self.stored, reason=reason or "no snapshot")
+
+    def _connect_existing(self) -> dict[str, Any] | None:
+        """Connect to the files if both exist; their checkpoint, or None."""
+        self._disconnect()
+        if not (self.path.exists() and self.side_path.exists()):
+            return None
+        conn = self._connect()
+        found = conn.execute("SELECT 1 FROM side.sqlite_schema WHERE type = 'table' AND "
+                             "name = 'checkpoint'").fetchone()
+        if found is None:
+            return None
+        row = conn.execute("SELECT doc FROM side.checkpoint WHERE id = 0").fetchone()
+        doc: dict[str, Any] | None = None if row is None else orjson.loads(row[0])
+        if doc is not None:
+            doc["file_commit"] = conn.execute("PRAGMA main.user_version").fetchone()[0]
+            doc["file_nonce"] = conn.execute("PRAGMA main.application_id").fetchone()[0]
+        return doc
+
+    def _why_not_resume(self, doc: Mapping[str, Any] | None,
+                        changelog: Mapping[int, tuple[int, int]], max_age_s: float | None,
+                        now_s: float) -> str | None:
+        if doc is None:
+            return "no snapshot with a checkpoint on disk"
+        if doc.get("identity") != self.identity:
+            stored = doc.get("identity") or {}
+            changed = sorted(k for k in self.identity.keys() | stored.keys()
+                             if stored.get(k) != self.identity.get(k))
+            return f"the snapshot was built for other settings ({', '.join(changed)} differ)"
+        if (doc["file_nonce"], doc["file_commit"]) != (doc["nonce"], doc["commit"]):
+            return (f"the snapshot file (commit {doc['file_commit']}) and its side file (commit "
+                    f"{doc['commit']}) do not reflect the same refresh")
+        offsets = {int(p): int(o) for p, o in doc["offsets"].items()}
+        if set(offsets) != set(changelog):
+            return (f"the snapshot reflects changelog partitions {sorted(offsets)}, the "
+                    f"changelog has {sorted(changelog)}")
+        for partition, offset in sorted(offsets.items()):
+            beginning, end = changelog[partition]
+            if not beginning <= offset <= end:
+                return (f"changelog partition {partition} holds offsets [{beginning}, {end}], "
+                        f"the snapshot stopped at {offset} (the changelog was recreated, or "
+                        "records it had not read were deleted)")
+        age_s = now_s - float(doc["refreshed_at_s"])
+        if max_age_s is not None and age_s > max_age_s:
+            return (f"the snapshot is {age_s:.0f} s old: the changelog may have dropped "
+                    f"tombstones it has not read (resumed only within {max_age_s:.0f} s)")
+        return None
+
+    def _acquire(self) -> None:
+        """Become the one writer of these files, waiting for a previous one to finish."""
+        if self._lock is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise SnapshotError(f"another process writes the snapshot {self.path} "
+                                        f"(it holds {self.lock_path})") from None
+                time.sleep(0.05)
+        self._lock = fd
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("ATTACH DATABASE ? AS side", (str(self.side_path),))
+        conn.execute(f"PRAGMA side.journal_mode={SIDE_JOURNAL_MODE}")
+        conn.execute("PRAGMA side.synchronous=NORMAL")
+        # the refresh's changes: a temporary table, so they are never journaled in a file
+        conn.execute("CREATE TEMP TABLE change (k BLOB NOT NULL, p INTEGER NOT NULL, "
+                     "n INTEGER NOT NULL, l INTEGER NOT NULL, PRIMARY KEY (k, p)) WITHOUT ROWID")
+        self._conn = conn
+        self._prepare()
+        return conn
+
+    def _previous_generation(self) -> int:
+        """The highest generation the files on disk were at (0: none readable): the
+        checkpoint's, or the highest RST_ID of the table."""
+        highest = self.stored.generation
+        if self._conn is None and (self.path.exists() or self.side_path.exists()):
+            with contextlib.suppress(sqlite3.Error):
+                self._connect()
+        if self._conn is None:
+            return highest
+        with contextlib.suppress(sqlite3.Error, orjson.JSONDecodeError, KeyError, TypeError,
+                                 ValueError):
+            row = self._conn.execute("SELECT doc FROM side.checkpoint WHERE id = 0").fetchone()
+            if row is not None:
+                highest = max(highest, int(orjson.loads(row[0])["generation"]))
+        with contextlib.suppress(sqlite3.Error, TypeError, ValueError):
+            table = quote_identifier(self.table)
+            (rst,) = self._conn.execute(f"SELECT max({RST_COLUMN}) FROM main.{table}").fetchone()
+            highest = max(highest, int(rst or 0))
+        return highest
 
     def create(self) -> None:
-        """Start fresh files: the changelog is the source of truth, so nothing is kept."""
-        self.close()
+        """Start fresh files, numbering generations on from the previous ones."""
+        self._acquire()
+        generation = self._previous_generation()
+        self._disconnect()
         for path in (self.path, self.side_path):
             for suffix in ("", "-wal", "-shm", "-journal"):
                 with contextlib.suppress(FileNotFoundError):
                     Path(f"{path}{suffix}").unlink()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        conn = self._connect()
         columns = [f"{quote_identifier(c)} {t}" for c, t in self.schema.items()]
         columns.append(f"{RST_COLUMN} INTEGER")
         columns.append(f"{LATE_COLUMN} INTEGER NOT NULL DEFAULT 0")
@@ -195,9 +426,6 @@ class SnapshotStore:
                 f"CREATE INDEX {quote_identifier(f'{self.table}_{column}_bucket_start')} "
                 f"ON {table} ({quote_identifier(column)}, bucket_start)"
             )
-        conn.execute("ATTACH DATABASE ? AS side", (str(self.side_path),))
-        conn.execute("PRAGMA side.journal_mode=OFF")
-        conn.execute("PRAGMA side.synchronous=OFF")
         # k is the row's key, JSON [mapped values, bucket start]; p a source partition. row.n
         # repeats the row's count as an INTEGER: the main table's count column has whatever
         # type sqlite_schema declares.
@@ -206,12 +434,23 @@ class SnapshotStore:
                      "n INTEGER NOT NULL, l INTEGER NOT NULL, PRIMARY KEY (k, p)) WITHOUT ROWID")
         conn.execute("CREATE TABLE side.row (k BLOB PRIMARY KEY, id INTEGER NOT NULL, "
                      "n INTEGER NOT NULL, l INTEGER NOT NULL) WITHOUT ROWID")
-        conn.execute("CREATE TABLE side.change (k BLOB NOT NULL, p INTEGER NOT NULL, "
-                     "n INTEGER NOT NULL, l INTEGER NOT NULL, PRIMARY KEY (k, p)) WITHOUT ROWID")
-        self._conn = conn
-        self.generation = 0
-        self.rows = 0
-        self.final_through = NEVER
+        conn.execute("CREATE TABLE side.checkpoint (id INTEGER PRIMARY KEY, doc BLOB NOT NULL)")
+        self._nonce = secrets.randbelow(2**31 - 1) + 1
+        conn.execute(f"PRAGMA main.application_id = {self._nonce:d}")
+        self._commit = 0
+        # no offsets: a checkpoint that is never resumed, but keeps the generation
+        stored = Checkpoint(generation=generation, refreshed_at_s=time.time())
+        conn.execute("BEGIN")
+        try:
+            self._store_checkpoint(conn, stored)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._commit_done(stored)
+
+    def _prepare(self) -> None:
+        table = quote_identifier(self.table)
         order = list(self.schema) + [RST_COLUMN, LATE_COLUMN, FINAL_COLUMN]
         placeholders = ", ".join("?" for _ in order)
         self._insert = (f"INSERT INTO main.{table} ({', '.join(map(quote_identifier, order))}) "
@@ -223,10 +462,32 @@ class SnapshotStore:
         self._delete = f"DELETE FROM main.{table} WHERE rowid = ?"
         self._order = order
 
-    def close(self) -> None:
+    def _disconnect(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    def close(self) -> None:
+        self._disconnect()
+        if self._lock is not None:
+            os.close(self._lock)  # releases the lock
+            self._lock = None
+
+    def _store_checkpoint(self, conn: sqlite3.Connection, stored: Checkpoint) -> None:
+        """Write ``stored`` and the next commit number to both files, in the open
+        transaction."""
+        commit = self._commit % COMMIT_WRAP + 1
+        doc = {**stored.to_json(), "identity": self.identity, "nonce": self._nonce,
+               "commit": commit}
+        del doc["resumed"], doc["reason"]
+        conn.execute(f"PRAGMA main.user_version = {commit:d}")
+        conn.execute("INSERT OR REPLACE INTO side.checkpoint VALUES (0, ?)", (orjson.dumps(doc),))
+        self._pending_commit = commit
+
+    def _commit_done(self, stored: Checkpoint) -> None:
+        self._commit = self._pending_commit
+        self.stored = stored
+
 
     # Per row key: the change in its summed count and late count, and its current rowid,
     # count and late count if any.
@@ -234,56 +495,68 @@ class SnapshotStore:
         SELECT d.k, d.delta, d.late_delta, r.id, r.n, r.l FROM (
             SELECT c.k AS k, sum(c.n - coalesce(o.n, 0)) AS delta,
                    sum(c.l - coalesce(o.l, 0)) AS late_delta
-            FROM side.change AS c LEFT JOIN side.part AS o ON o.k = c.k AND o.p = c.p
+            FROM temp.change AS c LEFT JOIN side.part AS o ON o.k = c.k AND o.p = c.p
             GROUP BY c.k
         ) AS d LEFT JOIN side.row AS r ON r.k = d.k
         WHERE d.delta != 0 OR d.late_delta != 0
     """
 
-    def apply(self, changes: Mapping[PartKey, PartValue], closing_s: float = NEVER) -> int:
+    def apply(self, changes: Mapping[PartKey, PartValue], closing_s: float = NEVER,
+              offsets: Mapping[int, int] | None = None,
+              progress: Mapping[int, Progress] | None = None) -> int:
         """Apply per-partition ``(count, late)`` (None = deleted) and mark the buckets final
-        at ``closing_s``, in one transaction; return the generation."""
-        final_through = max(self.final_through, self.lifecycle.last_final_start(closing_s))
-        if not changes and final_through == self.final_through:
-            return self.generation
-        assert self._conn is not None, "create() first"
+        at ``closing_s``, in one transaction with the checkpoint of what the files then
+        reflect: the next changelog offset per partition and the source partitions' progress
+        (None: unchanged). Return the generation."""
+        before = self.stored
+        final_through = max(before.final_through, self.lifecycle.last_final_start(closing_s))
+        offsets = before.offsets if offsets is None else dict(offsets)
+        progress = before.progress if progress is None else dict(progress)
+        if (not changes and final_through == before.final_through
+                and offsets == before.offsets and progress == before.progress):
+            return before.generation
+        assert self._conn is not None, "create() or open() first"
         conn = self._conn
-        generation = self.generation + 1
+        generation = before.generation + 1
         conn.execute("BEGIN")
         try:
-            conn.execute("DELETE FROM side.change")
+            conn.execute("DELETE FROM temp.change")
             conn.executemany(
-                "INSERT INTO side.change VALUES (?, ?, ?, ?)",
+                "INSERT INTO temp.change VALUES (?, ?, ?, ?)",
                 ((orjson.dumps((values, start)), partition, *(new or (0, 0)))
                  for (partition, values, start), new in changes.items()),
             )
             dirty = conn.execute(self._DELTAS).fetchall()
-            conn.execute("INSERT OR REPLACE INTO side.part SELECT k, p, n, l FROM side.change "
+            conn.execute("INSERT OR REPLACE INTO side.part SELECT k, p, n, l FROM temp.change "
                          "WHERE n > 0")
             conn.execute("DELETE FROM side.part WHERE (k, p) IN "
-                         "(SELECT k, p FROM side.change WHERE n <= 0)")
+                         "(SELECT k, p FROM temp.change WHERE n <= 0)")
             added = 0
             for key, delta, late_delta, rowid, count, late in dirty:
                 added += self._write_row(conn, key, (delta, late_delta), rowid, (count, late),
                                          generation, final_through)
             changed = bool(dirty)
-            if final_through > self.final_through:
+            if final_through > before.final_through:
                 changed |= conn.execute(self._finalize, (
-                    generation, _bound(self.final_through), _bound(final_through))).rowcount > 0
+                    generation, _bound(before.final_through), _bound(final_through))).rowcount > 0
+            stored = Checkpoint(
+                generation=generation if changed else before.generation, offsets=offsets,
+                progress=progress, closing_s=max(before.closing_s, closing_s),
+                final_through=final_through, rows=before.rows + added,
+                refreshed_at_s=time.time())
+            self._store_checkpoint(conn, stored)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        self.final_through = final_through
-        self.rows += added
-        if changed:
-            self.generation = generation
-        return self.generation
+        self._commit_done(stored)
+        return stored.generation
 
     def apply_records(self, records: Mapping[bytes, bytes | None],
-                      closing_s: float = NEVER) -> int:
+                      closing_s: float = NEVER, offsets: Mapping[int, int] | None = None,
+                      progress: Mapping[int, Progress] | None = None) -> int:
         """:meth:`apply` for raw changelog records (key -> value, None = tombstone)."""
-        return self.apply(decode_records(records.items()), closing_s)
+        return self.apply(decode_records(records.items()), closing_s, offsets, progress)
 
     def _write_row(self, conn: sqlite3.Connection, key: bytes, delta: tuple[int, int],
                    rowid: int | None, current: tuple[int | None, int | None], generation: int,
@@ -377,7 +650,7 @@ class SnapshotReader:
     """Reads the counts changelog of all partitions and refreshes the SQLite snapshot."""
 
     def __init__(self, settings: Settings, partitions: int, store: Any) -> None:
-        """``store`` is a :class:`SnapshotStore` or anything with its ``create`` and
+        """``store`` is a :class:`SnapshotStore` or anything with its ``open`` and
         ``apply_records`` (the worker's is a
         :class:`~bucket_app.snapshot.process.SnapshotProcess`)."""
         self.settings = settings
@@ -415,7 +688,6 @@ class SnapshotReader:
         await run_in_own_thread(self.run, self._stopping, "bucket_app-snapshot-reader")
 
     async def run(self) -> None:
-        await self.in_thread(self.store.create)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=list(self.settings.brokers),
             group_id=None,
@@ -431,11 +703,77 @@ class SnapshotReader:
             if not tps:  # stopped before the changelog topic appeared
                 return
             consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
+            bounds = await self._bounds(consumer, tps)
+            if bounds is None:
+                return
+            checkpoint = await self.in_thread(self.store.open, bounds,
+                                              await self._max_age_s())
+            self._restore(checkpoint)
+            for tp in tps:
+                if tp.partition in checkpoint.offsets:
+                    consumer.seek(tp, checkpoint.offsets[tp.partition])
+                else:
+                    await consumer.seek_to_beginning(tp)
             self.state.started = True
             await self._loop(consumer, tps)
         finally:
             await consumer.stop()
+
+    async def _bounds(self, consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition],
+                      ) -> dict[int, tuple[int, int]] | None:
+        """Each changelog partition's (beginning, end) offsets; None when stopped first."""
+        while not self._stopping.is_set():
+            with contextlib.suppress(KafkaError):
+                beginnings = await consumer.beginning_offsets(tps)
+                ends = await consumer.end_offsets(tps)
+                return {tp.partition: (beginnings[tp], ends[tp]) for tp in tps}
+            await asyncio.sleep(0.5)
+        return None
+
+    async def _max_age_s(self) -> float:
+        """How old a snapshot may be and still be resumed: half the time the changelog keeps
+        a tombstone (``delete.retention.ms``) after compaction reached it. A snapshot stopped
+        longer than that could resume past a deletion it never read; half leaves the
+        snapshot's own lag the other half."""
+        try:
+            retention_s = await asyncio.wait_for(self._tombstone_retention_s(), 10)
+        except (KafkaError, OSError, LookupError, ValueError) as exc:  # TimeoutError too
+            retention_s = DEFAULT_TOMBSTONE_RETENTION_S
+            log.warning("snapshot: cannot read delete.retention.ms of %s (%s); assuming %.0f s",
+                        self.topic, exc, retention_s)
+        return retention_s / 2
+
+    async def _tombstone_retention_s(self) -> float:
+        admin = AIOKafkaAdminClient(bootstrap_servers=list(self.settings.brokers),
+                                    request_timeout_ms=10_000,
+                                    **kafka_security.client_kwargs(self.settings))
+        await admin.start()
+        try:
+            (response,) = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, self.topic)])
+            (resource,) = response.resources
+            if resource[0]:
+                raise LookupError(f"error {resource[0]}: {resource[1]}")
+            for entry in resource[4]:  # (name, value, read_only, is_default, is_sensitive...)
+                if entry[0] == "delete.retention.ms":
+                    return int(entry[1]) / 1000
+            raise LookupError("delete.retention.ms not in the topic's configuration")
+        finally:
+            await admin.close()
+
+    def _restore(self, checkpoint: Any) -> None:
+        """Take the reader's state from the snapshot resumed, and say what happened."""
+        if not checkpoint.resumed:
+            log.info("snapshot: rebuilding from the changelog: %s", checkpoint.reason)
+            return
+        log.info("snapshot: resuming generation %d (%d rows) at changelog offsets %s",
+                 checkpoint.generation, checkpoint.rows,
+                 {p: checkpoint.offsets[p] for p in sorted(checkpoint.offsets)})
+        self.state.progress = dict(checkpoint.progress)
+        self.state.closing_s = checkpoint.closing_s
+        self.state.rows = checkpoint.rows
+        self.state.refreshed_at_s = checkpoint.refreshed_at_s
+        self.state.generation = checkpoint.generation
 
     async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
         while not self._stopping.is_set():
@@ -452,10 +790,12 @@ class SnapshotReader:
         interval_s = self.settings.snapshot_interval_s
         last_refresh = time.monotonic()
         positions: dict[int, tuple[int, int]] = {}
+        started, read, told = time.monotonic(), 0, False
         while not self._stopping.is_set():
             batches = await consumer.getmany(timeout_ms=100, max_records=50_000)
             for records in batches.values():
                 add = pending.add
+                read += len(records)
                 for record in records:
                     add(record.key, record.value)
             for tp in tps:
@@ -468,16 +808,27 @@ class SnapshotReader:
                 self._refresh_now.clear()
                 last_refresh = time.monotonic()
                 batch, pending = pending, Pending()
-                progress = {**self.state.progress, **batch.progress}
-                closing_s = self.closing_time(time.time(), progress)
-                self.state.generation = await self.in_thread(self.store.apply_records,
-                                                             batch.records, closing_s)
-                # replaced, not updated: the web server's thread reads these concurrently
-                self.state.progress = progress
-                self.state.closing_s = max(self.state.closing_s, closing_s)
-                self.state.rows = getattr(self.store, "rows", None)
-                self.state.changelog = dict(positions)
-                with contextlib.suppress(KafkaError):
-                    ends = await consumer.end_offsets(self.source)
-                    self.state.source_end = {tp.partition: end for tp, end in ends.items()}
-                self.state.refreshed_at_s = time.time()
+                await self._refresh(consumer, batch, positions)
+                if not told and self.state.caught_up:
+                    told = True
+                    log.info("snapshot: caught up with the changelog, %d records read in %.1f s "
+                             "(generation %d, %s rows)", read, time.monotonic() - started,
+                             self.state.generation, self.state.rows)
+
+    async def _refresh(self, consumer: AIOKafkaConsumer, batch: Pending,
+                       positions: Mapping[int, tuple[int, int]]) -> None:
+        """Apply ``batch``, read up to ``positions``, to the store with its checkpoint."""
+        progress = {**self.state.progress, **batch.progress}
+        closing_s = self.closing_time(time.time(), progress)
+        offsets = {p: position for p, (position, _) in positions.items()}
+        self.state.generation = await self.in_thread(
+            self.store.apply_records, batch.records, closing_s, offsets, progress)
+        # replaced, not updated: the web server's thread reads these concurrently
+        self.state.progress = progress
+        self.state.closing_s = max(self.state.closing_s, closing_s)
+        self.state.rows = getattr(self.store, "rows", None)
+        self.state.changelog = dict(positions)
+        with contextlib.suppress(KafkaError):
+            ends = await consumer.end_offsets(self.source)
+            self.state.source_end = {tp.partition: end for tp, end in ends.items()}
+        self.state.refreshed_at_s = time.time()

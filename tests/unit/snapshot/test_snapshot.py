@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
+import shutil
 import sqlite3
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +16,10 @@ import pytest
 
 from bucket_app.counting.keys import progress_key
 from bucket_app.settings import load
+from bucket_app.snapshot import reader as snapshot_reader
 from bucket_app.snapshot.process import SnapshotError, SnapshotProcess
 from bucket_app.snapshot.reader import (
+    Checkpoint,
     PartKey,
     Pending,
     Progress,
@@ -21,7 +27,7 @@ from bucket_app.snapshot.reader import (
     decode_records,
     store_config,
 )
-from tests.unit.test_settings import SEED_INI, write_config
+from tests.unit.test_settings import SEED_INI, replace_line, write_config
 
 SERVERS = ["s-1", "s-2", "ünï", None, 'q"uote']
 TOPICS = ["orders", "pay", "7"]
@@ -107,13 +113,13 @@ def _expected(parts: dict[PartKey, tuple[int, int]], closing: float,
     return rows
 
 
-def test_create_starts_from_nothing(store: SnapshotStore) -> None:
+def test_create_starts_from_nothing_but_never_reuses_a_generation(store: SnapshotStore) -> None:
     store.apply_records(records({(0, ("s-1", "orders"), 0): 3, (1, ("s-1", "orders"), 0): 4}))
     assert snapshot_rows(store) == {("s-1", "orders", 0, 20): (7, 0, 0, 1)}
     store.create()
     assert snapshot_rows(store) == {}
     store.apply_records(records({(1, ("s-1", "orders"), 0): 2}))
-    assert snapshot_rows(store) == {("s-1", "orders", 0, 20): (2, 0, 0, 1)}
+    assert snapshot_rows(store) == {("s-1", "orders", 0, 20): (2, 0, 0, 2)}
 
 
 def test_a_refresh_that_changes_no_row_keeps_the_generation(store: SnapshotStore) -> None:
@@ -196,5 +202,352 @@ def test_a_killed_child_is_an_error_and_closing_its_stdin_ends_one(tmp_path: Pat
         assert replacement.stdin is not None
         replacement.stdin.close()
         assert replacement.wait(timeout=10) == 0
+    finally:
+        store.close()
+
+
+# -- resuming the files after a restart ------------------------------------------------------
+
+def config_of(tmp_path: Path, ini: str = SEED_INI, **changes: str) -> dict[str, Any]:
+    ini = ini.replace("sqlite_db = :memory:", f"sqlite_db = {tmp_path}/snap.sqlite3")
+    for key, value in changes.items():
+        ini = replace_line(ini, key, value)
+    settings_dir = tmp_path / f"settings-{len(list(tmp_path.glob('settings-*')))}"
+    settings_dir.mkdir()
+    return store_config(load(write_config(settings_dir, ini), {}))
+
+
+def new_store(kind: str, config: dict[str, Any]) -> Any:
+    return SnapshotStore(**config) if kind == "in-process" else SnapshotProcess(config)
+
+
+KINDS = ["in-process", "child-process"]
+BOUNDS = {0: (0, 1000), 1: (0, 1000)}
+
+
+def fill(store: Any, rng: random.Random, parts: dict[PartKey, int], offsets: dict[int, int],
+         n: int, buckets: int = 6) -> dict[PartKey, int | None]:
+    """Apply ``n`` random per-partition counts as the changelog's next records; update the model
+    ``parts`` and ``offsets``."""
+    changes: dict[PartKey, int | None] = {}
+    for _ in range(n):
+        key = (rng.randrange(2), (rng.choice(SERVERS), rng.choice(TOPICS)),
+               rng.randrange(buckets) * 20)
+        changes[key] = rng.choice([None, rng.randrange(1, 100)])
+    for key, value in changes.items():
+        if value is None:
+            parts.pop(key, None)
+        else:
+            parts[key] = value
+        offsets[key[0]] += 1
+    progress = {p: Progress(offsets[p] - 1, 1000.0 + offsets[p]) for p in offsets}
+    store.apply_records(records(changes), 50.0, dict(offsets), progress)
+    return changes
+
+
+def expected_counts(parts: dict[PartKey, int]) -> dict[tuple[Any, ...], int]:
+    rows: dict[tuple[Any, ...], int] = {}
+    for (_, (server, topic), start), n in parts.items():
+        row = (server, topic, start, start + 20)
+        rows[row] = rows.get(row, 0) + n
+    return rows
+
+
+def counts(store: Any) -> dict[tuple[Any, ...], int]:
+    return {row: values[0] for row, values in snapshot_rows(store).items()}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_reopened_snapshot_resumes_with_its_checkpoint(tmp_path: Path, kind: str) -> None:
+    config = config_of(tmp_path)
+    rng = random.Random(7)
+    parts: dict[PartKey, int] = {}
+    offsets = {0: 0, 1: 0}
+    store = new_store(kind, config)
+    assert not store.open(BOUNDS).resumed  # nothing on disk yet
+    for _ in range(5):
+        fill(store, rng, parts, offsets, 40)
+    generation, rows = store.generation, store.rows
+    store.close()
+
+    again = new_store(kind, config)
+    try:
+        checkpoint = again.open(BOUNDS)
+        assert checkpoint.resumed, checkpoint.reason
+        assert checkpoint.offsets == offsets
+        assert checkpoint.progress == {p: Progress(o - 1, 1000.0 + o) for p, o in offsets.items()}
+        assert (checkpoint.generation, checkpoint.rows) == (generation, rows)
+        assert checkpoint.rows == len(expected_counts(parts)) > 0
+        assert checkpoint.final_through == 50.0 - 20 - 20 and checkpoint.closing_s == 50.0
+        assert counts(again) == expected_counts(parts)
+        # it goes on from there: the next refresh is the next generation
+        fill(again, rng, parts, offsets, 40)
+        assert again.generation == generation + 1
+        assert counts(again) == expected_counts(parts)
+    finally:
+        again.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_refresh_of_offsets_alone_is_stored_without_a_new_generation(tmp_path: Path,
+                                                                        kind: str) -> None:
+    config = config_of(tmp_path)
+    store = new_store(kind, config)
+    store.open(BOUNDS)
+    assert store.apply_records(records({(0, ("s-1", "orders"), 0): 3}), 0.0, {0: 1, 1: 0}) == 1
+    # progress records only: no row changes, but the offsets and progress move
+    assert store.apply_records({}, 0.0, {0: 5, 1: 2}, {0: Progress(4, 9.0)}) == 1
+    store.close()
+    again = new_store(kind, config)
+    try:
+        checkpoint = again.open(BOUNDS)
+        assert checkpoint.resumed
+        assert checkpoint.offsets == {0: 5, 1: 2}
+        assert checkpoint.progress == {0: Progress(4, 9.0)}
+        assert checkpoint.generation == 1
+    finally:
+        again.close()
+
+
+@pytest.mark.parametrize(("key", "value", "differs"), [
+    ("bucket_interval", "30", "interval_s"),       # another state too
+    ("grace", "60", "grace_s"),
+    ("sqlite_table", "other", "table"),
+    ("topic", "another", "state"),
+])
+def test_a_snapshot_of_other_settings_is_rebuilt(tmp_path: Path, key: str, value: str,
+                                                 differs: str) -> None:
+    store = SnapshotStore(**config_of(tmp_path))
+    store.open(BOUNDS)
+    store.apply_records(records({(0, ("s-1", "orders"), 0): 3}), 0.0, {0: 1, 1: 0})
+    old_generation = store.generation
+    store.close()
+    ini = SEED_INI if key != "grace" else SEED_INI.replace(
+        "bucket_field = timestamp", "bucket_field = timestamp\ngrace = 20")
+    other = SnapshotStore(**config_of(tmp_path, ini, **{key: value}))
+    try:
+        checkpoint = other.open(BOUNDS)
+        assert not checkpoint.resumed
+        assert "other settings" in checkpoint.reason and differs in checkpoint.reason
+        assert checkpoint.offsets == {} and checkpoint.rows == 0
+        with sqlite3.connect(other.path) as conn:
+            table = other.table
+            assert conn.execute(f'SELECT count(*) FROM "{table}"').fetchone() == (0,)
+        # a rebuilt snapshot numbers its generations on: an RST_ID is never reused
+        assert other.apply_records(records({(0, ("s-1", "orders"), 0): 2}), 0.0,
+                                   {0: 1, 1: 0}) == old_generation + 1
+    finally:
+        other.close()
+
+
+def test_a_changed_mapping_or_column_type_is_rebuilt(tmp_path: Path) -> None:
+    store = SnapshotStore(**config_of(tmp_path))
+    store.open(BOUNDS)
+    store.apply_records(records({(0, ("s-1", "orders"), 0): 3}), 0.0, {0: 1, 1: 0})
+    store.close()
+    for change in ({"mapped": ["topic", "server_name"]},
+                   {"schema": {**store.schema, "count": "REAL"}}):
+        other = SnapshotStore(**{**config_of(tmp_path), **change})
+        try:
+            checkpoint = other.open(BOUNDS)
+            assert not checkpoint.resumed and "other settings" in checkpoint.reason
+        finally:
+            other.close()
+
+
+def _two_commits_apart(tmp_path: Path) -> tuple[dict[str, Any], Path]:
+    """A snapshot at its third commit, and a copy of its side file at its second."""
+    config = config_of(tmp_path)
+    store = SnapshotStore(**config)
+    store.open(BOUNDS)
+    store.apply_records(records({(0, ("s-1", "orders"), 0): 3}), 0.0, {0: 1, 1: 0})
+    store.close()  # the last connection: SQLite moves the WAL into the file
+    saved = tmp_path / "saved-parts"
+    shutil.copy(store.side_path, saved)
+    store = SnapshotStore(**config)
+    assert store.open(BOUNDS).resumed
+    store.apply_records(records({(0, ("s-1", "orders"), 0): 5}), 0.0, {0: 2, 1: 0})
+    store.close()
+    return config, saved
+
+
+def test_a_side_file_of_another_commit_is_rebuilt(tmp_path: Path) -> None:
+    config, saved = _two_commits_apart(tmp_path)
+    shutil.copy(saved, f"{config['path']}-parts")  # as if the side file's commit was lost
+    store = SnapshotStore(**config)
+    try:
+        checkpoint = store.open(BOUNDS)
+        assert not checkpoint.resumed
+        assert "do not reflect the same refresh" in checkpoint.reason
+        assert counts(store) == {}
+    finally:
+        store.close()
+
+
+def test_a_side_file_of_another_snapshot_is_rebuilt(tmp_path: Path) -> None:
+    """Same settings, same number of commits, but two snapshots: their files do not mix."""
+    configs = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        config = config_of(tmp_path / name)
+        store = SnapshotStore(**config)
+        store.open(BOUNDS)
+        store.apply_records(records({(0, ("s-1", "orders"), 0): len(name)}), 0.0, {0: 1, 1: 0})
+        store.close()
+        configs.append(config)
+    shutil.copy(f"{configs[1]['path']}-parts", f"{configs[0]['path']}-parts")
+    configs[0]["state"] = configs[1]["state"]  # identical settings, as far as they tell
+    store = SnapshotStore(**configs[0])
+    try:
+        checkpoint = store.open(BOUNDS)
+        assert not checkpoint.resumed
+        assert "do not reflect the same refresh" in checkpoint.reason
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(("bounds", "resumed", "why"), [
+    ({0: (0, 20), 1: (0, 4)}, True, ""),                 # at the end: nothing new
+    ({0: (20, 30), 1: (4, 9)}, True, ""),                # compaction moved the start up to it
+    ({0: (0, 19), 1: (0, 9)}, False, "holds offsets [0, 19]"),   # recreated: shorter
+    ({0: (21, 40), 1: (0, 9)}, False, "holds offsets [21, 40]"),  # records deleted unread
+    ({0: (0, 30)}, False, "changelog has [0]"),
+    ({0: (0, 30), 1: (0, 9), 2: (0, 5)}, False, "changelog has [0, 1, 2]"),
+])
+def test_offsets_outside_the_changelog_are_rebuilt(tmp_path: Path, bounds: dict[int, Any],
+                                                   resumed: bool, why: str) -> None:
+    config = config_of(tmp_path)
+    store = SnapshotStore(**config)
+    store.open(BOUNDS)
+    store.apply_records(records({(0, ("s-1", "orders"), 0): 3}), 0.0, {0: 20, 1: 4})
+    store.close()
+    store = SnapshotStore(**config)
+    try:
+        checkpoint = store.open(bounds)
+        assert checkpoint.resumed is resumed, checkpoint.reason
+        assert why in checkpoint.reason
+        assert counts(store) == ({("s-1", "orders", 0, 20): 3} if resumed else {})
+    finally:
+        store.close()
+
+
+def test_a_snapshot_older_than_the_tombstones_last_is_rebuilt(tmp_path: Path) -> None:
+    config = config_of(tmp_path)
+    store = SnapshotStore(**config)
+    store.open(BOUNDS)
+    store.apply_records(records({(0, ("s-1", "orders"), 0): 3}), 0.0, {0: 1, 1: 0})
+    stored_at = store.stored.refreshed_at_s
+    store.close()
+    store = SnapshotStore(**config)
+    try:
+        assert store.open(BOUNDS, max_age_s=100, now_s=stored_at + 99).resumed
+        store.close()
+        checkpoint = store.open(BOUNDS, max_age_s=100, now_s=stored_at + 101)
+        assert not checkpoint.resumed and "may have dropped tombstones" in checkpoint.reason
+    finally:
+        store.close()
+
+
+def test_a_torn_or_unreadable_side_file_is_rebuilt(tmp_path: Path) -> None:
+    config = config_of(tmp_path)
+    store = SnapshotStore(**config)
+    store.open(BOUNDS)
+    store.apply_records(records({(0, ("s-1", "orders"), 0): 3}), 0.0, {0: 1, 1: 0})
+    store.close()
+    Path(f"{config['path']}-parts").write_bytes(b"not a database" * 100)
+    store = SnapshotStore(**config)
+    try:
+        checkpoint = store.open(BOUNDS)
+        assert not checkpoint.resumed and "cannot be read" in checkpoint.reason
+        assert store.apply_records(records({(0, ("s-1", "orders"), 0): 2}), 0.0,
+                                   {0: 1, 1: 0}) >= 1
+        assert counts(store) == {("s-1", "orders", 0, 20): 2}
+    finally:
+        store.close()
+
+
+def test_one_writer_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = config_of(tmp_path)
+    first = SnapshotStore(**config)
+    first.open(BOUNDS)
+    monkeypatch.setattr(snapshot_reader, "LOCK_TIMEOUT_S", 0.3)
+    second = SnapshotStore(**config)
+    try:
+        with pytest.raises(SnapshotError, match="another process writes the snapshot"):
+            second.open(BOUNDS)
+        first.close()
+        assert not second.open(BOUNDS).resumed  # first never stored offsets
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_snapshot_process_killed_mid_refresh_resumes_one_whole_refresh(tmp_path: Path,
+                                                                         ) -> None:
+    """SIGKILL the snapshot process while it applies large refreshes: the files reopen as of
+    the refresh before or the one being applied, never part of one, and its counts are exact
+    for the offsets it says it reflects."""
+    config = config_of(tmp_path)
+    rng = random.Random(11)
+    parts: dict[PartKey, int] = {}
+    offsets = {0: 0, 1: 0}
+    process = SnapshotProcess(config)
+    process.open(BOUNDS)
+    fill(process, rng, parts, offsets, 100)
+    interrupted = 0
+    for kill_after_s in (0.05, 0.3, 0.6, 0.9, 0.0, 1.2, 0.45, 3.0):
+        before = (dict(parts), dict(offsets))
+        planned = dict(parts), dict(offsets)
+
+        def big_refresh(target: Any = process, model: Any = planned) -> None:
+            with contextlib.suppress(SnapshotError):  # killed mid-refresh
+                fill(target, rng, model[0], model[1], 40_000, buckets=5_000)
+
+        worker = threading.Thread(target=big_refresh)
+        worker.start()
+        time.sleep(kill_after_s)
+        proc = process.child.proc
+        assert proc is not None
+        proc.kill()
+        worker.join(60)
+        process.close()
+        process = SnapshotProcess(config)
+        bounds = {p: (0, planned[1][p] + 10) for p in planned[1]}
+        checkpoint = process.open(bounds)
+        assert checkpoint.resumed, checkpoint.reason
+        if checkpoint.offsets == before[1]:
+            parts, offsets = before
+            interrupted += 1
+        else:  # the refresh committed before the kill (its answer may have been lost)
+            assert checkpoint.offsets == planned[1]
+            parts, offsets = planned
+        assert counts(process) == expected_counts(parts)
+        assert checkpoint.rows == len(expected_counts(parts))
+    process.close()
+    assert interrupted > 0  # a kill at once lands mid-refresh
+
+
+def test_checkpoint_json_round_trip() -> None:
+    checkpoint = Checkpoint(generation=4, offsets={0: 3}, progress={1: Progress(2, 3.5, 9.0)},
+                            closing_s=float("-inf"), final_through=60.0, rows=2,
+                            refreshed_at_s=1.5, resumed=True, reason="r")
+    assert Checkpoint.from_json(orjson.loads(orjson.dumps(checkpoint.to_json()))) == checkpoint
+
+
+def test_a_lost_side_file_is_rebuilt_above_the_tables_rst_ids(tmp_path: Path) -> None:
+    config = config_of(tmp_path)
+    store = SnapshotStore(**config)
+    store.open(BOUNDS)
+    for n in range(1, 4):
+        store.apply_records(records({(0, ("s-1", "orders"), 0): n}), 0.0, {0: n, 1: 0})
+    assert store.generation == 3
+    store.close()
+    Path(f"{config['path']}-parts").unlink()
+    store = SnapshotStore(**config)
+    try:
+        checkpoint = store.open(BOUNDS)
+        assert not checkpoint.resumed and "no snapshot with a checkpoint" in checkpoint.reason
+        assert store.apply_records(records({(0, ("s-1", "orders"), 0): 1}), 0.0,
+                                   {0: 1, 1: 0}) == 4
     finally:
         store.close()
