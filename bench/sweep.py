@@ -340,6 +340,8 @@ def measure(size: Size) -> dict[str, Any]:
     row["peak_rss_mb_counting"] = round(_rss(worker), 1)
     row.update(failover(size, worker))
     row["peak_rss_mb"] = max(row["peak_rss_mb_counting"], row.get("peak_rss_mb_recovery") or 0)
+    if row.get("failover_s") is not None:
+        row.update(join(size))
     row["took_s"] = round(time.monotonic() - began, 1)
     return row
 
@@ -460,6 +462,48 @@ def failover(size: Size, worker: Worker) -> dict[str, Any]:
     return out
 
 
+def join(size: Size) -> dict[str, Any]:
+    """Start a second replica (a directory of its own, the same app_id) beside the running one
+    and time from its start until it answers the exact total for every partition: its
+    partitions restored, its own snapshot built from the changelog. Stopped afterwards."""
+    cap = size.args.sweep_failover_timeout
+    joiner = bucket_worker(size.directory.with_name(size.directory.name + "-joiner"),
+                           size.brokers, size.topic, size.app_id, size.partitions)
+    joiner.extra["sql_time_limit"] = SQL_TIME_LIMIT
+    started = time.monotonic()
+    joiner.start(wait=False)
+    try:
+        keep = KeepAlive(joiner.url, timeout=120)
+        targets, (rows, total) = size.targets(), size.rows_total()
+        answered = None
+        while time.monotonic() - started < cap and joiner.alive():
+            try:
+                seen = reflected(keep.get_json("/health"))
+            except OSError:
+                seen = None
+            if seen and all(seen.get(p, -1) >= t for p, t in targets.items()):
+                answer = sql_json(keep, COUNT_SQL)
+                if answer and (answer[0]["n"], answer[0]["total"]) == (rows, total):
+                    answered = time.monotonic()
+                    break
+            time.sleep(0.25)
+        if answered is None:
+            log(f"  join: no exact total from the new replica within {cap:.0f} s")
+            return {"join_s": None, "exact_after_join": False}
+        why = size.exact(keep)
+        log(f"  join: a new replica answered the exact total {answered - started:.1f} s "
+            "after it started")
+        out: dict[str, Any] = {"join_s": round(answered - started, 2),
+                               "exact_after_join": why is None}
+        if why:
+            out["error"] = f"on the joining replica: {why}"
+        return out
+    finally:
+        joiner.stop()
+        if not size.args.sweep_keep:
+            shutil.rmtree(joiner.directory, ignore_errors=True)
+
+
 def _rss(worker: Worker) -> float:
     return peak_rss_mb(worker.proc.pid) if worker.proc is not None else 0.0
 
@@ -550,7 +594,8 @@ def plot(path: Path, outdir: Path) -> list[str]:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     header = (f"{'window-keys':>12} {'msg/s':>8} {'RSS MB':>7} {'RocksDB MB':>11} "
-              f"{'SQLite MB':>10} {'SQL ms p50/p99':>15} {'failover s':>11} {'exact':>6} "
+              f"{'SQLite MB':>10} {'SQL ms p50/p99':>15} {'failover s':>11} {'join s':>7} "
+              f"{'exact':>6} "
               f"{'took s':>7}")
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\nstate-size sweep: 1 worker, load average {load}\n{header}\n{'-' * len(header)}")
@@ -560,10 +605,12 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             continue
         fo = (f">{r['failover_timeout_s']:.0f}" if r.get("failover_timed_out")
               else fmt(r.get("failover_s"), ".1f"))
-        exact = all(r.get(k) for k in ("exact_counted", "exact_live", "exact_after_failover"))
+        exact = all(r.get(k) for k in ("exact_counted", "exact_live", "exact_after_failover")
+                    ) and r.get("exact_after_join", True)
         print(f"{r['window_keys']:>12} {fmt(r['msg_per_s']):>8} {r['peak_rss_mb']:>7.0f} "
               f"{r['rocksdb_bytes'] / 1e6:>11.1f} {r['sqlite_bytes'] / 1e6:>10.1f} "
               f"{fmt(r['sql_ms_p50']) + '/' + fmt(r['sql_ms_p99']):>15} {fo:>11} "
-              f"{'yes' if exact else 'NO':>6} {r['took_s']:>7.0f}")
+              f"{fmt(r.get('join_s'), '.1f'):>7} {'yes' if exact else 'NO':>6} "
+              f"{r['took_s']:>7.0f}")
     print(f"goals at the largest size: RSS under {GOALS['peak_rss_mb']:.0f} MB, SQL p99 under "
           f"{GOALS['sql_ms_p99']:.0f} ms, failover under {GOALS['failover_s']:.0f} s")
