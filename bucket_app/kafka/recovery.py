@@ -133,21 +133,29 @@ class RecoveryProgress:
                     lines.append(f"bucket_app: recovering table {name}: {total - left:,}/"
                                  f"{total:,} records ({percent(total - left, total)})")
                 continue
-            done = run.total - left
-            elapsed = now - run.seen_s
-            rate = (done - run.done_when_seen) / elapsed if elapsed > 0 else 0.0
-            if not in_recovery or left == 0:
-                del self._runs[name]
-                lines.append(f"bucket_app: recovered table {name}: {done:,} records in "
-                             f"{duration(elapsed)}" + (f", {rate:,.0f}/s" if rate > 0 else ""))
-            elif now - run.logged_s >= self.log_every_s:
-                run.logged_s = now
-                line = (f"bucket_app: recovering table {name}: {done:,}/{run.total:,} records "
-                        f"({percent(done, run.total)})")
-                if rate > 0:
-                    line += f", {rate:,.0f}/s, ~{duration(left / rate)} left"
+            line = self._step(name, run, left, now, ended=not in_recovery or left == 0)
+            if line is not None:
+                if not in_recovery or left == 0:
+                    del self._runs[name]
                 lines.append(line)
         return lines
+
+    def _step(self, name: str, run: _Run, left: int, now: float, ended: bool) -> str | None:
+        """The line a run logs now, if any: its end, or its progress when one is due."""
+        done = run.total - left
+        elapsed = now - run.seen_s
+        rate = (done - run.done_when_seen) / elapsed if elapsed > 0 else 0.0
+        if ended:
+            return (f"bucket_app: recovered table {name}: {done:,} records in "
+                    f"{duration(elapsed)}" + (f", {rate:,.0f}/s" if rate > 0 else ""))
+        if now - run.logged_s < self.log_every_s:
+            return None
+        run.logged_s = now
+        line = (f"bucket_app: recovering table {name}: {done:,}/{run.total:,} records "
+                f"({percent(done, run.total)})")
+        if rate > 0:
+            line += f", {rate:,.0f}/s, ~{duration(left / rate)} left"
+        return line
 
     def restoring(self, name: str, left: Mapping[int, int]) -> None:
         """A bulk restore of table ``name`` (:mod:`bucket_app.kafka.restore`) has ``left``
@@ -164,19 +172,10 @@ class RecoveryProgress:
             run = self._bulk_runs[name] = _Run(total_left, now, 0, now)
             log.info("%s", f"bucket_app: recovering table {name}: 0/{total_left:,} records "
                      f"({percent(0, total_left)})")
-        done = run.total - total_left
-        elapsed = now - run.seen_s
-        rate = done / elapsed if elapsed > 0 else 0.0
+        line = self._step(name, run, total_left, now, ended=total_left == 0)
         if total_left == 0:
             del self._bulk_runs[name]
-            log.info("%s", f"bucket_app: recovered table {name}: {done:,} records in "
-                     f"{duration(elapsed)}" + (f", {rate:,.0f}/s" if rate > 0 else ""))
-        elif now - run.logged_s >= self.log_every_s:
-            run.logged_s = now
-            line = (f"bucket_app: recovering table {name}: {done:,}/{run.total:,} records "
-                    f"({percent(done, run.total)})")
-            if rate > 0:
-                line += f", {rate:,.0f}/s, ~{duration(total_left / rate)} left"
+        if line is not None:
             log.info("%s", line)
 
     def _merged(self) -> dict[int, int]:
