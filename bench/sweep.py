@@ -432,16 +432,7 @@ def failover(size: Size, worker: Worker) -> dict[str, Any]:
     asyncio.run(produce_steady(size.brokers, size.topic, size.partitions, OUTAGE_RATE,
                                OUTAGE_S, size.live))
     keep = KeepAlive(worker.url, timeout=120)
-    targets, rows, total = size.targets(), *size.rows_total()
-    answered = None
-    while answered is None and time.monotonic() - killed < cap and worker.alive():
-        seen = reflected(keep.get_json("/health"))
-        if seen and all(seen.get(p, -1) >= t for p, t in targets.items()):
-            answer = sql_json(keep, COUNT_SQL)
-            if answer and (answer[0]["n"], answer[0]["total"]) == (rows, total):
-                answered = time.monotonic()
-                break
-        time.sleep(0.25)
+    answered = exact_again(size, worker, keep, killed + cap)
     rss = _rss(worker)
     out: dict[str, Any] = {"failover_timeout_s": cap, "peak_rss_mb_recovery": round(rss, 1),
                            "failover_messages": sum(size.live.values()) - before}
@@ -462,6 +453,24 @@ def failover(size: Size, worker: Worker) -> dict[str, Any]:
     return out
 
 
+def exact_again(size: Size, worker: Worker, keep: KeepAlive, deadline: float) -> float | None:
+    """When ``worker``'s ``/health`` first shows every offset reflected and ``count(*)``,
+    ``sum(count)`` are exact (polled every 0.25 s), or None if not before ``deadline``
+    (monotonic) or the worker exits."""
+    targets, (rows, total) = size.targets(), size.rows_total()
+    while time.monotonic() < deadline and worker.alive():
+        try:
+            seen = reflected(keep.get_json("/health"))
+        except OSError:
+            seen = None
+        if seen and all(seen.get(p, -1) >= t for p, t in targets.items()):
+            answer = sql_json(keep, COUNT_SQL)
+            if answer and (answer[0]["n"], answer[0]["total"]) == (rows, total):
+                return time.monotonic()
+        time.sleep(0.25)
+    return None
+
+
 def join(size: Size) -> dict[str, Any]:
     """Start a second replica (a directory of its own, the same app_id) beside the running one
     and time from its start until it answers the exact total for every partition: its
@@ -474,19 +483,7 @@ def join(size: Size) -> dict[str, Any]:
     joiner.start(wait=False)
     try:
         keep = KeepAlive(joiner.url, timeout=120)
-        targets, (rows, total) = size.targets(), size.rows_total()
-        answered = None
-        while time.monotonic() - started < cap and joiner.alive():
-            try:
-                seen = reflected(keep.get_json("/health"))
-            except OSError:
-                seen = None
-            if seen and all(seen.get(p, -1) >= t for p, t in targets.items()):
-                answer = sql_json(keep, COUNT_SQL)
-                if answer and (answer[0]["n"], answer[0]["total"]) == (rows, total):
-                    answered = time.monotonic()
-                    break
-            time.sleep(0.25)
+        answered = exact_again(size, joiner, keep, started + cap)
         if answered is None:
             log(f"  join: no exact total from the new replica within {cap:.0f} s")
             return {"join_s": None, "exact_after_join": False}
