@@ -28,7 +28,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -439,15 +439,9 @@ class SnapshotStore:
         conn.execute(f"PRAGMA main.application_id = {self._nonce:d}")
         self._commit = 0
         # no offsets: a checkpoint that is never resumed, but keeps the generation
-        stored = Checkpoint(generation=generation, refreshed_at_s=time.time())
-        conn.execute("BEGIN")
-        try:
-            self._store_checkpoint(conn, stored)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        self._commit_done(stored)
+        with self._transaction(conn):
+            self._commit_checkpoint(conn, Checkpoint(generation=generation,
+                                                     refreshed_at_s=time.time()))
 
     def _prepare(self) -> None:
         table = quote_identifier(self.table)
@@ -473,21 +467,28 @@ class SnapshotStore:
             os.close(self._lock)  # releases the lock
             self._lock = None
 
-    def _store_checkpoint(self, conn: sqlite3.Connection, stored: Checkpoint) -> None:
-        """Write ``stored`` and the next commit number to both files, in the open
-        transaction."""
+    @staticmethod
+    @contextlib.contextmanager
+    def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+        """An explicit transaction, rolled back if its body raises; the body commits it."""
+        conn.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _commit_checkpoint(self, conn: sqlite3.Connection, stored: Checkpoint) -> None:
+        """Write ``stored`` and the next commit number to both files, commit the open
+        transaction, and only then take ``stored`` as what the files reflect."""
         commit = self._commit % COMMIT_WRAP + 1
         doc = {**stored.to_json(), "identity": self.identity, "nonce": self._nonce,
                "commit": commit}
         del doc["resumed"], doc["reason"]
         conn.execute(f"PRAGMA main.user_version = {commit:d}")
         conn.execute("INSERT OR REPLACE INTO side.checkpoint VALUES (0, ?)", (orjson.dumps(doc),))
-        self._pending_commit = commit
-
-    def _commit_done(self, stored: Checkpoint) -> None:
-        self._commit = self._pending_commit
-        self.stored = stored
-
+        conn.execute("COMMIT")
+        self._commit, self.stored = commit, stored
 
     # Per row key: the change in its summed count and late count, and its current rowid,
     # count and late count if any.
@@ -518,8 +519,7 @@ class SnapshotStore:
         assert self._conn is not None, "create() or open() first"
         conn = self._conn
         generation = before.generation + 1
-        conn.execute("BEGIN")
-        try:
+        with self._transaction(conn):
             conn.execute("DELETE FROM temp.change")
             conn.executemany(
                 "INSERT INTO temp.change VALUES (?, ?, ?, ?)",
@@ -544,12 +544,7 @@ class SnapshotStore:
                 progress=progress, closing_s=max(before.closing_s, closing_s),
                 final_through=final_through, rows=before.rows + added,
                 refreshed_at_s=time.time())
-            self._store_checkpoint(conn, stored)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        self._commit_done(stored)
+            self._commit_checkpoint(conn, stored)
         return stored.generation
 
     def apply_records(self, records: Mapping[bytes, bytes | None],
