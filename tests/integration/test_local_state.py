@@ -31,7 +31,7 @@ from tests.support.kafka import (
     produce,
     unique,
 )
-from tests.support.worker import counts_of
+from tests.support.worker import Worker, counts_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -63,6 +63,16 @@ def changelog_records(topic: str, partitions: int) -> dict[int, list[tuple[int, 
             await consumer.stop()
 
     return asyncio.run(run())
+
+
+def state_of(worker: Worker) -> tuple[Path, str]:
+    """``worker``'s local tables directory and its counts changelog, from its settings file."""
+    worker.write_settings()
+    settings = load(worker.settings_path, {})
+    tabledir = identity.tabledir(settings)
+    if not tabledir.is_absolute():
+        tabledir = worker.directory / tabledir
+    return tabledir, identity.changelog_topic(settings, COUNTS_TABLE)
 
 
 def local_tables(tabledir: Path, partitions: int) -> dict[int, dict[bytes, bytes]]:
@@ -113,12 +123,7 @@ def test_sigkill_leaves_tables_a_prefix_of_the_changelog_and_restart_keeps_them(
     topic = unique("keep")
     create_topic(topic, PARTITIONS)
     worker = make_worker(topic, partitions=PARTITIONS, extra={"session_timeout": "6s"})
-    worker.write_settings()
-    settings = load(worker.settings_path, {})
-    tabledir = identity.tabledir(settings)
-    if not tabledir.is_absolute():
-        tabledir = worker.directory / tabledir
-    changelog = identity.changelog_topic(settings, COUNTS_TABLE)
+    tabledir, changelog = state_of(worker)
     records, expected = bulk_records(40_000, PARTITIONS, seed=11)
     worker.start()
 
@@ -178,11 +183,7 @@ def test_a_joining_replica_restores_its_partitions_in_bulk_exactly(make_worker):
     assert "restored " in log and " changelog records of partitions " in log, second.tail()
     # its tables, read back after a clean stop, are the changelog's own records
     second.stop()
-    second_settings = load(second.settings_path, {})
-    tabledir = identity.tabledir(second_settings)
-    if not tabledir.is_absolute():
-        tabledir = second.directory / tabledir
-    changelog = identity.changelog_topic(second_settings, COUNTS_TABLE)
+    tabledir, changelog = state_of(second)
     assert_prefix_of_changelog(local_tables(tabledir, PARTITIONS),
                                changelog_records(changelog, PARTITIONS))
     assert sum(expected.values()) == 40_000
