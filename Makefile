@@ -56,7 +56,7 @@ test: setup
 	if ! scripts/kafka-secure.sh status >/dev/null 2>&1; then scripts/kafka-secure.sh start && secure_started=1; fi; \
 	rc=0; \
 	$(MAKE) --no-print-directory lint || rc=$$?; \
-	if [ $$rc -eq 0 ]; then scripts/browser.sh || rc=$$?; fi; \
+	if [ $$rc -eq 0 ]; then scripts/test-tools.sh || rc=$$?; fi; \
 	if [ $$rc -eq 0 ]; then $(BIN)/pytest -q -p no:cacheprovider tests || rc=$$?; fi; \
 	if [ $$secure_started -eq 1 ]; then scripts/kafka-secure.sh stop; fi; \
 	if [ $$started -eq 1 ]; then scripts/kafka.sh stop; fi; \

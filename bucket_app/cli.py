@@ -88,12 +88,15 @@ def settings_rows(found: Mapping[str, tuple[str, str]],
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    # imported here: aiokafka is only needed to check the TLS files, not to ask uses-local-broker
+    # imported here: aiokafka is only needed to check the TLS files and codecs, not to ask
+    # uses-local-broker
+    from bucket_app.kafka import codecs  # noqa: PLC0415
     from bucket_app.kafka.security import ssl_context  # noqa: PLC0415
 
     try:
         settings = settings_module.load(args.settings)
         ssl_context(settings)  # the PEM files load, as every Kafka client will need them to
+        codecs.check()  # every compressed batch can be read, as the worker checks at start
         found = settings_module.sources(args.settings)
     except BucketAppError as exc:
         return _fail(str(exc), EXIT_USAGE)

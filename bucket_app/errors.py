@@ -35,6 +35,11 @@ class IncompatibleLibrary(BucketAppError):
     lacks a private name :mod:`bucket_app.seam` bends; the message names what differs."""
 
 
+class MissingCodec(BucketAppError):
+    """A compression codec Kafka defines cannot be read with what is installed; the message
+    names it."""
+
+
 class InvalidValue(BucketAppError, ValueError):
     """A settings value that fails its check; the settings loader adds file, key and value."""
 

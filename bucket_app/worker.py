@@ -24,6 +24,7 @@ from faust.types import TP
 
 from bucket_app import identity
 from bucket_app.counting.batch import BatchCounter
+from bucket_app.kafka import codecs
 from bucket_app.kafka import security as kafka_security
 from bucket_app.kafka.changelog import ChangelogRecord, ChangelogSender, TableBatch, Unacked
 from bucket_app.kafka.deadletter import DeadLetter, DeadLetterSender
@@ -247,6 +248,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     from bucket_app.web import views as web  # noqa: PLC0415 - they import this module's names
 
     compat.check()
+    codecs.check()
     n_partitions = partitions if partitions is not None else source_partitions(settings)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])

@@ -2,7 +2,7 @@
 
 The worker and broker fixtures are the integration tests' own (real broker, ``faust -A
 bucket_app worker`` subprocesses). Chromium and chromedriver come from Debian
-(``scripts/browser.sh``, which ``make test`` runs first); both paths are given to Selenium, so
+(``scripts/test-tools.sh``, which ``make test`` runs first); both paths are given to Selenium, so
 Selenium Manager never looks for, or downloads, a browser or a driver. A missing browser fails
 the tests, it never skips them.
 """
@@ -41,7 +41,7 @@ def chrome_options() -> webdriver.ChromeOptions:
 def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
     for needed in (CHROMIUM, CHROMEDRIVER):
         if not os.access(needed, os.X_OK):
-            pytest.fail(f"{needed} is missing; run scripts/browser.sh (make test does)")
+            pytest.fail(f"{needed} is missing; run scripts/test-tools.sh (make test does)")
     service = Service(executable_path=str(CHROMEDRIVER), log_output=str(tmp_path / "driver.log"))
     driver = webdriver.Chrome(options=chrome_options(), service=service)
     driver.set_page_load_timeout(30)

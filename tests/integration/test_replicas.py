@@ -57,13 +57,7 @@ def test_two_replicas_each_answer_exactly_for_all_partitions(make_worker):
     wait_all(workers, last)
     for worker in workers:
         assert counts_of(worker) == expected
-        # "complete" is computed at each snapshot refresh (every 0.5 s): it must follow
-        status = worker.health()
-        deadline = time.monotonic() + 5
-        while status["complete"] is not True and time.monotonic() < deadline:
-            time.sleep(0.1)
-            status = worker.health()
-        assert status["complete"] is True, status
+        status = worker.wait_complete()
         assert all(p["lag"] == 0 for p in status["partitions"].values())
     # the partitions were shared: each replica counted some, together exactly all
     counted = [w.health()["worker"]["counted"] for w in workers]

@@ -178,6 +178,18 @@ class Worker:
         raise AssertionError(f"not caught up to {last_offsets}: {status}\n{self.tail()}")
 
 
+    def wait_complete(self, timeout_s: float = 10) -> dict[str, Any]:
+        """``/health`` once it says ``complete`` (computed at each snapshot refresh: it follows
+        ``caught_up`` by a refresh); fails with the last answer after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        status = self.health()
+        while status["complete"] is not True and time.monotonic() < deadline:
+            time.sleep(0.1)
+            status = self.health()
+        assert status["complete"] is True, status
+        return status
+
+
 def _section_of(name: str) -> str:
     from bucket_app.settings import KEYS
 
