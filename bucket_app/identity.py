@@ -6,7 +6,9 @@ it keeps that meaning only while the settings that decide it stay the same. Thos
 field and its type, the mapped fields in order (a window-key stores the mapped values by
 position, so a reordered map would relabel them), and how values decode (JSON, or Avro with
 the schema's parsing canonical form: the file's path, its ``doc`` strings and defaults do not
-change what a message decodes to). Anything else (ports, limits, retention, snapshot pacing,
+change what a message decodes to), and which records of the topic are read at all
+(``isolation_level``: under read_uncommitted a count includes records of aborted
+transactions). Anything else (ports, limits, retention, snapshot pacing,
 ``max_future_skew``, which only decides whether a message far ahead of the wall clock is
 counted at all) is not bound.
 
@@ -32,7 +34,10 @@ from bucket_app.settings import Settings
 # hex digits of sha256 kept: 40 bits, so two bound settings of one app_id do not collide
 FINGERPRINT_LEN = 10
 BOUND_KEYS = ("topic", "bucket_interval", "bucket_field", "bucket_type", "msg_map",
-              "value_format")
+              "value_format", "isolation_level")
+# Bound settings added after states had identities, with the value every earlier state counted
+# under: that value is left out of the fingerprint, so those states keep their names.
+IMPLIED = {"isolation_level": "read_uncommitted"}
 # <data_dir>/OWNER_FILE names the state the last worker on that data_dir counted under
 OWNER_FILE = "tables-owner"
 # Under <data_dir>: one directory of local tables (RocksDB) per state.
@@ -46,14 +51,16 @@ def bound(settings: Settings) -> dict[str, Any]:
     value_format = "json"
     if settings.avro_schema is not None:
         value_format = "avro " + to_parsing_canonical_form(settings.avro_schema)
-    return {
+    values = {
         "topic": settings.topic,
         "bucket_interval": settings.bucket_interval_s,
         "bucket_field": settings.bucket_field,
         "bucket_type": settings.bucket_type,
         "msg_map": [[path, column] for path, column in settings.msg_map.items()],
         "value_format": value_format,
+        "isolation_level": settings.isolation_level,
     }
+    return {key: value for key, value in values.items() if IMPLIED.get(key) != value}
 
 
 def _canonical(values: dict[str, Any]) -> bytes:
@@ -121,8 +128,8 @@ def _previous(text: str, data_dir: Path) -> tuple[str, str, dict[str, Any], Path
     if isinstance(record, dict) and isinstance(record.get("state"), str):
         state = record["state"]
         known = record.get("bound")
-        return (state, str(record.get("app_id", state)), known if isinstance(known, dict) else {},
-                tabledir_of(data_dir, state))
+        known = {**IMPLIED, **known} if isinstance(known, dict) else {}
+        return state, str(record.get("app_id", state)), known, tabledir_of(data_dir, state)
     # Before states had identities: "app_id = X\ntopic = Y\n", tables in Faust's default place.
     fields = dict(line.split(" = ", 1) for line in text.splitlines() if " = " in line)
     if "app_id" not in fields:
@@ -141,7 +148,7 @@ def startup_line(settings: Settings, owner_text: str | None, table: str) -> str:
     if previous is None or previous[0] == state:
         return line
     old_state, old_app_id, old_bound, old_tables = previous
-    now = bound(settings)
+    now = {**IMPLIED, **bound(settings)}
     changed = [f"{key} {_shown(key, old_bound[key])} -> {_shown(key, now[key])}"
                for key in BOUND_KEYS if key in old_bound and old_bound[key] != now[key]]
     if old_app_id != settings.app_id:

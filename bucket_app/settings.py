@@ -223,6 +223,10 @@ KEYS: tuple[Key, ...] = (
         "replication factor for topics bucket_app creates"),
     Key("KafkaSettings", "app_id", _app_id, "bucket_app",
         "consumer group id and prefix of the changelog topics"),
+    Key("KafkaSettings", "isolation_level", _choice("read_committed", "read_uncommitted"),
+        "read_committed",
+        "read_committed: records of aborted transactions are never counted, an open one's "
+        "wait for its end; read_uncommitted: every record as written"),
     Key("KafkaSettings", "session_timeout", _seconds_duration, "15s",
         "how long a silent worker keeps its partitions before the group moves them"),
     Key("KafkaSettings", "startup_timeout", _optional_seconds, "none",
@@ -307,6 +311,7 @@ class Settings:
     partitions: int
     replication_factor: int
     app_id: str
+    isolation_level: str
     session_timeout_s: float
     startup_timeout_s: float | None
     security_protocol: str
@@ -552,6 +557,7 @@ def _resolve(source: Path, values: dict[str, Any], raw: dict[str, tuple[str, str
         partitions=values["partitions"],
         replication_factor=values["replication_factor"],
         app_id=values["app_id"],
+        isolation_level=values["isolation_level"],
         session_timeout_s=values["session_timeout"],
         startup_timeout_s=values["startup_timeout"],
         security_protocol=values["security_protocol"],

@@ -142,13 +142,14 @@ class Processor:
     def _partitions_of(tps: Any, topic: str) -> list[int]:
         return sorted(tp.partition for tp in tps if tp.topic == topic)
 
-    def count_and_write(self, partition: int, records: Sequence[Any],
+    def count_and_write(self, partition: int, records: Sequence[Any], reached: int | None,
                         ) -> tuple[list[ChangelogRecord], list[DeadLetter]]:
         """Count a batch into a :class:`TableBatch`, staged until its changelog records are
         acknowledged; returns those records and the dead letters for
-        :class:`~bucket_app.kafka.intake.BatchIntake` to send."""
+        :class:`~bucket_app.kafka.intake.BatchIntake` to send. ``reached``: the fetch position,
+        when the fetch passed offsets after the last record that hold none to count."""
         batch = TableBatch(self.unacked, partition)
-        self.batches.count_batch(partition, records, batch)
+        self.batches.count_batch(partition, records, batch, reached)
         dead = [DeadLetter(record, partition, reason)
                 for record, reason in self.batches.take_skipped()]
         self.counter.dead_letters += len(dead)
@@ -326,7 +327,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     app.source_topic_name = settings.topic
     # this app's consumer only: the committed-offset seek, fetch sizes, record batches
     app.consumer_options = ConsumerOptions(settings.topic, FETCH_MIN_BYTES, FETCH_MAX_WAIT_MS,
-                                           FETCH_MAX_BYTES)
+                                           FETCH_MAX_BYTES, settings.isolation_level)
     guard_local_state(settings, Path(app.conf.tabledir))
 
     @app.agent(source, name="bucket_app.count")

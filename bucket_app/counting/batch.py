@@ -76,13 +76,17 @@ class BatchCounter:
         return state
 
     def count_batch(self, partition: int, records: Sequence[Any],
-                    table: KeyValues | None = None) -> None:
+                    table: KeyValues | None = None, reached: int | None = None) -> None:
         """Count one fetched batch of a source partition, each record exactly once.
 
         ``records`` are aiokafka records (``offset``, ``value``, ``timestamp``) in offset
         order; ``table`` is the partition's view of the table for this batch (default: the
-        table itself). The table sees one read and one write per window-key per batch, then
-        one progress write. A batch :meth:`Classifier.group` answers for, none of it a replay
+        table itself). ``reached`` is the position the fetch reached when it passed offsets
+        after the last record that hold nothing to count (transaction markers, records of
+        aborted transactions): the partition's progress passes them too, so an offset
+        reached always means "everything before it is read", whatever those offsets held.
+        The table sees one read and one write per window-key per batch, then one progress
+        write. A batch :meth:`Classifier.group` answers for, none of it a replay
         and none past retention, is counted per key; any other record by record.
         """
         state = self.state(partition)
@@ -105,8 +109,10 @@ class BatchCounter:
         else:
             last = self._count_each(state, partition, records, counts, now_s,
                                     last_final_start)
-            if last == state.offset:
-                return
+        if reached is not None:
+            last = max(last, reached - 1)
+        if last <= state.offset:
+            return
         state.offset = last
         # [offset, watermark, wall clock]: the snapshot's closing time reads all three
         counts[progress_key(partition)] = [last, max(state.watermark_s, 0.0), now_s]

@@ -25,6 +25,12 @@ has its counts in the changelog. Until then the batch's last message is in Faust
 unacknowledged messages, which Faust waits to empty before it gives up partitions in a
 rebalance. Offsets are acknowledged the way Faust's ``Consumer.ack`` does (per offset, with gaps
 recorded for offsets that never arrive), so Faust's commit logic decides what is committed.
+
+A fetch can also pass offsets that hold no record to count: transaction markers, and the
+records of aborted transactions under read_committed. The consumer reports the position such
+a fetch reached (:meth:`SeamConsumer.take_positions`), and the partition's batch, even one
+with no record, moves its progress and acknowledgements to it (docs/design.md, "Offsets
+without records").
 """
 
 from __future__ import annotations
@@ -54,9 +60,24 @@ _OFFSET = attrgetter("offset")
 PRODUCER_HIGH = 20_000
 PRODUCER_LOW = 5_000
 
-#: Counts one partition's batch; returns the changelog records to send.
-# a source partition's batch in, its changelog records and dead letters out
-BatchHandler = Callable[[int, Sequence[Any]], tuple[list[ChangelogRecord], list[DeadLetter]]]
+#: Counts one source partition's batch: (partition, records, the position the fetch reached
+#: when past the last record, else None) in, its changelog records and dead letters out.
+BatchHandler = Callable[[int, Sequence[Any], int | None],
+                        tuple[list[ChangelogRecord], list[DeadLetter]]]
+
+
+@dataclass(frozen=True)
+class Passed:
+    """The last offset a fetch passed without a record to count (a transaction marker), as
+    the record Faust's event for a batch is built from."""
+
+    offset: int
+    timestamp: int | None = None
+    timestamp_type: int = 0
+    key: bytes | None = None
+    value: bytes | None = None
+    checksum: int | None = None
+    headers: tuple[Any, ...] = ()
 
 
 @dataclass
@@ -95,13 +116,14 @@ class BatchIntake:
                 records, _ = await consumer.next_records(1.0)
                 # As in Faust's getmany: the generation is the one the fetch returned in.
                 generation = self.app.consumer_generation_id
-                if not records or consumer.should_stop:
+                positions = consumer.take_positions()
+                if not (records or positions) or consumer.should_stop:
                     continue
                 if not consumer.flow_active:
                     # Returned during a rebalance: Faust seeks back to the committed offsets.
                     await self._seek_back()
                     continue
-                counted, others = self._count(records)
+                counted, others = self._count(records, positions)
                 # every partition's changelog batch in flight at once, not one after another
                 await asyncio.gather(*(self._send(done) for done in counted))
                 for tp, other in others:
@@ -124,10 +146,11 @@ class BatchIntake:
             raise
 
     def _count(
-        self, records: dict[TP, list[Any]],
+        self, records: dict[TP, list[Any]], positions: dict[TP, int],
     ) -> tuple[list[Counted], list[tuple[TP, list[Any]]]]:
         """Count every source batch of one fetch without yielding; return them and the
-        batches of other topics."""
+        batches of other topics. ``positions``: source partitions whose fetch reached past
+        their last record (see :meth:`SeamConsumer.take_positions`)."""
         consumer = self.consumer
         active = consumer.active_partitions()
         buffered = consumer.buffered_partitions()
@@ -137,27 +160,48 @@ class BatchIntake:
         inbound = monitor.stream_inbound_time if monitor is not None else {}
         now = monotonic()
         counted, others = [], []
-        for tp, batch in records.items():
+        for tp in {**records, **positions}:
             if tp not in active and tp not in buffered:
                 continue
+            batch = records.get(tp, [])
             if tp.topic != self.topic:
                 others.append((tp, batch))
                 continue
-            fresh = self._after_read_offset(tp, batch)
-            if not fresh:
-                continue
-            event = self._event_for(tp, fresh[-1])
-            consumer.hold(event.message)
-            token = set_current_event(event)
-            try:
-                changes, dead = self.handle(tp.partition, fresh)
-            finally:
-                reset_current_event(token)
-            counted.append(Counted(tp, list(map(_OFFSET, fresh)), consumer.read_offset(tp),
-                                   event.message, changes, dead))
-            consumer.set_read_offset(tp, fresh[-1].offset)
-            inbound[tp] = now
+            done = self._count_partition(tp, batch, positions.get(tp))
+            if done is not None:
+                counted.append(done)
+                inbound[tp] = now
         return counted, others
+
+    def _count_partition(self, tp: TP, batch: list[Any], position: int | None,
+                         ) -> Counted | None:
+        """Count one partition's batch of a fetch. ``position`` (when the fetch reached past
+        its last record) makes the offsets before it read: a transaction's marker and the
+        records of an aborted transaction are read, never counted, and acknowledged with the
+        batch, so the progress record, the committed offset and /health's lag pass them."""
+        consumer = self.consumer
+        fresh = self._after_read_offset(tp, batch)
+        read = consumer.read_offset(tp)
+        passed = None
+        if position is not None:
+            last = fresh[-1].offset if fresh else read
+            if last is None or position - 1 > last:
+                passed = position - 1
+        if not fresh and passed is None:
+            return None
+        offsets = list(map(_OFFSET, fresh))
+        if passed is not None:
+            offsets.append(passed)
+        event = self._event_for(tp, fresh[-1] if fresh else Passed(offsets[-1]))
+        consumer.hold(event.message)
+        token = set_current_event(event)
+        try:
+            changes, dead = self.handle(tp.partition, fresh,
+                                        None if passed is None else passed + 1)
+        finally:
+            reset_current_event(token)
+        consumer.set_read_offset(tp, offsets[-1])
+        return Counted(tp, offsets, read, event.message, changes, dead)
 
     async def _send(self, batch: Counted) -> None:
         """Send a counted batch's dead letters, then, once the brokers have them, its
@@ -196,7 +240,7 @@ class BatchIntake:
     def _after_read_offset(self, tp: TP, batch: list[Any]) -> list[Any]:
         # Faust drops records below the partition's read offset (re-fetched after a seek).
         read = self.consumer.read_offset(tp)
-        if read is None or batch[0].offset >= read:
+        if read is None or not batch or batch[0].offset >= read:
             return batch
         return [record for record in batch if record.offset >= read]
 

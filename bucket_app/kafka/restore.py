@@ -50,8 +50,10 @@ async def restore_changelog(settings: Settings, store: Any, topic: str,
     started = time.monotonic()
     consumer = AIOKafkaConsumer(
         bootstrap_servers=list(settings.brokers), group_id=None, enable_auto_commit=False,
-        auto_offset_reset="earliest", max_partition_fetch_bytes=FETCH_BYTES,
-        fetch_max_bytes=FETCH_BYTES * 4, **kafka_security.client_kwargs(settings))
+        # written without transactions: both isolation levels read the same records of it
+        isolation_level="read_uncommitted", auto_offset_reset="earliest",
+        max_partition_fetch_bytes=FETCH_BYTES, fetch_max_bytes=FETCH_BYTES * 4,
+        **kafka_security.client_kwargs(settings))
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in wanted]

@@ -5,8 +5,9 @@
 the app that chose them and only when it sets :class:`ConsumerOptions`:
 
 - the committed-offset seek also re-reads source partitions without a committed offset;
-- the aiokafka consumer's fetch sizes, and its fetcher hands over the source topic's records a
-  record batch at a time (:mod:`bucket_app.seam.fetch`);
+- the aiokafka consumer's fetch sizes and isolation level, and its fetcher hands over the
+  source topic's records a record batch at a time (:mod:`bucket_app.seam.fetch`), with the
+  positions reached past the last record (transaction markers, aborted records);
 - the fetch loop is the app's (``bucket_app.kafka.intake.BatchIntake.drain``) instead of Faust's.
 
 :class:`SeamConsumer` also gives the intake small methods over the consumer state Faust keeps
@@ -38,6 +39,7 @@ class ConsumerOptions:
     fetch_min_bytes: int
     fetch_max_wait_ms: int
     fetch_max_bytes: int
+    isolation_level: str = "read_committed"
 
 
 def options_of(app: Any) -> ConsumerOptions | None:
@@ -78,6 +80,7 @@ class SeamConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         if options is not None:
             fetch.tune_fetches(consumer, options.fetch_min_bytes, options.fetch_max_wait_ms,
                                options.fetch_max_bytes)
+            fetch.read_isolated(consumer, options.isolation_level)
         return consumer
 
     async def on_start(self) -> None:
@@ -86,7 +89,9 @@ class SeamConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         await super().on_start()
         options = options_of(self.app)
         if options is not None and not self.app.client_only:
-            fetch.bulk_source_records(self._ensure_consumer(), options.source_topic)
+            consumer: Any = self.consumer  # the SeamConsumer this thread fetches for
+            consumer.positions = fetch.bulk_source_records(self._ensure_consumer(),
+                                                           options.source_topic)
 
 
 class SeamConsumer(faust_aiokafka.Consumer):
@@ -94,6 +99,8 @@ class SeamConsumer(faust_aiokafka.Consumer):
 
     #: replaces Faust's fetch loop when set (see :meth:`use_drain`)
     drain: Callable[[Any], Awaitable[None]] | None = None
+    #: source partitions' fetch positions past their last record (set by the thread)
+    positions: fetch.Positions | None = None
 
     def _new_consumer_thread(self) -> SeamConsumerThread:
         return SeamConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -118,6 +125,11 @@ class SeamConsumer(faust_aiokafka.Consumer):
     async def next_records(self, timeout_s: float) -> Any:
         """The next fetch, as Faust's fetch loop waits for it: ``(records by TP, active)``."""
         return await self._wait_next_records(timeout_s)
+
+    def take_positions(self) -> dict[TP, int]:
+        """Source partitions whose fetches since the last call reached past their last record
+        (transaction markers, aborted records), with the position reached."""
+        return {} if self.positions is None else fetch.take_positions(self.positions)
 
     def active_partitions(self) -> set[TP]:
         """Partitions assigned and not paused (Faust's fetch set)."""

@@ -1,16 +1,18 @@
-"""aiokafka's fetching, bent for the source topic: fetch sizes, and records a batch at a time.
+"""aiokafka's fetching, bent for the source topic: fetch sizes, isolation, a batch at a time.
 
-Both act on one aiokafka consumer (the one Faust's consumer thread of a bucket_app app creates,
+All act on one aiokafka consumer (the one Faust's consumer thread of a bucket_app app creates,
 see :mod:`bucket_app.seam.consumer`), never on aiokafka's classes: :func:`tune_fetches` sets the
-consumer's fetch sizes before it starts, :func:`bulk_source_records` hooks its fetcher once it
-has started. A fetch that escapes the hook (none should) is handed over by aiokafka's own
-``getall`` as ConsumerRecords, which the counting code reads the same way, only slower.
+consumer's fetch sizes and :func:`read_isolated` its isolation level before it starts,
+:func:`bulk_source_records` hooks its fetcher once it has started. A fetch that escapes the
+hook (none should) is handed over by aiokafka's own ``getall`` as ConsumerRecords, which the
+counting code reads the same way, only slower.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator
+from functools import partial
 from itertools import chain, islice
 from types import MethodType
 from typing import Any
@@ -39,7 +41,21 @@ def tune_fetches(consumer: AIOKafkaConsumer, min_bytes: int, max_wait_ms: int,
     consumer._fetch_max_bytes = max_bytes
 
 
-def bulk_source_records(consumer: AIOKafkaConsumer, topic: str) -> None:
+def read_isolated(consumer: AIOKafkaConsumer, isolation_level: str) -> None:
+    """Make ``consumer`` read ``read_committed`` or ``read_uncommitted``. Call before it starts.
+
+    Faust builds its worker consumer with ``read_uncommitted`` unless the app is exactly-once
+    (a literal choice, not a setting); aiokafka hands the consumer's level to its fetcher in
+    ``start``, and the fetcher to each fetch request and to its record unpacking.
+    """
+    consumer._isolation_level = isolation_level
+
+
+#: source partition -> the fetch position a drained fetch reached past its last record
+Positions = dict[Any, int]
+
+
+def bulk_source_records(consumer: AIOKafkaConsumer, topic: str) -> Positions:
     """Let ``consumer`` (started) hand over ``topic``'s records a Kafka record batch at a time,
     as it decoded them.
 
@@ -54,6 +70,11 @@ def bulk_source_records(consumer: AIOKafkaConsumer, topic: str) -> None:
 
     ``topic``'s records are only taken whole: the worker fetches with
     ``broker_max_poll_records`` unset, and nothing calls ``getone``.
+
+    Returns the positions (:data:`Positions`) of partitions whose fetch moved past offsets
+    that carry no record to hand over: transaction markers and aborted transactions' records.
+    aiokafka drops a fetch that has no records left to return, so only this says that the
+    partition has been read that far. The caller takes them (:func:`take_positions`).
     """
     fetcher = consumer._fetcher
     if fetcher is None:
@@ -61,6 +82,13 @@ def bulk_source_records(consumer: AIOKafkaConsumer, topic: str) -> None:
     hooked = SourceFetches(topic)
     hooked.update(fetcher._records)
     fetcher._records = hooked
+    return hooked.positions
+
+
+def take_positions(positions: Positions) -> Positions:
+    """Take (and remove) every position ``positions`` holds. aiokafka's fetcher thread adds to
+    it only while a fetch is being drained, never while the drained fetch is counted."""
+    return {tp: positions.pop(tp) for tp in list(positions)}
 
 
 class SourceFetches(OrderedDict):  # type: ignore[type-arg]
@@ -74,12 +102,14 @@ class SourceFetches(OrderedDict):  # type: ignore[type-arg]
     def __init__(self, topic: str) -> None:
         super().__init__()
         self.topic = topic
+        self.positions: Positions = {}
 
     def __setitem__(self, tp: Any, result: Any) -> None:
         if tp.topic == self.topic and type(result) is FetchResult:
             # like aiokafka's own record iterator, this method refers back to its result; it
             # drops itself once the result is drained (getall_batches)
-            result.getall = MethodType(getall_batches, result)  # type: ignore[method-assign]
+            result.getall = MethodType(  # type: ignore[method-assign]
+                partial(getall_batches, positions=self.positions), result)
             records = result._partition_records
             if records is not None:
                 # aiokafka's per-record generator, not started, is never used
@@ -87,9 +117,11 @@ class SourceFetches(OrderedDict):  # type: ignore[type-arg]
         super().__setitem__(tp, result)
 
 
-def getall_batches(result: FetchResult, max_records: int | None = None) -> list[Any]:
+def getall_batches(result: FetchResult, max_records: int | None = None, *,
+                   positions: Positions | None = None) -> list[Any]:
     """aiokafka's ``FetchResult.getall`` for one fetched partition, its records unpacked a
-    record batch at a time by :func:`unpack_batches`."""
+    record batch at a time by :func:`unpack_batches`; a position past the last record goes to
+    ``positions``."""
     vars(result).pop("getall", None)  # no cycle through this method once it has run
     if max_records is not None:
         raise RuntimeError("the source topic's records are fetched whole "
@@ -98,10 +130,14 @@ def getall_batches(result: FetchResult, max_records: int | None = None) -> list[
     if not result.check_assignment(tp) or not result.has_more():
         return []
     fetched: list[Any] = []
-    for decoded in unpack_batches(result._partition_records):
+    partition = result._partition_records
+    for decoded in unpack_batches(partition):
         fetched.extend(decoded)
     result._update_position()
     result._partition_records = None
+    reached = partition.next_fetch_offset
+    if positions is not None and (not fetched or reached > fetched[-1].offset + 1):
+        positions[tp] = reached
     return fetched
 
 

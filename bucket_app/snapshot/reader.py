@@ -687,7 +687,12 @@ class SnapshotReader:
             bootstrap_servers=list(self.settings.brokers),
             group_id=None,
             enable_auto_commit=False,
-            isolation_level="read_committed",
+            # The worker writes the changelog without transactions (at least once, each
+            # increment idempotent per source offset), so both levels read the same records
+            # of it, as Kafka Streams' restore consumer does outside exactly-once. This one
+            # also makes end_offsets of the source topic its high watermark: records of an
+            # open transaction are lag (/health) until it ends.
+            isolation_level="read_uncommitted",
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
             **kafka_security.client_kwargs(self.settings),

@@ -30,14 +30,29 @@ def test_fingerprint_is_short_hex_and_stable(settings, tmp_path):
     # Pinned: the fingerprint names the changelog and consumer group, so a change of the
     # canonical form (or of the hash) would silently recount every deployment.
     canonical = (b'{"bucket_field":"timestamp","bucket_interval":20,"bucket_type":"epoch",'
+                 b'"isolation_level":"read_committed",'
                  b'"msg_map":[["origin_server","server_name"],["topic","topic"]],'
                  b'"topic":"test","value_format":"json"}')
-    assert fp == hashlib.sha256(canonical).hexdigest()[:10] == "6832e90d7a"
+    assert fp == hashlib.sha256(canonical).hexdigest()[:10] == "15dad83f6e"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     again = load(write_config(elsewhere, SEED_INI), {})
     assert identity.fingerprint(again) == fp
     assert identity.state_id(settings) == f"bucket_app-{fp}"
+
+
+def test_read_uncommitted_keeps_the_state_counted_before_isolation_level_existed(settings):
+    """Every state before isolation_level was a setting read uncommitted: under
+    read_uncommitted it keeps its name (and its counts); read_committed counts afresh, since
+    its counts would otherwise mix in the aborted records the old state counted."""
+    before = (b'{"bucket_field":"timestamp","bucket_interval":20,"bucket_type":"epoch",'
+              b'"msg_map":[["origin_server","server_name"],["topic","topic"]],'
+              b'"topic":"test","value_format":"json"}')
+    uncommitted = replace(settings, isolation_level="read_uncommitted")
+    assert identity.fingerprint(uncommitted) == hashlib.sha256(before).hexdigest()[:10]
+    assert identity.fingerprint(uncommitted) == "6832e90d7a"
+    line = identity.startup_line(settings, identity.owner_record(uncommitted), "counts")
+    assert 'isolation_level "read_uncommitted" -> "read_committed"' in line
 
 
 def test_every_name_follows_the_state(settings):
@@ -58,6 +73,7 @@ def test_every_name_follows_the_state(settings):
     ("msg_map", {"topic": "topic", "origin_server": "server_name"}),  # reordered
     ("msg_map", {"origin_server": "server_name"}),  # one field fewer
     ("avro_schema", SCHEMA),  # Avro instead of JSON
+    ("isolation_level", "read_uncommitted"),  # aborted transactions' records counted too
 ])
 def test_fingerprint_changes_with_each_bound_key(settings, key, value):
     changed = replace(settings, **{key: value})

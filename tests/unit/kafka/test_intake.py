@@ -34,7 +34,7 @@ from bucket_app.counting.batch import BatchCounter
 from bucket_app.counting.classify import Classifier
 from bucket_app.counting.keys import PROGRESS_KEY
 from bucket_app.kafka.changelog import WRITE_CHUNK, TableBatch
-from bucket_app.kafka.intake import BatchIntake
+from bucket_app.kafka.intake import BatchIntake, Counted
 from bucket_app.seam import fetch
 from bucket_app.settings import load
 from bucket_app.snapshot.reader import SnapshotStore, store_config
@@ -315,14 +315,49 @@ def test_counted_batches_tell_fausts_stall_detector_the_partition_is_processed(
     records, tally = make_records(50, 1, seed=3)
     assert tp not in app.monitor.stream_inbound_time
     before = time.monotonic()
-    counted, others = intake._count({tp: records})
+    counted, others = intake._count({tp: records}, {})
     assert [c.tp for c in counted] == [tp] and not others
     assert app.monitor.stream_inbound_time[tp] >= before
     # and the batch was counted: its changelog records hold the tally
-    keys = [json.loads(k) for k, _ in counted[0].changes]
-    written = {(PROGRESS_KEY,) if key[0] == PROGRESS_KEY else (tuple(key[0]), tuple(key[1])):
-               json.loads(v) for key, (_, v) in zip(keys, counted[0].changes, strict=True)}
-    assert table_counts(written) == tally
+    assert table_counts(written_by(counted[0])) == tally
+
+
+def written_by(counted: Counted) -> dict:
+    """A counted batch's changelog records as table keys and values."""
+    keys = [json.loads(k) for k, _ in counted.changes]
+    return {(PROGRESS_KEY,) if key[0] == PROGRESS_KEY else (tuple(key[0]), tuple(key[1])):
+            json.loads(v) for key, (_, v) in zip(keys, counted.changes, strict=True)}
+
+
+def progress_written(counted: Counted) -> list:
+    """The progress values ([offset, watermark, wall clock]) a counted batch writes."""
+    return [value for key, value in written_by(counted).items() if key == (PROGRESS_KEY,)]
+
+
+def test_offsets_a_fetch_passes_without_records_are_read_not_counted(settings, monkeypatch):
+    """A transaction's marker and an aborted transaction's records hold nothing to count: the
+    fetch position past them moves the partition's progress and acknowledgements with it, so
+    the commit, /health's lag and the snapshot's completeness pass them (and nothing is
+    counted twice or skipped when a later record arrives)."""
+    app = create_app(settings, partitions=4)
+    consumer, intake = app.consumer, app.intake
+    tp = TP(TOPIC, 2)
+    monkeypatch.setattr(consumer, "_get_active_partitions", lambda: {tp})
+    records, tally = make_records(40, 2, seed=5)  # offsets 0..39: a committed transaction
+    # the fetch also passed its commit marker (40), 20 aborted records and their marker (61)
+    (batch,) = intake._count({tp: records}, {tp: 62})[0]
+    assert batch.offsets == [*range(40), 61] and batch.previous is None
+    assert progress_written(batch)[0][0] == 61
+    assert table_counts(written_by(batch)) == tally
+    consumer.ack_offsets(tp, batch.offsets, batch.previous)
+    assert consumer._new_offset(tp) == 62  # committed past the markers and aborted records
+    # a fetch that brings only a marker (the next transaction's, say) moves progress alone
+    (alone,) = intake._count({}, {tp: 70})[0]
+    assert alone.offsets == [69] and alone.previous == 61
+    assert progress_written(alone)[0][0] == 69
+    assert list(written_by(alone)) == [(PROGRESS_KEY,)]
+    # a position the partition's read offset already passed changes nothing
+    assert intake._count({}, {tp: 65}) == ([], [])
 
 
 def test_avro_logical_types_as_mapped_fields_reach_the_snapshot_as_text(tmp_path):
@@ -347,7 +382,8 @@ def test_avro_logical_types_as_mapped_fields_reach_the_snapshot_as_text(tmp_path
                           {"origin_server": server, "topic": Decimal(price), "timestamp": now})
         values.append(body.getvalue())
     app = create_app(settings, partitions=4)
-    changes, _ = app.processor.count_and_write(0, [record(0, i, v) for i, v in enumerate(values)])
+    changes, _ = app.processor.count_and_write(
+        0, [record(0, i, v) for i, v in enumerate(values)], None)
     store = SnapshotStore(**store_config(settings))
     store.create()
     try:
@@ -472,7 +508,7 @@ def test_rocksdb_holds_only_buckets_within_retention(tmp_path):
             records.append(record(1, offset, value))
             offset += 1
         processor.counter.partition(1).last_sweep_mono = float("-inf")  # sweep every batch
-        changes, _ = processor.count_and_write(1, records)
+        changes, _ = processor.count_and_write(1, records, None)
         assert changes  # the changelog gets the writes and the tombstones
         processor.unacked.acknowledged(1, changes, minute)
     db = processor.counts.data._db_for_partition(1)
