@@ -50,11 +50,13 @@ def message(i: int, rng: random.Random, base: int, n: int,
 
 
 async def produce_all(brokers: str, topic: str,
-                      messages: Iterator[tuple[bytes, bytes, int | None]]) -> None:
-    """Produce ``(key, value, timestamp_ms)`` messages (idempotent, acks=all, 512 KiB batches)."""
+                      messages: Iterator[tuple[bytes, bytes, int | None]],
+                      compression: str | None = None) -> None:
+    """Produce ``(key, value, timestamp_ms)`` messages (idempotent, acks=all, 512 KiB batches,
+    compressed with ``compression`` when set)."""
     producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all", enable_idempotence=True,
                                 linger_ms=20, max_batch_size=512 * 1024,
-                                request_timeout_ms=60_000)
+                                request_timeout_ms=60_000, compression_type=compression)
     await producer.start()
     try:
         while chunk := list(itertools.islice(messages, 20_000)):
@@ -94,7 +96,8 @@ async def preload_shape(brokers: str, topic: str, n: int, shape: Shape,
     """:func:`preload` in ``shape``: the expected counts, and the bad records by reason."""
     expected: dict[Key, int] = {}
     skipped: collections.Counter[str] = collections.Counter()
-    await produce_all(brokers, topic, counted_messages(n, seed, expected, shape, skipped))
+    await produce_all(brokers, topic, counted_messages(n, seed, expected, shape, skipped),
+                      shape.compression)
     return expected, dict(skipped)
 
 

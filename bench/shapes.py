@@ -2,8 +2,9 @@
 settings bucket_app needs to read them.
 
 Every shape carries the same (server, topic, event time) per message index, so their expected
-counts are the same arithmetic; only the bytes differ. ``bad1`` is ``flat`` with one record in
-a hundred that bucket_app cannot count, each with the reason it skips it for. Imports nothing
+counts are the same arithmetic; only the bytes differ (``lz4``: only the batches' codec).
+``bad1`` is ``flat`` with one record in a hundred that bucket_app cannot count, each with the
+reason it skips it for. Imports nothing
 from the ``bench`` package: ``bare.py`` (a child process) reads the Avro schema from here.
 """
 
@@ -40,6 +41,7 @@ class Shape:
     avro: bool = False
     confluent: bool = False
     bad: bool = False
+    compression: str | None = None  # the producer's codec for the shape's batches
     what: str = field(default="", compare=False)
 
 
@@ -53,6 +55,8 @@ SHAPES = {s.name: s for s in [
     Shape("avro-confluent", avro=True, confluent=True,
           what="the same Avro behind the 5-byte Confluent header"),
     Shape("bad1", bad=True, what="flat, 1% bad records bucket_app skips, by reason"),
+    Shape("lz4", compression="lz4",
+          what="flat, in lz4-compressed batches (as Java producers and brokers often write)"),
 ]}
 
 _PARSED = parse_schema(AVRO_SCHEMA)
