@@ -15,6 +15,8 @@
 #   REGISTRY_BASIC_USER      with REGISTRY_BASIC_PASSWORD: require HTTP basic auth for every
 #   REGISTRY_BASIC_PASSWORD  path (Quarkus's embedded user realm, shipped in the registry);
 #                            default: no authentication
+#   REGISTRY_DATA_DIR        keep the schemas in an H2 file database in this directory, so a
+#                            restart keeps them (default: in memory, lost on stop)
 #   REGISTRY_START_TIMEOUT   seconds to wait for readiness, default 90
 #   JAVA_HOME                JDK to use (default: java on PATH; Java 17)
 #
@@ -96,12 +98,17 @@ cmd_start() {
       "-Dquarkus.http.auth.permission.all.paths=/*"
       -Dquarkus.http.auth.permission.all.policy=authenticated)
   fi
+  local -a storage=()
+  if [[ -n "${REGISTRY_DATA_DIR:-}" ]]; then
+    mkdir -p "${REGISTRY_DATA_DIR}"
+    storage=("-Dapicurio.datasource.url=jdbc:h2:file:$(cd "${REGISTRY_DATA_DIR}" && pwd)/registry")
+  fi
   local t0=${SECONDS}
   if [[ -z "${pid}" ]] || ! pid_alive "${pid}"; then
     (
       cd "${DIR}" || exit 1
       exec nohup "${java}" -Xmx384m -Dquarkus.http.host=127.0.0.1 "-Dquarkus.http.port=${PORT}" \
-        "${auth[@]}" -jar "${JAR}" >"${OUTFILE}" 2>&1 </dev/null
+        "${auth[@]}" "${storage[@]}" -jar "${JAR}" >"${OUTFILE}" 2>&1 </dev/null
     ) &
     pid=$!
     printf '%s\n' "${pid}" >"${PIDFILE}"
