@@ -27,28 +27,7 @@ from bucket_app.counting.decode import (
 )
 from bucket_app.errors import BadInput, DecodeError
 from bucket_app.settings import load
-
-V1: dict[str, Any] = {"type": "record", "name": "Event", "fields": [
-    {"name": "service", "type": "string"},
-    {"name": "region", "type": ["null", "string"], "default": None},
-    {"name": "ts", "type": "int"}]}
-# adds a field with a default
-V2: dict[str, Any] = {**V1, "fields": [*V1["fields"],
-                                       {"name": "note", "type": "string", "default": "none"}]}
-# removes the optional field, promotes ts from int to long
-V3: dict[str, Any] = {**V1, "fields": [{"name": "service", "type": "string"},
-                                       {"name": "ts", "type": "long"},
-                                       {"name": "note", "type": "string", "default": "none"}]}
-# renames the mapped field, keeping the old name as an alias
-V4: dict[str, Any] = {**V1, "fields": [
-    {"name": "service_name", "type": "string", "aliases": ["service"]},
-    {"name": "ts", "type": "long"},
-    {"name": "note", "type": "string", "default": "none"}]}
-# a mapped field changed from string to record: cannot be resolved against V4
-INCOMPATIBLE: dict[str, Any] = {**V1, "fields": [
-    {"name": "service_name", "type": {"type": "record", "name": "Svc",
-                                      "fields": [{"name": "id", "type": "string"}]}},
-    {"name": "ts", "type": "long"}]}
+from tests.support.evolution import INCOMPATIBLE, V1, V2, V3, V4
 
 
 def frame(schema_id: int, schema: dict[str, Any], record: dict[str, Any]) -> bytes:
