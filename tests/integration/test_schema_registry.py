@@ -8,6 +8,7 @@ the reader default fills a field older writers lack, a renamed field is found th
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import time
@@ -18,7 +19,14 @@ from typing import Any
 import pytest
 
 from tests.support.evolution import INCOMPATIBLE, NOTE_DEFAULT, V1, V3, V4, VERSIONS, record_of
-from tests.support.kafka import Record, create_topic, produce, read_records, unique
+from tests.support.kafka import (
+    Record,
+    create_topic,
+    end_offsets,
+    produce,
+    read_records,
+    unique,
+)
 from tests.support.registry import (
     REGISTRY_URL,
     RegistryProcess,
@@ -26,7 +34,7 @@ from tests.support.registry import (
     register,
     registry_error,
 )
-from tests.support.worker import Worker, free_port
+from tests.support.worker import Worker, bucket_app, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -214,3 +222,38 @@ def test_a_wrong_registry_password_stops_start_up_naming_the_key(make_worker):
         assert counted(right) == dict(expected)
     finally:
         registry.stop()
+
+
+def test_produce_registers_the_reader_and_writes_an_older_version(make_worker, tmp_path):
+    """``bucket-app produce`` registers the avro_val_schema file (v4) and writes framed
+    values with it; ``--schema-version 1`` writes with the subject's v1, which lacks the
+    mapped ``service_name`` (left empty, with a warning) and ``note`` (the reader's default)."""
+    topic = unique("avro-produce")
+    create_topic(topic, PARTITIONS)
+    subject = f"{topic}-value"
+    v1_id = register(subject, V1)
+    (tmp_path / "v4.avsc").write_text(json.dumps(V4))
+    worker = avro_worker(make_worker, topic, avro_val_schema=str(tmp_path / "v4.avsc")).start()
+    done = bucket_app("produce", "--count", "300", "--keys", "3", settings=worker.settings_path)
+    assert done.returncode == 0, done.stderr
+    older = bucket_app("produce", "--count", "200", "--keys", "3", "--schema-version", "1",
+                       settings=worker.settings_path)
+    assert older.returncode == 0, older.stderr
+    assert f"subject {subject} version 1 (id {v1_id})" in older.stderr
+    assert "'service_name' is not in the Avro schema" in older.stderr
+    assert len(read_records(topic, PARTITIONS, 500)) == 500
+    worker.wait_caught_up(end_offsets_of(topic))
+    rows = counted(worker)
+    assert sum(rows.values()) == 500 and worker.health()["worker"]["skipped"] == {}
+    by_note = Counter[str]()
+    for (service, note, _), n in rows.items():
+        by_note[note if service else "v1"] += n
+    assert by_note == {"v1": 200, "note-0": 100, "note-1": 100, "note-2": 100}
+    assert {service for service, note, _ in rows if note == NOTE_DEFAULT} == {""}
+    missing = bucket_app("produce", "--count", "1", "--schema-version", "9",
+                         settings=worker.settings_path)
+    assert missing.returncode == 2 and f"no version 9 of subject {subject}" in missing.stderr
+
+
+def end_offsets_of(topic: str) -> dict[int, int]:
+    return {p: n - 1 for p, n in end_offsets(topic, PARTITIONS).items() if n}
