@@ -20,11 +20,12 @@ soon as the flow stops or the generation changes.
 
 With a schema registry (:class:`~bucket_app.kafka.registry.WriterSchemas`), the writer schema
 ids of a fetch's source records are fetched before it is counted, since the counting code only
-decodes with schemas it was handed. While the registry is unavailable, a partition whose batch
-needs an id not fetched yet is not counted: it is sought back to the batch's first offset and
-paused (Faust's own pause, as table recovery uses), and resumed once the registry gives the
-ids, so its records come again and are counted then, none skipped for the outage. The
-``degraded`` attribute says which partitions wait and why, for ``/health``.
+decodes with schemas it was handed. While the registry is unavailable (or has not answered
+within FETCH_WAIT_S), a partition whose batch needs an id not fetched yet is not counted: it is
+sought back to the batch's first offset and paused (Faust's own pause, as table recovery uses),
+and resumed once the registry gives the ids, so its records come again and are counted then,
+none skipped for the outage. The ``degraded`` attribute says which partitions wait and why, for
+``/health``.
 
 The callback counts a batch synchronously (RocksDB written) and returns the batch's changelog
 records; the intake sends them as whole Kafka batches and acknowledges the batch's offsets only
@@ -51,7 +52,7 @@ from faust.types import TP
 
 from bucket_app.kafka.changelog import ChangelogRecord, ChangelogSender
 from bucket_app.kafka.deadletter import DeadLetter, DeadLetterSender
-from bucket_app.kafka.registry import WriterSchemas
+from bucket_app.kafka.registry import FETCH_WAIT_S, WriterSchemas
 from bucket_app.seam.consumer import SeamConsumer, reset_current_event, set_current_event
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,8 @@ class BatchIntake:
                 wanted[tp] = (fresh[0].offset, ids)
         if not wanted:
             return records
-        await self.schemas.fetch(set().union(*(ids for _, ids in wanted.values())))
+        await self.schemas.fetch(set().union(*(ids for _, ids in wanted.values())),
+                                 FETCH_WAIT_S)
         if not consumer.flow_active or self.app.consumer_generation_id != generation:
             await self._seek_back()
             return None
@@ -230,9 +232,7 @@ class BatchIntake:
         if monitor is not None:
             now = monotonic()
             monitor.stream_inbound_time.update(dict.fromkeys(self.held, now))
-        if not schemas.retry_due():
-            return
-        if not await schemas.fetch(set().union(*self.held.values())):
+        if not await schemas.fetch(set().union(*self.held.values()), 0):
             self._say_degraded()
             return
         tables: Any = self.app.tables  # recovery is not in TableManagerT
@@ -250,7 +250,8 @@ class BatchIntake:
         assert self.schemas is not None
         partitions = ", ".join(str(tp.partition) for tp in sorted(self.held))
         ids = ", ".join(map(str, sorted(set().union(*self.held.values()))))
-        self.degraded = (f"schema registry unavailable ({self.schemas.outage}); source "
+        why = self.schemas.outage or "no answer yet"
+        self.degraded = (f"schema registry unavailable ({why}); source "
                          f"partitions {partitions} wait for schema ids {ids}")
 
     async def _send(self, batch: Counted) -> None:

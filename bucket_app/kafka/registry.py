@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import ssl
@@ -55,6 +56,9 @@ log = logging.getLogger(__name__)
 
 #: One HTTP request's time limit: a registry slower than this counts as unavailable.
 REQUEST_TIMEOUT_S: Final = 5.0
+#: How long a batch waits for its new schema ids before its partition is held (sought back and
+#: paused) and the request goes on in the background.
+FETCH_WAIT_S: Final = 1.0
 #: Waits between attempts while the registry is unavailable: doubling from the first to the last.
 BACKOFF_FIRST_S: Final = 0.5
 BACKOFF_MAX_S: Final = 5.0
@@ -269,7 +273,9 @@ def reader_schema(settings: Settings, client: RegistryClient) -> Reader:
 
 def wait_for_reader(settings: Settings, client: RegistryClient) -> Reader:
     """:func:`reader_schema`, waiting while the registry is unavailable (up to
-    ``startup_timeout``, else for ever, saying so every few seconds)."""
+    ``startup_timeout``, else for ever, saying so every few seconds); with an avro_val_schema
+    file, which needs no registry, not waiting (the credentials are then checked by the first
+    request that gets an answer)."""
     deadline = (None if settings.startup_timeout_s is None
                 else time.monotonic() + settings.startup_timeout_s)
     delay = BACKOFF_FIRST_S
@@ -278,6 +284,11 @@ def wait_for_reader(settings: Settings, client: RegistryClient) -> Reader:
         try:
             return reader_schema(settings, client)
         except RegistryUnavailable as exc:
+            if settings.avro_schema is not None:
+                # the reader is the file: count what needs no registry, hold what does
+                log.warning("the schema registry is unavailable at start-up (%s); values "
+                            "framed with a schema id wait for it", exc)
+                return Reader(settings.avro_schema)
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 raise RegistryUnavailable(f"{exc}; gave up after startup_timeout "
@@ -295,8 +306,11 @@ def wait_for_reader(settings: Settings, client: RegistryClient) -> Reader:
 class WriterSchemas(dict[int, WriterSchema]):
     """Writer schemas by id, fetched from the registry once each (the decoder reads this dict).
 
-    ``outage`` says why the registry is unavailable, while it is; fetching is then retried no
-    sooner than the backoff allows (doubling from BACKOFF_FIRST_S to BACKOFF_MAX_S).
+    Requests run in a background task (one at a time, each in a thread), so a registry that
+    hangs holds up only the partitions that need it: :meth:`fetch` waits for them at most
+    ``wait_s``. ``outage`` says why the registry is unavailable, while it is; a new request is
+    then made no sooner than the backoff allows (doubling from BACKOFF_FIRST_S to
+    BACKOFF_MAX_S).
     """
 
     def __init__(self, client: RegistryClient) -> None:
@@ -306,6 +320,7 @@ class WriterSchemas(dict[int, WriterSchema]):
         self.fetched = 0  # ids asked of the registry that answered
         self._delay_s = BACKOFF_FIRST_S
         self._retry_at = 0.0
+        self._task: asyncio.Future[None] | None = None
 
     def missing(self, values: Iterable[bytes | None]) -> set[int]:
         """The schema ids of framed ``values`` not in the cache."""
@@ -314,27 +329,34 @@ class WriterSchemas(dict[int, WriterSchema]):
     def retry_due(self) -> bool:
         return self.outage is None or time.monotonic() >= self._retry_at
 
-    async def fetch(self, ids: Iterable[int]) -> bool:
-        """Fetch the ``ids`` not cached (in a thread); True when all are cached now. While the
-        registry is unavailable (and before its backoff ends) nothing is asked or cached."""
-        wanted = sorted(set(ids).difference(self))
+    def fetching(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def fetch(self, ids: Iterable[int], wait_s: float) -> bool:
+        """Ask the registry for the ``ids`` not cached (unless a request is under way, or the
+        backoff says not yet) and wait for it up to ``wait_s``; True when all are cached."""
+        wanted = set(ids).difference(self)
         if not wanted:
             return True
-        if not self.retry_due():
-            return False
+        if not self.fetching() and self.retry_due():
+            self._task = asyncio.ensure_future(self._fetch_all(sorted(wanted)))
+        if self._task is not None and wait_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._task), wait_s)
+        return not wanted.difference(self)
+
+    async def _fetch_all(self, wanted: list[int]) -> None:
         loop = asyncio.get_running_loop()
         try:
             for schema_id in wanted:
-                found = await loop.run_in_executor(None, self.client.schema, schema_id)
-                self._keep(found)
+                self._keep(await loop.run_in_executor(None, self.client.schema, schema_id))
         except RegistryError as exc:  # unavailable, or refusing us now: wait, skip nothing
             self._failed(str(exc))
-            return False
+            return
         if self.outage is not None:
             log.warning("the schema registry answers again; counting resumes (was: %s)",
                         self.outage)
         self.outage, self._delay_s = None, BACKOFF_FIRST_S
-        return True
 
     def _keep(self, found: WriterSchema) -> None:
         self[found.schema_id] = found
