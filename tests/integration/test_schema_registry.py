@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -186,6 +187,49 @@ def test_a_registry_outage_pauses_and_counting_resumes_exactly(make_worker, tmp_
         assert health["worker"]["counted"] == 4500
         print(f"outage 20 s: {len(degraded)} of {len(seen)} /health answers degraded; "
               f"caught up {caught_up_s:.1f} s after the registry came back")
+    finally:
+        registry.stop()
+
+
+def test_a_hung_registry_holds_only_the_partitions_that_need_it(make_worker):
+    """The registry hangs (SIGSTOP: connections open, never answered) while partition 2 gets
+    records of a schema id not fetched yet and partitions 0 and 1 records of ids already
+    fetched: 0 and 1 are counted meanwhile, 2 waits (degraded), and all end exact."""
+    registry = RegistryProcess(free_port()).start()
+    try:
+        topic = unique("avro-hung")
+        create_topic(topic, PARTITIONS)
+        subject = f"{topic}-value"
+        ids = [register(subject, V1, registry.url), -1, -1, register(subject, V4, registry.url)]
+        worker = avro_worker(make_worker, topic, registry.url).start()
+        before, expected = events(ids, 600, seed=51, versions=(0, 3))
+        worker.wait_caught_up(produce(topic, before), timeout_s=120)
+        ids[2] = register(subject, V3, registry.url)
+        registry.signal(signal.SIGSTOP)
+        hung = time.monotonic()
+        try:
+            cached, more = events(ids, 900, seed=52, versions=(0, 3))
+            cached = [Record(r.value, r.partition % 2) for r in cached]  # partitions 0 and 1
+            fresh, newer = events(ids, 300, seed=53, versions=(2,))
+            fresh = [Record(r.value, 2) for r in fresh]
+            last = produce(topic, cached + fresh)
+            worker.wait_caught_up({p: last[p] for p in (0, 1)}, timeout_s=60)
+            counted_meanwhile_s = time.monotonic() - hung
+            health = worker.health()
+            assert health["status"] == "degraded", health
+            assert "source partitions 2 wait for schema ids" in health["reason"]
+            assert health["partitions"]["2"]["offset"] < last[2]
+            assert health["worker"]["skipped"] == {}
+        finally:
+            registry.signal(signal.SIGCONT)
+        expected.update(more)
+        expected.update(newer)
+        worker.wait_caught_up(last, timeout_s=120)
+        assert counted(worker) == dict(expected)
+        health = worker.health()
+        assert health["status"] == "ok" and health["worker"]["skipped"] == {}
+        print(f"hung registry: partitions 0 and 1 caught up {counted_meanwhile_s:.1f} s after "
+              "it hung; partition 2 after it went on")
     finally:
         registry.stop()
 

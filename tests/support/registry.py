@@ -88,3 +88,9 @@ class RegistryProcess:
 
     def stop(self) -> None:
         self._run("stop")
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the registry's JVM (SIGSTOP: it hangs, connections accepted by
+        the kernel but never answered; SIGCONT: it goes on)."""
+        pid = int((REPO / ".registry" / f"registry-{self.port}.pid").read_text().strip())
+        os.kill(pid, signum)
