@@ -6,7 +6,7 @@ PYTHON ?= python3
 STAMP := $(VENV)/.installed
 export BUCKET_APP_SETTINGS ?= $(CURDIR)/settings.ini
 
-.PHONY: setup kafka kafka-stop kafka-cluster kafka-cluster-stop kafka-secure kafka-secure-stop run test test-unit lint bench clean
+.PHONY: setup kafka kafka-stop kafka-cluster kafka-cluster-stop kafka-secure kafka-secure-stop schema-registry schema-registry-stop run test test-unit lint bench clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,14 @@ kafka-secure:
 kafka-secure-stop:
 	scripts/kafka-secure.sh stop
 
+# Apicurio Registry (Confluent-compatible API under /apis/ccompat/v7) on 127.0.0.1:8081, in memory;
+# downloaded from Maven Central into .registry/ on first use. See scripts/schema-registry.sh.
+schema-registry:
+	scripts/schema-registry.sh start
+
+schema-registry-stop:
+	scripts/schema-registry.sh stop
+
 # Starts the local broker only when the settings point at it (127.0.0.1:9092 / localhost:9092).
 run: setup
 	@if $(BIN)/python -m bucket_app uses-local-broker; then scripts/kafka.sh start; fi
@@ -49,15 +57,18 @@ lint: setup
 test-unit: setup
 	$(BIN)/pytest -q tests/unit
 
-# Starts the brokers (plaintext, secure) if not running, runs lint and every test, stops what it started.
+# Starts the brokers (plaintext, secure) and the schema registry if not running, runs lint and
+# every test, stops what it started.
 test: setup
-	@started=0; secure_started=0; \
+	@started=0; secure_started=0; registry_started=0; \
 	if ! scripts/kafka.sh status >/dev/null 2>&1; then scripts/kafka.sh start && started=1; fi; \
 	if ! scripts/kafka-secure.sh status >/dev/null 2>&1; then scripts/kafka-secure.sh start && secure_started=1; fi; \
+	if ! scripts/schema-registry.sh status >/dev/null 2>&1; then scripts/schema-registry.sh start && registry_started=1; fi; \
 	rc=0; \
 	$(MAKE) --no-print-directory lint || rc=$$?; \
 	if [ $$rc -eq 0 ]; then scripts/test-tools.sh || rc=$$?; fi; \
 	if [ $$rc -eq 0 ]; then $(BIN)/pytest -q -p no:cacheprovider tests || rc=$$?; fi; \
+	if [ $$registry_started -eq 1 ]; then scripts/schema-registry.sh stop; fi; \
 	if [ $$secure_started -eq 1 ]; then scripts/kafka-secure.sh stop; fi; \
 	if [ $$started -eq 1 ]; then scripts/kafka.sh stop; fi; \
 	exit $$rc
@@ -69,5 +80,5 @@ bench: setup
 	  touch .bench-venv/.installed; fi
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-clean: kafka-stop kafka-secure-stop
+clean: kafka-stop kafka-secure-stop schema-registry-stop
 	rm -rf data .pytest_cache .mypy_cache .ruff_cache

@@ -2,17 +2,20 @@
 
 The leanest correct loop for each payload shape (``bare.py [SHAPE]``, default ``flat``; see
 ``shapes.py``): per record only the decode (orjson, or fastavro's ``schemaless_reader`` past
-the Confluent header), the fields, the time (``fromisoformat`` for ISO) and one dict
-increment; bad1 catches what it cannot count. Progress (messages, the end offsets reached, the
-clock) is recorded once per fetched batch. Each shape has its own loop: a branch per record
-would cost every shape what one needs.
+the Confluent header; for avro-registry the writer schema of the frame's id, fetched from the
+registry once and resolved against the reader, as bucket_app does), the fields, the time
+(``fromisoformat`` for ISO) and one dict increment; bad1 catches what it cannot count.
+Progress (messages, the end offsets reached, the clock) is recorded once per fetched batch.
+Each shape has its own loop: a branch per record would cost every shape what one needs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import json
 import sys
+import urllib.request
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +28,7 @@ from fastavro import parse_schema, schemaless_reader
 
 sys.path.insert(0, str(Path(__file__).parent))
 from child import Progress, config  # noqa: E402
-from shapes import AVRO_SCHEMA, CONFLUENT_HEADER  # noqa: E402
+from shapes import AVRO_SCHEMA, CONFLUENT_HEADER, REGISTRY_V2  # noqa: E402
 
 BUCKET_S = 60
 Counts = dict[tuple[str, str, int], int]
@@ -86,6 +89,33 @@ def avro(counts: Counts, skip: int = 0) -> Loop:
     return count_framed if skip else count
 
 
+def avro_registry(counts: Counts, registry: str) -> Loop:
+    """Writer schemas by the frame's id, each fetched once (``GET /schemas/ids/<id>``),
+    resolved against the reader (the subject's latest, REGISTRY_V2)."""
+    reader = parse_schema(REGISTRY_V2, named_schemas={})
+    writers: dict[int, Any] = {}
+
+    def writer(schema_id: int) -> Any:
+        url = f"{registry}/schemas/ids/{schema_id}"
+        with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310 - bench's own
+            text = json.loads(answer.read())["schema"]
+        writers[schema_id] = parse_schema(json.loads(text), named_schemas={})
+        return writers[schema_id]
+
+    def count(records: Sequence[Any], read: Any = schemaless_reader, buffer: Any = io.BytesIO,
+              get: Any = counts.get, by_id: Any = writers.get) -> None:
+        for record in records:
+            value = record.value
+            schema_id = int.from_bytes(value[1:5], "big")
+            data = buffer(value)
+            data.seek(5)
+            msg = read(data, by_id(schema_id) or writer(schema_id), reader)
+            ts = msg["timestamp"]
+            key = (msg["origin_server"], msg["topic"], ts - ts % BUCKET_S)
+            counts[key] = get(key, 0) + 1
+    return count
+
+
 def bad1(counts: Counts) -> Loop:
     """flat, skipping what bucket_app skips (not JSON, not an object, a time that is no
     number); a message without its time counts at its Kafka record time, as in bucket_app."""
@@ -108,6 +138,7 @@ LOOPS: dict[str, Callable[[Counts], Loop]] = {
     "flat": flat, "nested": nested, "iso": iso, "avro": avro,
     "avro-confluent": lambda counts: avro(counts, skip=len(CONFLUENT_HEADER)), "bad1": bad1,
     "lz4": flat,  # aiokafka decompresses the batches before the loop sees a record
+    "avro-registry": lambda counts: avro_registry(counts, sys.argv[2]),
 }
 
 

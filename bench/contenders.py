@@ -134,10 +134,12 @@ def child_exact(job: Job, name: str, expected: dict[Key, int]) -> bool | None:
     return len(found) == len(rows) and found == expected
 
 
-def bare(job: Job, expected: dict[Key, int], shape: str = "flat") -> Result:
+def bare(job: Job, expected: dict[Key, int], shape: str = "flat",
+         registry: str | None = None) -> Result:
     """The bare loop (bare.py) for payload ``shape``; its own directory per shape."""
     name = "bare" if shape == "flat" else f"bare-{shape}"
-    result = run_child(name, [sys.executable, str(BENCH / "bare.py"), shape], job)
+    command = [sys.executable, str(BENCH / "bare.py"), shape]
+    result = run_child(name, command + ([registry] if registry else []), job)
     result.contender = "bare" if shape == "flat" else f"bare {shape}"
     result.exact = child_exact(job, name, expected)
     return result
@@ -258,16 +260,19 @@ def bucket_app(job: Job, workers: int, expected: dict[Key, int], load: float,
                probe_s: float, live_s: float, sql_from: int, sql_pause: float,
                bucket_type: str = "epoch", label: str = "",
                msg_map: dict[str, str] | None = None, avro_schema: dict[str, Any] | None = None,
-               skipped: dict[str, int] | None = None, sql: bool = True) -> Result:
+               skipped: dict[str, int] | None = None, sql: bool = True,
+               registry: str | None = None) -> Result:
     """``workers`` bucket_app workers from the beginning of the topic: msg/s, then the live
     and latency phases (``live_s``, ``probe_s``; 0 skips them), exact against ``expected``
     (and, given ``skipped``, the first worker's skipped records by reason). ``sql``: the SQL
-    queries during ingestion. ``msg_map``, ``avro_schema``: see :func:`bucket_worker`."""
+    queries during ingestion. ``msg_map``, ``avro_schema``, ``registry``: see
+    :func:`bucket_worker`."""
     name = f"bucket_app x{workers}" + (f" {bucket_type}" if bucket_type != "epoch" else "") + (
         f" {label}" if label else "")
     app_id = f"bench-app-{uuid.uuid4().hex[:8]}"
     procs = [bucket_worker(job.workdir / f"{app_id}-{i}", job.brokers, job.topic, app_id,
-                           len(job.ends), bucket_type, msg_map, avro_schema).start(wait=False)
+                           len(job.ends), bucket_type, msg_map, avro_schema,
+                           registry).start(wait=False)
              for i in range(workers)]
     try:
         result = _measure_bucket_app(name, procs, job, expected, load, probe_s, live_s,

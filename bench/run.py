@@ -34,8 +34,9 @@ from bench.common import (
     preload_shape,
 )
 from bench.contenders import SQL_CONTENDER, Job, Result
-from bench.shapes import AVRO_SCHEMA, SHAPES
+from bench.shapes import AVRO_SCHEMA, REGISTRY_V2, SHAPES
 from tests.support.kafka import broker_error, create_topic, end_offsets
+from tests.support.registry import REGISTRY_URL, register
 
 LOCAL_PORT = 9492
 SAME_AS_X2 = "bucket_app-1-again"
@@ -68,6 +69,9 @@ def main() -> None:
     parser.add_argument("--shape-rounds", type=int, default=1,
                         help="shapes: bare, bucket_app and Kafka Streams this often per shape, "
                         "alternated")
+    parser.add_argument("--registry", default=REGISTRY_URL,
+                        help="shapes: the schema registry of avro-registry (default: "
+                             "`make schema-registry`'s)")
     parser.add_argument("--shapes-no-kstreams", action="store_true",
                         help="shapes: leave Kafka Streams (at_least_once) out of each shape")
     parser.add_argument("--sql-rows", type=int, default=1_000_000,
@@ -202,6 +206,10 @@ def run_shape(args: argparse.Namespace, brokers: str, topic: str, workdir: Path,
     and Kafka Streams)."""
     shape = SHAPES[name]
     create_topic(topic, args.partitions, brokers=brokers)
+    registry = args.registry if shape.registry else None
+    if registry is not None:  # two writer versions; the second, the latest, reads
+        shape = replace(shape, schema_ids=tuple(
+            register(f"{topic}-value", schema, registry) for schema in (AVRO_SCHEMA, REGISTRY_V2)))
     t0 = time.monotonic()
     expected, skipped = asyncio.run(preload_shape(brokers, topic, args.shape_messages, shape))
     ends = end_offsets(topic, args.partitions, brokers=brokers)
@@ -215,19 +223,21 @@ def run_shape(args: argparse.Namespace, brokers: str, topic: str, workdir: Path,
         return Job(brokers, topic, dict(ends), workdir / f"shape-{name}-{n}", args.timeout)
 
     def run_bare(n: int) -> None:
-        bares.append(contenders.bare(job(n), expected, name))
+        bares.append(contenders.bare(job(n), expected, name, registry))
 
     def run_app(n: int) -> None:
         apps.append(contenders.bucket_app(
             job(n), 1, expected, args.load, 0, 0, 0, args.sql_pause,
             bucket_type=shape.bucket_type, label=name, msg_map=shape.msg_map,
-            avro_schema=AVRO_SCHEMA if shape.avro else None,
-            skipped=skipped if shape.bad else None, sql=False))
+            avro_schema=AVRO_SCHEMA if shape.avro and not shape.registry else None,
+            skipped=skipped if shape.bad else None, sql=False, registry=registry))
 
     def run_kstreams(n: int) -> None:
         streams.append(contenders.kstreams(job(n), "kstreams-alos", expected, shape, skipped))
 
-    steps = [run_bare, run_app] + ([] if args.shapes_no_kstreams else [run_kstreams])
+    # Kafka Streams' bench app reads one local schema: no registry shape for it
+    steps = [run_bare, run_app] + ([] if args.shapes_no_kstreams or shape.registry
+                                   else [run_kstreams])
     for n in range(args.shape_rounds):
         for step in steps if n % 2 == 0 else steps[::-1]:
             step(n)

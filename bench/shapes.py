@@ -26,7 +26,13 @@ AVRO_SCHEMA: dict[str, Any] = {
                {"name": "timestamp", "type": "long"},
                {"name": "i", "type": "long"}],
 }
-# Confluent wire format: magic byte 0, then a 4-byte schema-registry id (bucket_app ignores it)
+# avro-registry's second writer version: the first (AVRO_SCHEMA) plus a field with a default,
+# the most common evolution; it is the subject's latest version, so bucket_app's reader
+REGISTRY_V2: dict[str, Any] = {
+    **AVRO_SCHEMA, "fields": [*AVRO_SCHEMA["fields"],
+                              {"name": "note", "type": "string", "default": ""}]}
+# Confluent wire format: magic byte 0, then a 4-byte schema-registry id (without a registry
+# bucket_app ignores it)
 CONFLUENT_HEADER = b"\x00" + (1).to_bytes(4, "big")
 NESTED_MAP = {"origin_server": "server_name", "meta.host": "topic"}
 BAD_EVERY = 100  # bad1: one record in a hundred is bad
@@ -42,6 +48,9 @@ class Shape:
     confluent: bool = False
     bad: bool = False
     compression: str | None = None  # the producer's codec for the shape's batches
+    # avro-registry: the registry ids of (AVRO_SCHEMA, REGISTRY_V2), known once registered
+    registry: bool = False
+    schema_ids: tuple[int, ...] = ()
     what: str = field(default="", compare=False)
 
 
@@ -57,9 +66,13 @@ SHAPES = {s.name: s for s in [
     Shape("bad1", bad=True, what="flat, 1% bad records bucket_app skips, by reason"),
     Shape("lz4", compression="lz4",
           what="flat, in lz4-compressed batches (as Java producers and brokers often write)"),
+    Shape("avro-registry", avro=True, registry=True,
+          what="Confluent-framed Avro of two writer versions (even i: v1, odd: v2 adds a "
+          "field), read with the registry's latest (v2)"),
 ]}
 
 _PARSED = parse_schema(AVRO_SCHEMA)
+_PARSED_V2 = parse_schema(REGISTRY_V2, named_schemas={})
 
 # bad1's bad records, in turn: (bucket_app's skip reason, value); MISSING_TIME is a message
 # without its time, which bucket_app counts at the Kafka record time (the same second here)
@@ -101,6 +114,14 @@ def encode(shape: Shape, i: int, server: str, topic: str, ts: int) -> tuple[byte
         if reason == MISSING_TIME:
             return json.dumps({"origin_server": server, "topic": topic, "i": i}).encode(), None
         return value, reason
+    if shape.registry:
+        version = i % 2
+        buffer = io.BytesIO()
+        buffer.write(b"\x00" + shape.schema_ids[version].to_bytes(4, "big"))
+        record = {"origin_server": server, "topic": topic, "timestamp": ts, "i": i}
+        schemaless_writer(buffer, (_PARSED, _PARSED_V2)[version],
+                          record if version == 0 else {**record, "note": "v2"})
+        return buffer.getvalue(), None
     if shape.avro:
         buffer = io.BytesIO()
         if shape.confluent:

@@ -42,7 +42,13 @@ import orjson
 from fastavro import schemaless_writer
 
 from bucket_app import settings as settings_module
-from bucket_app.errors import BucketAppError, QueryError
+from bucket_app.counting.decode import AVRO, JSON, writer_schema
+from bucket_app.errors import (
+    BucketAppError,
+    QueryError,
+    RegistryError,
+    RegistryRefused,
+)
 from bucket_app.settings import KEYS_BY_NAME, SECRET_KEYS, SETTINGS_ENV, Settings
 
 PROG = "bucket-app"
@@ -97,6 +103,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         settings = settings_module.load(args.settings)
         ssl_context(settings)  # the PEM files load, as every Kafka client will need them to
         codecs.check()  # every compressed batch can be read, as the worker checks at start
+        if settings.schema_registry_url is not None:
+            from bucket_app.kafka.registry import RegistryClient  # noqa: PLC0415
+
+            RegistryClient(settings)  # and the registry's CA file
         found = settings_module.sources(args.settings)
     except BucketAppError as exc:
         return _fail(str(exc), EXIT_USAGE)
@@ -271,9 +281,12 @@ class DemoMessages:
     """
 
     def __init__(self, msg_map: Mapping[str, str], bucket_field: str, bucket_type: str,
-                 keys: int, avro_schema: dict[str, Any] | None = None) -> None:
+                 keys: int, avro_schema: dict[str, Any] | None = None,
+                 schema_id: int | None = None) -> None:
+        """``schema_id``: frame each value as Confluent's serializers do (byte 0, the id)."""
         if keys < 1:
             raise ValueError("keys must be at least 1")
+        self.frame = b"" if schema_id is None else b"\x00" + schema_id.to_bytes(4, "big")
         self.fields = tuple(msg_map)
         self.bucket_field = bucket_field
         self.bucket_type = bucket_type
@@ -289,9 +302,41 @@ class DemoMessages:
         self.encode(self.message(0, time.time()))  # every problem shows now, not mid-run
 
     @classmethod
-    def from_settings(cls, settings: Settings, keys: int) -> DemoMessages:
+    def from_settings(cls, settings: Settings, keys: int,
+                      schema_version: int | None = None) -> DemoMessages:
+        """Demo messages of the settings' format; with a schema registry, framed with the id
+        of the reader schema (registered first when it is the avro_val_schema file), or of
+        version ``schema_version`` of the subject ``<topic>-value``."""
+        if settings.schema_registry_url is None:
+            if schema_version is not None:
+                raise ValueError("--schema-version needs a schema_registry_url")
+            return cls(settings.msg_map, settings.bucket_field, settings.bucket_type, keys,
+                       settings.avro_schema)
+        from bucket_app.kafka.registry import (  # noqa: PLC0415 - produce only
+            RegistryClient,
+            value_subject,
+        )
+
+        client = RegistryClient(settings)
+        subject = value_subject(settings.topic)
+        if schema_version is None and settings.avro_schema_path is not None:
+            text = settings.avro_schema_path.read_text(encoding="utf-8")
+            schema_id = client.register(subject, text)
+            return cls(settings.msg_map, settings.bucket_field, settings.bucket_type, keys,
+                       settings.avro_schema, schema_id)
+        found = client.version(subject, "latest" if schema_version is None else schema_version)
+        if found is None:
+            raise ValueError(f"the schema registry has no version {schema_version or 'latest'} "
+                             f"of subject {subject}" + ("" if schema_version else
+                                                        "; set avro_val_schema to register one"))
+        writer = writer_schema(found.schema_id, found.schema_type, found.text)
+        if writer.kind not in (AVRO, JSON):
+            raise ValueError(f"version {found.version} of subject {subject} cannot be "
+                             f"written: {writer.why}")
+        print(f"bucket_app: writing with subject {subject} version {found.version} "
+              f"(id {found.schema_id})", file=sys.stderr)
         return cls(settings.msg_map, settings.bucket_field, settings.bucket_type, keys,
-                   settings.avro_schema)
+                   writer.schema, found.schema_id)
 
     def key(self, index: int) -> int:
         return index % self.keys
@@ -318,10 +363,11 @@ class DemoMessages:
         return record
 
     def encode(self, message: dict[str, Any]) -> bytes:
-        """JSON, or schemaless Avro (no Confluent frame: no schema registry is involved)."""
+        """JSON, or schemaless Avro; after a Confluent frame with a schema registry."""
         if self.avro_schema is None:
-            return orjson.dumps(message)
-        buffer = io.BytesIO()
+            return self.frame + orjson.dumps(message)
+        buffer = io.BytesIO(self.frame)
+        buffer.seek(len(self.frame))
         try:
             schemaless_writer(buffer, self.avro_schema, message)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -466,7 +512,11 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
     try:
         settings = settings_module.load(args.settings)
-        demo = DemoMessages.from_settings(settings, args.keys)
+        demo = DemoMessages.from_settings(settings, args.keys, args.schema_version)
+    except RegistryError as exc:
+        if isinstance(exc, RegistryRefused):
+            return _fail(str(exc), EXIT_USAGE)
+        return _fail(f"produce: {exc}", EXIT_FAILED)
     except BucketAppError as exc:
         return _fail(str(exc), EXIT_USAGE)
     except ValueError as exc:
@@ -666,6 +716,9 @@ def build_parser() -> argparse.ArgumentParser:
     produce_.add_argument("--spread", type=_at_least(0, float), default=0.0, metavar="SECONDS",
                           help="spread event times over this many seconds before now "
                                "(default 0: now)")
+    produce_.add_argument("--schema-version", type=_at_least(1, int), metavar="N",
+                          help="with a schema registry: write with version N of the subject "
+                               "<topic>-value (default: the reader schema)")
     produce_.set_defaults(run=cmd_produce)
 
     query = sub.add_parser("query", parents=[common], help="run read-only SQL on a running "

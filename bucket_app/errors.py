@@ -26,6 +26,19 @@ class KafkaAuthError(BucketAppError):
     The message names the settings key to fix; waiting would not help."""
 
 
+class RegistryError(BucketAppError):
+    """The schema registry gave an answer we cannot use (an unexpected status or body)."""
+
+
+class RegistryUnavailable(RegistryError):
+    """The schema registry could not be reached, timed out or answered 5xx: worth retrying."""
+
+
+class RegistryRefused(RegistryError):
+    """The schema registry refused this client: credentials or certificates. The message names
+    the settings key to fix; waiting would not help."""
+
+
 class TopicError(BucketAppError):
     """A topic bucket_app needs is wrong or cannot be created; the message names it."""
 

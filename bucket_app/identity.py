@@ -6,7 +6,8 @@ it keeps that meaning only while the settings that decide it stay the same. Thos
 field and its type, the mapped fields in order (a window-key stores the mapped values by
 position, so a reordered map would relabel them), and how values decode (JSON, or Avro with
 the schema's parsing canonical form: the file's path, its ``doc`` strings and defaults do not
-change what a message decodes to), and which records of the topic are read at all
+change what a message decodes to; with a schema registry and no file, the subject whose latest
+version is the reader schema), and which records of the topic are read at all
 (``isolation_level``: under read_uncommitted a count includes records of aborted
 transactions). Anything else (ports, limits, retention, snapshot pacing,
 ``max_future_skew``, which only decides whether a message far ahead of the wall clock is
@@ -51,6 +52,10 @@ def bound(settings: Settings) -> dict[str, Any]:
     value_format = "json"
     if settings.avro_schema is not None:
         value_format = "avro " + to_parsing_canonical_form(settings.avro_schema)
+    elif settings.schema_registry_url is not None:
+        # the reader schema is the subject's latest version, whichever it is at start-up: the
+        # registry's compatibility rules, not a new state, keep its versions' counts alike
+        value_format = f"registry subject {settings.topic}-value"
     values = {
         "topic": settings.topic,
         "bucket_interval": settings.bucket_interval_s,

@@ -14,6 +14,7 @@ import configparser
 import json
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$", re.IGNOR
 _DURATION_UNITS_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 _ZOOKEEPER_PORTS = frozenset({2181, 2182})
 MAX_APP_ID_LEN = 200
-SECRET_KEYS = frozenset({"sasl_password", "http_token"})
+SECRET_KEYS = frozenset({"sasl_password", "http_token", "schema_registry_password"})
 
 
 _Invalid = InvalidValue  # raised by the value parsers below; the caller adds file/key/value
@@ -162,6 +163,23 @@ def _optional_text(raw: str) -> str | None:
     return None if value.lower() in {"", "none", "null"} else value
 
 
+def _optional_url(raw: str) -> str | None:
+    value = _optional_text(raw)
+    if value is None:
+        return None
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise _Invalid("not an http:// or https:// URL")
+    if parts.username or parts.password:
+        raise _Invalid("must not hold credentials; use schema_registry_username and "
+                       "schema_registry_password")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise _Invalid("its port is not a number") from None
+    return value.rstrip("/")
+
+
 def _optional_topic(raw: str) -> str | None:
     value = _optional_text(raw)
     return None if value is None else _topic(value)
@@ -217,6 +235,15 @@ KEYS: tuple[Key, ...] = (
         "compacted topic that gets every changed snapshot row as keyed JSON; none = off"),
     Key("KafkaSettings", "avro_val_schema", _optional_path, "None",
         "path to an .avsc schema when values are Avro, or None for JSON"),
+    Key("KafkaSettings", "schema_registry_url", _optional_url, "none",
+        "Confluent-compatible schema registry: Avro values are read with their writer "
+        "schema by id; none = off"),
+    Key("KafkaSettings", "schema_registry_username", _optional_text, "none",
+        "schema registry basic-auth user (Confluent Cloud: the API key)"),
+    Key("KafkaSettings", "schema_registry_password", _optional_text, "none",
+        "schema registry basic-auth password; prefer BUCKET_APP_SCHEMA_REGISTRY_PASSWORD"),
+    Key("KafkaSettings", "schema_registry_cafile", _optional_path, "none",
+        "PEM file of the CAs to trust for an https registry; none = the system's"),
     Key("KafkaSettings", "partitions", _positive_int, "6",
         "partitions for topics bucket_app creates (the source topic if missing)"),
     Key("KafkaSettings", "replication_factor", _positive_int, "1",
@@ -308,6 +335,10 @@ class Settings:
     topic: str
     avro_schema_path: Path | None
     avro_schema: dict[str, Any] | None
+    schema_registry_url: str | None
+    schema_registry_username: str | None
+    schema_registry_password: str | None = field(repr=False)
+    schema_registry_cafile: Path | None
     partitions: int
     replication_factor: int
     app_id: str
@@ -537,6 +568,8 @@ def _resolve(source: Path, values: dict[str, Any], raw: dict[str, tuple[str, str
         raise fail("ssl_certfile" if tls_files["ssl_keyfile"] else "ssl_keyfile",
                    "ssl_certfile and ssl_keyfile go together")
 
+    registry_cafile = _registry_checks(values, path_of, is_file, fail)
+
     data_dir = path_of("data_dir")
     sqlite_db = values["sqlite_db"]
     snapshot = data_dir / "snapshot-memory.sqlite3" if sqlite_db == ":memory:" else path_of(
@@ -554,6 +587,10 @@ def _resolve(source: Path, values: dict[str, Any], raw: dict[str, tuple[str, str
         topic=values["topic"],
         avro_schema_path=avro_path,
         avro_schema=avro_schema,
+        schema_registry_url=values["schema_registry_url"],
+        schema_registry_username=values["schema_registry_username"],
+        schema_registry_password=values["schema_registry_password"],
+        schema_registry_cafile=registry_cafile,
         partitions=values["partitions"],
         replication_factor=values["replication_factor"],
         app_id=values["app_id"],
@@ -594,6 +631,29 @@ def _resolve(source: Path, values: dict[str, Any], raw: dict[str, tuple[str, str
         sql_queue_limit=values["sql_queue_limit"],
         raw={name: text for name, (text, _) in raw.items()},
     )
+
+
+def _registry_checks(values: dict[str, Any], path_of: Callable[[str], Path],
+                     is_file: Callable[[str, Path], bool],
+                     fail: Callable[[str, str], SettingsError]) -> Path | None:
+    """The schema registry keys agree with each other; the CA file's path when one is set."""
+    url = values["schema_registry_url"]
+    for name in ("schema_registry_username", "schema_registry_password",
+                 "schema_registry_cafile"):
+        if values[name] and url is None:
+            raise fail(name, "is set but schema_registry_url is none")
+    user, password = values["schema_registry_username"], values["schema_registry_password"]
+    if (user is None) != (password is None):
+        raise fail("schema_registry_password" if user else "schema_registry_username",
+                   "schema_registry_username and schema_registry_password go together")
+    if not values["schema_registry_cafile"]:
+        return None
+    if not url.startswith("https://"):
+        raise fail("schema_registry_cafile", "needs an https:// schema_registry_url")
+    cafile = path_of("schema_registry_cafile")
+    if not is_file("schema_registry_cafile", cafile):
+        raise fail("schema_registry_cafile", f"file {cafile} not found")
+    return cafile
 
 
 def _json_object(path: Path, fail: Callable[[str], SettingsError]) -> dict[str, Any]:

@@ -24,12 +24,15 @@ from faust.types import TP
 
 from bucket_app import identity
 from bucket_app.counting.batch import BatchCounter
+from bucket_app.counting.classify import Classifier
+from bucket_app.counting.decode import RegistryDecoder
 from bucket_app.kafka import codecs
 from bucket_app.kafka import security as kafka_security
 from bucket_app.kafka.changelog import ChangelogRecord, ChangelogSender, TableBatch, Unacked
 from bucket_app.kafka.deadletter import DeadLetter, DeadLetterSender
 from bucket_app.kafka.intake import BatchIntake
 from bucket_app.kafka.recovery import RecoveryProgress
+from bucket_app.kafka.registry import Reader, RegistryClient, WriterSchemas, wait_for_reader
 from bucket_app.kafka.restore import restore_changelog
 from bucket_app.kafka.topics import source_partitions
 from bucket_app.seam import compat
@@ -105,14 +108,22 @@ class Processor:
     """The counting agent's side of the worker: a :class:`BatchCounter` on the counts table,
     fed through :class:`BatchIntake`, and the view of its source partitions /health shows."""
 
-    def __init__(self, app: faust.App, settings: Settings, counts: Any) -> None:
+    def __init__(self, app: faust.App, settings: Settings, counts: Any,
+                 schemas: WriterSchemas | None = None, reader: Reader | None = None) -> None:
+        """With a schema registry, ``schemas`` caches the writer schemas (the intake fills it)
+        and ``reader`` is the schema they are resolved against."""
         self.app = app
         self.settings = settings
         self.counts = counts
+        self.schemas = schemas
         # table writes between counting and the changelog's acknowledgement
         self.unacked = Unacked(counts.data)
+        classifier = None
+        if schemas is not None:
+            classifier = Classifier(settings, decoder=RegistryDecoder(
+                None if reader is None else reader.schema, schemas))
         self.batches = BatchCounter(
-            settings, counts,
+            settings, counts, classifier=classifier,
             stored_keys=lambda partition: table_store.partition_keys(counts.data, partition),
             # Faust's store remembers every key it ever set in memory and never forgets one
             forget_raw=lambda raw: table_store.key_index(counts.data).pop(raw, None))
@@ -239,7 +250,7 @@ class BucketApp(SeamApp):
         dead_letters = None if topic is None else DeadLetterSender(
             self, topic, self.source_topic_name)
         self.intake = BatchIntake(consumer, self.source_topic_name, processor.count_and_write,
-                                  sender, dead_letters)
+                                  sender, dead_letters, processor.schemas)
         self.intake.install()
 
 
@@ -250,6 +261,15 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
 
     compat.check()
     codecs.check()
+    schemas, value_reader = None, None
+    if settings.schema_registry_url is not None:
+        # before the Kafka probe: wrong credentials stop start-up at once
+        client = RegistryClient(settings)
+        value_reader = wait_for_reader(settings, client)
+        schemas = WriterSchemas(client)
+        # Faust has not set up logging yet at this point of start-up: say it on stderr.
+        print(f"bucket_app: {value_reader.describe()}; writer schemas from "
+              f"{settings.schema_registry_url}", file=sys.stderr, flush=True)
     n_partitions = partitions if partitions is not None else source_partitions(settings)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
@@ -322,7 +342,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
                                  app.recovery_progress, COUNTS_TABLE)
 
     table.restore = restore
-    processor = Processor(app, settings, counts.table)
+    processor = Processor(app, settings, counts.table, schemas, value_reader)
     app.processor = processor
     app.source_topic_name = settings.topic
     # this app's consumer only: the committed-offset seek, fetch sizes, record batches

@@ -30,7 +30,7 @@ from bucket_app.counting.buckets import (
     lookup,
     split_path,
 )
-from bucket_app.counting.decode import JsonDecoder, make_decoder
+from bucket_app.counting.decode import Decoder, JsonDecoder, make_decoder
 from bucket_app.counting.keys import WindowKey, window
 from bucket_app.errors import BadInput, TimeError
 from bucket_app.settings import Settings
@@ -70,9 +70,12 @@ class Grouped:
 class Classifier:
     """Decode, read the event time and the mapped fields, and name the window-key."""
 
-    def __init__(self, settings: Settings, *, batches: bool = True) -> None:
-        """``batches=False`` turns :meth:`group` off (tests compare the two ways)."""
-        decoder = make_decoder(settings.avro_schema)
+    def __init__(self, settings: Settings, *, batches: bool = True,
+                 decoder: Decoder | None = None) -> None:
+        """``batches=False`` turns :meth:`group` off (tests compare the two ways); ``decoder``
+        replaces the one the settings make (a :class:`RegistryDecoder` with a registry)."""
+        if decoder is None:
+            decoder = make_decoder(settings.avro_schema)
         self._decode = decoder.decode
         # the same as decode for a value it answers, without the checks decode makes (the
         # column path makes them for the batch): orjson.loads itself for JSON

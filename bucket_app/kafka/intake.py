@@ -18,6 +18,15 @@ writes the changelog of a partition another replica may own. Records of other to
 changelog, for table recovery) are delivered one by one as in Faust's ``getmany``, stopping as
 soon as the flow stops or the generation changes.
 
+With a schema registry (:class:`~bucket_app.kafka.registry.WriterSchemas`), the writer schema
+ids of a fetch's source records are fetched before it is counted, since the counting code only
+decodes with schemas it was handed. While the registry is unavailable (or has not answered
+within FETCH_WAIT_S), a partition whose batch needs an id not fetched yet is not counted: it is
+sought back to the batch's first offset and paused (Faust's own pause, as table recovery uses),
+and resumed once the registry gives the ids, so its records come again and are counted then,
+none skipped for the outage. The ``degraded`` attribute says which partitions wait and why, for
+``/health``.
+
 The callback counts a batch synchronously (RocksDB written) and returns the batch's changelog
 records; the intake sends them as whole Kafka batches and acknowledges the batch's offsets only
 once the brokers have acknowledged those changelog batches, so a committed source offset always
@@ -49,11 +58,12 @@ from faust.types import TP
 
 from bucket_app.kafka.changelog import ChangelogRecord, ChangelogSender
 from bucket_app.kafka.deadletter import DeadLetter, DeadLetterSender
+from bucket_app.kafka.registry import FETCH_WAIT_S, WriterSchemas
 from bucket_app.seam.consumer import SeamConsumer, reset_current_event, set_current_event
 
 log = logging.getLogger(__name__)
 
-_OFFSET = attrgetter("offset")
+_OFFSET, _VALUE = attrgetter("offset"), attrgetter("value")
 
 #: Changelog messages allowed to wait in Faust's producer buffer (the sweep's tombstones go
 #: through it) before the intake stops fetching until it drains to PRODUCER_LOW.
@@ -96,13 +106,19 @@ class BatchIntake:
     """The fetch loop of one Faust consumer, with a batch path for ``topic``."""
 
     def __init__(self, consumer: SeamConsumer, topic: str, handle: BatchHandler,
-                 sender: ChangelogSender, dead_letters: DeadLetterSender | None = None) -> None:
+                 sender: ChangelogSender, dead_letters: DeadLetterSender | None = None,
+                 schemas: WriterSchemas | None = None) -> None:
         self.consumer = consumer
         self.app = consumer.app
         self.topic = topic
         self.handle = handle
         self.sender = sender
         self.dead_letters = dead_letters
+        self.schemas = schemas
+        #: source partitions paused until the registry gives these schema ids
+        self.held: dict[TP, set[int]] = {}
+        #: why counting waits, while partitions are held (read by /health's thread)
+        self.degraded: str | None = None
 
     def install(self) -> None:
         """Make the consumer's Fetcher run :meth:`drain` instead of Faust's per-message loop."""
@@ -117,12 +133,22 @@ class BatchIntake:
                 # As in Faust's getmany: the generation is the one the fetch returned in.
                 generation = self.app.consumer_generation_id
                 positions = consumer.take_positions()
+                if self.held:
+                    await self._release_held()
                 if not (records or positions) or consumer.should_stop:
                     continue
                 if not consumer.flow_active:
                     # Returned during a rebalance: Faust seeks back to the committed offsets.
                     await self._seek_back()
                     continue
+                if self.schemas is not None and records:
+                    ready = await self._with_schemas(records, generation)
+                    if ready is None:
+                        continue
+                    # a held partition is read again from its first record: its position too
+                    positions = {tp: position for tp, position in positions.items()
+                                 if tp in ready or tp not in records}
+                    records = ready
                 counted, others = self._count(records, positions)
                 # every partition's changelog batch in flight at once, not one after another
                 await asyncio.gather(*(self._send(done) for done in counted))
@@ -202,6 +228,78 @@ class BatchIntake:
             reset_current_event(token)
         consumer.set_read_offset(tp, offsets[-1])
         return Counted(tp, offsets, read, event.message, changes, dead)
+
+    async def _with_schemas(self, records: dict[TP, list[Any]], generation: int,
+                            ) -> dict[TP, list[Any]] | None:
+        """The fetch without the partitions whose schema ids the registry could not give
+        (those are held); None when the flow stopped or the generation changed meanwhile (the
+        fetch is then dropped, and Faust's seek to the committed offsets brings it again)."""
+        assert self.schemas is not None
+        consumer = self.consumer
+        countable = consumer.active_partitions() | consumer.buffered_partitions()
+        wanted: dict[TP, tuple[int, set[int]]] = {}
+        for tp, batch in records.items():
+            if tp.topic != self.topic or tp not in countable:
+                continue
+            fresh = self._after_read_offset(tp, batch)
+            ids = self.schemas.missing(map(_VALUE, fresh)) if fresh else set()
+            if ids:
+                wanted[tp] = (fresh[0].offset, ids)
+        if not wanted:
+            return records
+        await self.schemas.fetch(set().union(*(ids for _, ids in wanted.values())),
+                                 FETCH_WAIT_S)
+        if not consumer.flow_active or self.app.consumer_generation_id != generation:
+            await self._seek_back()
+            return None
+        kept = dict(records)
+        for tp, (first, ids) in wanted.items():
+            still = ids.difference(self.schemas)
+            if still:
+                del kept[tp]
+                await self._hold(tp, first, still)
+        return kept
+
+    async def _hold(self, tp: TP, offset: int, ids: set[int]) -> None:
+        """Pause ``tp`` from ``offset`` (not counted, not acknowledged) until ``ids`` are
+        fetched."""
+        tp = TP(tp.topic, tp.partition)  # Faust's resume_partitions keeps what it is given
+        await self.consumer.seek(tp, offset)
+        self.consumer.pause_partitions({tp})
+        self.held.setdefault(tp, set()).update(ids)
+        self._say_degraded()
+
+    async def _release_held(self) -> None:
+        """Resume the held partitions once the registry gives the ids they wait for."""
+        schemas = self.schemas
+        assert schemas is not None
+        # Faust's stall detector would report a held partition as a hung stream every few
+        # seconds: it waits on purpose (the reason is in /health)
+        monitor = self.app.monitor
+        if monitor is not None:
+            now = monotonic()
+            monitor.stream_inbound_time.update(dict.fromkeys(self.held, now))
+        if not await schemas.fetch(set().union(*self.held.values()), 0):
+            self._say_degraded()
+            return
+        tables: Any = self.app.tables  # recovery is not in TableManagerT
+        if not tables.recovery.completed.is_set():
+            return  # recovery resumes every active partition when it is done
+        assigned = self.consumer.assignment()
+        self.consumer.resume_partitions({tp for tp in self.held if tp in assigned})
+        log.info("schema ids %s fetched; partitions %s resume",
+                 sorted(set().union(*self.held.values())),
+                 sorted(tp.partition for tp in self.held))
+        self.held.clear()
+        self.degraded = None
+
+    def _say_degraded(self) -> None:
+        assert self.schemas is not None
+        partitions = ", ".join(str(tp.partition) for tp in sorted(self.held))
+        ids = ", ".join(map(str, sorted(set().union(*self.held.values()))))
+        why = self.schemas.outage or "no answer yet"
+        self.degraded = (f"schema registry unavailable ({why}); source "
+                         f"partitions {partitions} wait for schema ids {ids}")
 
     async def _send(self, batch: Counted) -> None:
         """Send a counted batch's dead letters, then, once the brokers have them, its

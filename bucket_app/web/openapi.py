@@ -170,7 +170,9 @@ def status_properties() -> dict[str, Schema]:
                 "dead_letters": {**count, "description": "skipped messages sent to "
                                  "dead_letter_topic"},
                 "skipped": {"type": "object", "additionalProperties": count,
-                            "description": "bad input skipped, by reason"},
+                            "description": "bad input skipped, by reason: empty, "
+                            "not_json, not_object, avro_mismatch, unknown_schema, "
+                            "missing_time, bad_time, future_time, bad_field, expired"},
             }},
     }
 
@@ -194,7 +196,12 @@ def schemas(settings: Settings) -> dict[str, Schema]:
         "Row": row_schema(settings),
         "RolledRow": rolled_row_schema(settings),
         "AnyRow": {"type": "object", "additionalProperties": any_value},
-        "Health": envelope({"status": {"const": "ok"}}, ["status"]),
+        "Health": envelope({
+            "status": {"enum": ["ok", "degraded"],
+                       "description": "degraded: counting waits for something (reason)"},
+            "reason": {"type": "string", "description": "with degraded: why, e.g. the "
+                       "schema registry is unavailable and which partitions wait for it"}},
+            ["status"]),
         "Starting": {
             "type": "object", "required": ["status", "reason"],
             "description": "/health while the worker waits for its brokers",

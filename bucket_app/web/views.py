@@ -652,7 +652,11 @@ def register(app: faust.App, settings: Settings, reader: SnapshotReader, process
     @app.page("/health")
     class Health(faust.web.View):
         async def get(self, request: Any) -> aioweb.Response:
-            return json_response({"status": "ok"} | service.status())
+            intake = getattr(app, "intake", None)
+            degraded = None if intake is None else intake.degraded
+            head = {"status": "ok"} if degraded is None else {
+                "status": "degraded", "reason": degraded}
+            return json_response(head | service.status())
 
     @app.page(f"{API}/buckets")
     class Buckets(faust.web.View):

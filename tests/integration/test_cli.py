@@ -7,29 +7,18 @@ topic holds.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from tests.support import REPO
 from tests.support.kafka import create_topic, end_offsets, unique
+from tests.support.worker import bucket_app
 
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 6
 SUMMARY = re.compile(r"^sent (\d+) to topic (\S+) \(partitions (.*)\)$")
-
-
-def bucket_app(*args: str, settings: Path, timeout_s: float = 120) -> subprocess.CompletedProcess:
-    # only the settings file configures the CLI, as in tests.support.worker.Worker.start
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BUCKET_APP_") and k != "PORT"}
-    return subprocess.run(
-        [sys.executable, "-m", "bucket_app.cli", *args, "--settings", str(settings)],
-        capture_output=True, text=True, timeout=timeout_s, env=env, cwd=REPO, check=False)
 
 
 def produce_and_wait(worker, *args: str) -> dict[int, int]:

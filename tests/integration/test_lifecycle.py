@@ -8,16 +8,14 @@ event at or after start + 20 + grace.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections import Counter
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from tests.support.kafka import BROKERS, Record, create_topic, produce, unique
+from tests.support.kafka import Record, create_topic, produce, read_records, unique
 
 pytestmark = pytest.mark.integration
 
@@ -114,24 +112,6 @@ def test_an_idle_partition_holds_buckets_open_only_without_idle_close(make_worke
     assert bool(found) == (idle_close != "off")
 
 
-async def _dead_letters(topic: str, partitions: int, expect: int) -> list[Any]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=BROKERS, group_id=None,
-                                auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        got: list[Any] = []
-        deadline = time.monotonic() + 30
-        while len(got) < expect and time.monotonic() < deadline:
-            for batch in (await consumer.getmany(timeout_ms=500)).values():
-                got.extend(batch)
-        return got
-    finally:
-        await consumer.stop()
-
-
 def test_skipped_messages_go_to_the_dead_letter_topic_with_their_reason(make_worker):
     topic, dead = unique("dlq-src"), unique("dlq")
     create_topic(topic, 2)
@@ -146,7 +126,7 @@ def test_skipped_messages_go_to_the_dead_letter_topic_with_their_reason(make_wor
     bad.append(Record(json.dumps(old).encode(), 0))
     last = produce(topic, [*good[:5], *bad, *good[5:]])
     worker.wait_caught_up(last)
-    letters = asyncio.run(_dead_letters(dead, 2, len(bad)))
+    letters = read_records(dead, 2, len(bad))
     assert len(letters) == len(bad)
     sent = {(r.partition, r.value) for r in bad}
     seen = set()

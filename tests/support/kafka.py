@@ -141,6 +141,30 @@ def end_offsets(topic: str, partitions: int, brokers: str = BROKERS,
     return asyncio.run(run())
 
 
+def read_records(topic: str, partitions: int, expect: int, timeout_s: float = 30,
+                 brokers: str = BROKERS) -> list[Any]:
+    """The records of ``topic`` from its beginning, once ``expect`` arrived (or after
+    ``timeout_s``): aiokafka records, with headers."""
+    async def read() -> list[Any]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=brokers, group_id=None,
+                                    auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in range(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            got: list[Any] = []
+            deadline = time.monotonic() + timeout_s
+            while len(got) < expect and time.monotonic() < deadline:
+                for batch in (await consumer.getmany(timeout_ms=500)).values():
+                    got.extend(batch)
+            return got
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(read())
+
+
 class BackgroundProducer:
     """Produces ``records`` from a thread, ``chunk`` at a time with a pause between chunks."""
 

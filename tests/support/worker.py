@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support import REPO
 from tests.support.http import HttpAnswer, http, http_json
 from tests.support.kafka import BROKERS
 
@@ -188,6 +189,18 @@ class Worker:
             status = self.health()
         assert status["complete"] is True, status
         return status
+
+
+def bucket_app(*args: str, settings: Path, timeout_s: float = 120,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the ``bucket-app`` command line with ``settings`` (and ``env``) only, as a user
+    would; never raises for its exit status."""
+    # only the settings file configures the CLI, as in Worker.start
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BUCKET_APP_") and k != "PORT"}
+    return subprocess.run(
+        [sys.executable, "-m", "bucket_app.cli", *args, "--settings", str(settings)],
+        capture_output=True, text=True, timeout=timeout_s, env={**clean, **(env or {})},
+        cwd=REPO, check=False)
 
 
 def _section_of(name: str) -> str:

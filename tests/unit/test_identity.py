@@ -111,6 +111,23 @@ def test_avro_schema_counts_by_what_it_decodes_not_by_its_file(settings, tmp_pat
         identity.fingerprint(avro))
 
 
+def test_a_registry_reader_binds_its_subject_and_a_file_its_schema(settings):
+    """Without a file the reader is the subject's latest version: the state binds the subject,
+    so a new version registered there does not count the topic again; a file reader binds its
+    schema, with or without a registry, so adding one keeps the state."""
+    from fastavro import parse_schema
+
+    registry = replace(settings, schema_registry_url="https://registry.example:8081")
+    assert identity.bound(registry)["value_format"] == "registry subject test-value"
+    assert identity.fingerprint(registry) != identity.fingerprint(settings)
+    assert identity.fingerprint(replace(registry, schema_registry_username="KEY",
+                                        schema_registry_password="secret")) == (
+        identity.fingerprint(registry))
+    avro = replace(settings, avro_schema=parse_schema(dict(SCHEMA)))
+    assert identity.fingerprint(replace(avro, schema_registry_url="https://r:8081")) == (
+        identity.fingerprint(avro))
+
+
 def test_startup_line_names_the_state_and_what_changed(settings):
     line = identity.startup_line(settings, None, "counts")
     state = identity.state_id(settings)

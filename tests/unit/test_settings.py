@@ -226,3 +226,48 @@ def test_worker_start_with_bad_setting_is_one_line_exit_2(tmp_path):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith(f"bucket_app: {path}: [KafkaSettings] brokers = 'localhost:2181'")
     assert "Traceback" not in proc.stderr
+
+
+def registry_ini(**values: str) -> str:
+    extra = "".join(f"{key} = {value}\n" for key, value in values.items())
+    return SEED_INI.replace("avro_val_schema = None\n", "avro_val_schema = None\n" + extra)
+
+
+def test_schema_registry_keys_default_to_none_and_load(tmp_path):
+    loaded = load(write_config(tmp_path))
+    assert (loaded.schema_registry_url, loaded.schema_registry_username,
+            loaded.schema_registry_password, loaded.schema_registry_cafile) == (
+        None, None, None, None)
+    (tmp_path / "ca.pem").write_text("not checked here")
+    path = write_config(tmp_path, registry_ini(
+        schema_registry_url="https://psrc-x.eu-west-1.aws.confluent.cloud/",
+        schema_registry_username="KEY", schema_registry_cafile="ca.pem"))
+    loaded = load(path, {"BUCKET_APP_SCHEMA_REGISTRY_PASSWORD": "SECRET"})
+    assert loaded.schema_registry_url == "https://psrc-x.eu-west-1.aws.confluent.cloud"
+    assert loaded.schema_registry_password == "SECRET"
+    assert loaded.schema_registry_cafile == tmp_path / "ca.pem"
+    assert "SECRET" not in repr(loaded)
+
+
+@pytest.mark.parametrize(("values", "key", "expected"), [
+    ({"schema_registry_url": "localhost:8081"}, "schema_registry_url", "not an http"),
+    ({"schema_registry_url": "http://u:p@h:8081"}, "schema_registry_url", "credentials"),
+    ({"schema_registry_url": "http://h:port"}, "schema_registry_url", "port"),
+    ({"schema_registry_username": "u", "schema_registry_password": "p"},
+     "schema_registry_username", "schema_registry_url is none"),
+    ({"schema_registry_url": "http://h:8081", "schema_registry_username": "u"},
+     "schema_registry_password", "go together"),
+    ({"schema_registry_url": "http://h:8081", "schema_registry_cafile": "ca.pem"},
+     "schema_registry_cafile", "https://"),
+    ({"schema_registry_url": "https://h:8081", "schema_registry_cafile": "nope.pem"},
+     "schema_registry_cafile", "not found"),
+])
+def test_bad_schema_registry_settings_name_the_key(tmp_path, values, key, expected):
+    message = load_error(write_config(tmp_path, registry_ini(**values)))
+    assert f"] {key} = " in message and expected in message, message
+
+
+def test_schema_registry_password_is_masked_in_errors(tmp_path):
+    path = write_config(tmp_path, registry_ini(schema_registry_password="hunter2"))
+    message = load_error(path)
+    assert "hunter2" not in message and "schema_registry_password = '***'" in message

@@ -384,3 +384,12 @@ async def test_with_a_token_401_is_documented_exactly_where_it_is_answered(
             async with aiohttp.ClientSession() as session, session.get(
                     f"{served.url}{path}?access_token=wrong") as answer:
                 assert answer.status == 401, template
+
+
+def test_health_documents_degraded_with_its_reason(settings: Settings) -> None:
+    health = openapi.build(settings)["components"]["schemas"]["Health"]
+    assert health["properties"]["status"]["enum"] == ["ok", "degraded"]
+    assert health["properties"]["reason"]["type"] == "string"
+    assert "reason" not in health["required"]  # only while degraded
+    skipped = health["properties"]["worker"]["properties"]["skipped"]["description"]
+    assert "unknown_schema" in skipped and "avro_mismatch" in skipped
