@@ -122,6 +122,14 @@ def metrics_lag(worker: Worker) -> dict[int, int]:
         r'^bucket_app_consumer_lag\{partition="(\d+)"\} (\S+)$', text, re.MULTILINE)}
 
 
+def wait_metrics_lag(worker: Worker, lag: dict[int, int], timeout_s: float = 10) -> None:
+    """/metrics' consumer lag once it is ``lag`` (sampled every second)."""
+    deadline = time.monotonic() + timeout_s
+    while metrics_lag(worker) != lag and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert metrics_lag(worker) == lag
+
+
 def all_read(worker: Worker, topic: str) -> dict:
     """Wait until the worker has read every offset of the topic (the last is a transaction
     marker) and the snapshot says so: complete, no lag."""
@@ -142,10 +150,7 @@ def test_only_committed_transactions_are_counted(transactions, make_worker):
     wait_counts(worker, transactions.committed)
     # the open transaction's records are in the topic, waiting: lag, exactly them
     wait_lag(worker, dict(open_records))
-    deadline = time.monotonic() + 10
-    while metrics_lag(worker) != dict(open_records) and time.monotonic() < deadline:
-        time.sleep(0.3)
-    assert metrics_lag(worker) == dict(open_records)
+    wait_metrics_lag(worker, dict(open_records))
     assert not worker.health()["complete"]
 
     transactions.commit_open()
@@ -154,7 +159,7 @@ def test_only_committed_transactions_are_counted(transactions, make_worker):
     assert not any(server.startswith("aborted") for server, _, _ in counts_of(worker))
     assert sum(transactions.committed.values()) == 2000 == status["worker"]["counted"]
     assert status["worker"]["skipped"] == {}  # aborted records are not bad input either
-    assert metrics_lag(worker) == {p: 0 for p in range(PARTITIONS)}
+    wait_metrics_lag(worker, {p: 0 for p in range(PARTITIONS)})
     # the broker holds what the test says: two committed, one aborted transaction's batches
     markers = [b for p in range(PARTITIONS) for b in batches_of(topic, p) if b["control"]]
     assert len(markers) == 3 * PARTITIONS
