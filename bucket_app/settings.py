@@ -192,6 +192,15 @@ def _optional_seconds(raw: str) -> float | None:
     return parse_duration_s(value, bare_unit_s=1)
 
 
+#: idle_close = auto: this many bucket intervals
+IDLE_CLOSE_INTERVALS = 3
+_AUTO = "auto"
+
+
+def _idle_close(raw: str) -> float | str | None:
+    return _AUTO if raw.strip().lower() == _AUTO else _optional_seconds(raw)
+
+
 def _boolean(raw: str) -> bool:
     value = raw.strip().lower()
     if value in {"true", "yes", "on", "1"}:
@@ -288,8 +297,9 @@ KEYS: tuple[Key, ...] = (
     Key("MsgSettings", "grace", _optional_seconds, "none",
         "a bucket is final once every partition's event time passed its end plus this; "
         "none = one bucket_interval"),
-    Key("MsgSettings", "idle_close", _optional_seconds, "off",
-        "a partition that received nothing this long no longer holds buckets open; off = never"),
+    Key("MsgSettings", "idle_close", _idle_close, "auto",
+        "a partition with nothing left to count that counted nothing this long no longer "
+        "holds buckets open; auto = three bucket_interval; off = never"),
     Key("MsgSettings", "dead_letter_topic", _optional_topic, "none",
         "topic that gets every skipped message with its reason as headers; none = off"),
     Key("HTTPEndpointSetting", "sqlite_schema", _text, None,
@@ -611,7 +621,8 @@ def _resolve(source: Path, values: dict[str, Any], raw: dict[str, tuple[str, str
         msg_map={str(k): str(v) for k, v in msg_map.items()},
         max_future_skew_s=values["max_future_skew"],
         grace_s=values["bucket_interval"] if values["grace"] is None else values["grace"],
-        idle_close_s=values["idle_close"],
+        idle_close_s=(IDLE_CLOSE_INTERVALS * values["bucket_interval"]
+                      if values["idle_close"] == _AUTO else values["idle_close"]),
         dead_letter_topic=values["dead_letter_topic"],
         output_topic=values["output_topic"],
         sqlite_schema={str(k): str(v).upper() for k, v in schema.items()},

@@ -2,10 +2,12 @@
 
 A bucket ``[start, end)`` is *final* once every source partition's event-time watermark has
 passed ``end + grace``: no partition is still expected to bring events for it. With
-``idle_close``, a partition that counted nothing for that long (or never counted anything)
-no longer holds buckets open: it stands at the wall clock instead of its watermark. The time
-every partition has reached is the *closing time*; a bucket is final when ``end + grace`` is at
-or before it.
+``idle_close`` (three bucket intervals by default), a partition with nothing left to count that
+counted nothing for that long (or never counted anything) no longer holds buckets open: it
+stands at the wall clock instead of its watermark. A partition *waiting* (records in it not
+counted yet, or not known to be) is never idle: a backlog, at start-up or after an outage,
+holds buckets open until it is counted, so its records are not late. The time every partition
+has reached is the *closing time*; a bucket is final when ``end + grace`` is at or before it.
 
 Records that arrive for a bucket already final are still counted while the bucket is within
 retention, and counted again as *late* in the bucket's ``late`` value, so a correction of a
@@ -17,7 +19,7 @@ snapshot of the worker that counted it, or about to be.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -44,12 +46,13 @@ class Lifecycle:
         return cls(settings.bucket_interval_s, settings.grace_s, settings.idle_close_s)
 
     def closing_time(self, progress: Mapping[int, PartitionTime], partitions: int,
-                     now_s: float) -> float:
-        """The event time every one of ``partitions`` source partitions has reached."""
+                     now_s: float, waiting: Container[int] = ()) -> float:
+        """The event time every one of ``partitions`` source partitions has reached;
+        ``waiting``: the partitions with records not counted yet (never idle)."""
         closing = float("inf") if partitions else NEVER
         for partition in range(partitions):
             at = progress.get(partition)
-            if self.idle_close_s is not None and (
+            if self.idle_close_s is not None and partition not in waiting and (
                     at is None or now_s - at.seen_at_s >= self.idle_close_s):
                 reached = now_s
             elif at is None:

@@ -628,6 +628,17 @@ class ReaderState:
         end = self.source_end.get(partition)
         return None if end is None else max(end - 1 - self.offset(partition), 0)
 
+    def waiting(self, progress: Mapping[int, Progress]) -> set[int]:
+        """Source partitions with records ``progress`` does not reflect yet, or not known not
+        to have any (their end is unknown): never idle (:mod:`bucket_app.counting.lifecycle`)."""
+        found = set()
+        for partition in range(self.partitions):
+            end = self.source_end.get(partition)
+            at = progress.get(partition)
+            if end is None or end - 1 > (-1 if at is None else at.offset):
+                found.add(partition)
+        return found
+
     @property
     def complete(self) -> bool:
         """Caught up with the changelog, and every message produced so far is counted."""
@@ -663,8 +674,9 @@ class SnapshotReader:
     def closing_time(self, now_s: float, progress: Mapping[int, Progress] | None = None,
                      ) -> float:
         """The event time every source partition has reached, as this snapshot knows it."""
-        return self.lifecycle.closing_time(
-            self.state.progress if progress is None else progress, self.partitions, now_s)
+        reached = self.state.progress if progress is None else progress
+        return self.lifecycle.closing_time(reached, self.partitions, now_s,
+                                           self.state.waiting(reached))
 
     async def in_thread(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)

@@ -90,12 +90,12 @@ def test_buckets_become_final_and_late_events_are_counted_as_late(make_worker):
     assert worker.health()["closing_time"] == base + 100
 
 
-@pytest.mark.parametrize("idle_close", ["off", "8s"])
+@pytest.mark.parametrize("idle_close", ["off", "8s", None])  # None: the default, auto
 def test_an_idle_partition_holds_buckets_open_only_without_idle_close(make_worker, idle_close):
     topic = unique("idle")
     create_topic(topic, 2)
-    worker = make_worker(topic, partitions=2,
-                         extra={"grace": f"{GRACE}s", "idle_close": idle_close}).start()
+    extra = {"grace": f"{GRACE}s"} | ({} if idle_close is None else {"idle_close": idle_close})
+    worker = make_worker(topic, partitions=2, extra=extra).start()
     base = (int(time.time()) // INTERVAL - 100) * INTERVAL
     # Only partition 0 gets events; partition 1 never counts anything.
     worker.wait_caught_up(produce(topic, [event("a", base + 1, 0), event("a", base + 90, 0)]))
@@ -106,6 +106,8 @@ def test_an_idle_partition_holds_buckets_open_only_without_idle_close(make_worke
         # partition 1 is idle: the closing time is partition 0's watermark, base + 90
         assert found[("a", base)]["final"] == 1
         assert found[("a", base + 80)]["final"] == 0  # ends at 100, + 10 > 90
+    if idle_close is None:
+        return  # auto is three bucket intervals (60 s here); "8s" shows what follows
     # Once partition 0 is idle too, with idle_close the wall clock closes everything.
     found = wait_for(lambda: (r := rows(worker))[("a", base + 80)]["final"] == 1 and r,
                      timeout_s=12)

@@ -11,6 +11,7 @@ from aiokafka.structs import ConsumerRecord
 from bucket_app.counting.batch import BatchCounter
 from bucket_app.counting.classify import Classifier
 from bucket_app.counting.lifecycle import NEVER, Lifecycle
+from bucket_app.settings import load
 from tests.unit.test_fuzz_common import make_settings, scratch_dir
 
 BASE = scratch_dir("lifecycle")
@@ -44,6 +45,27 @@ def test_an_idle_partition_stops_holding_buckets_open() -> None:
     # without idle_close the idle partition holds everything after its watermark open
     strict = Lifecycle(interval_s=60, grace_s=60, idle_close_s=None)
     assert strict.closing_time({0: busy, 1: idle}, 2, NOW) == NOW - 5000
+
+
+def test_a_partition_with_records_still_to_count_is_never_idle() -> None:
+    """A backlog (at start-up, after an outage) holds buckets open until it is counted, or
+    every record of it older than the other partitions' watermark would be late."""
+    life = Lifecycle(interval_s=60, grace_s=60, idle_close_s=300)
+    busy, quiet = At(NOW - 10, NOW - 1), At(NOW - 5000, NOW - 301)
+    assert life.closing_time({0: busy, 1: quiet}, 2, NOW, waiting={1}) == NOW - 5000
+    # never counted, records waiting (or not known not to be): holds everything open
+    assert life.closing_time({0: busy}, 2, NOW, waiting={1}) == NEVER
+    assert life.closing_time({0: busy}, 2, NOW, waiting={0, 1}) == NEVER
+    # nothing waiting: the quiet one stands at the wall clock
+    assert life.closing_time({0: busy, 1: quiet}, 2, NOW, waiting=set()) == NOW - 10
+
+
+def test_idle_close_defaults_to_three_bucket_intervals(tmp_path) -> None:
+    settings = make_settings(tmp_path)
+    assert settings.idle_close_s == 3 * settings.bucket_interval_s
+    assert load(settings.source, {"BUCKET_APP_IDLE_CLOSE": "off"}).idle_close_s is None
+    assert load(settings.source, {"BUCKET_APP_IDLE_CLOSE": "45s"}).idle_close_s == 45
+    assert load(settings.source, {"BUCKET_APP_IDLE_CLOSE": "AUTO"}).idle_close_s == 60
 
 
 def record(offset: int, ts: float, server: str = "a") -> ConsumerRecord[Any, Any]:

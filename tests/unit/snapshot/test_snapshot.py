@@ -23,6 +23,7 @@ from bucket_app.snapshot.reader import (
     PartKey,
     Pending,
     Progress,
+    ReaderState,
     SnapshotStore,
     decode_records,
     store_config,
@@ -551,3 +552,13 @@ def test_a_lost_side_file_is_rebuilt_above_the_tables_rst_ids(tmp_path: Path) ->
                                    {0: 1, 1: 0}) == 4
     finally:
         store.close()
+
+
+def test_partitions_with_records_not_counted_yet_are_waiting():
+    """Only a partition known to have nothing left to count can be idle (lifecycle)."""
+    state = ReaderState(3)
+    assert state.waiting({}) == {0, 1, 2}  # no end offsets yet: unknown
+    state.source_end = {0: 0, 1: 10, 2: 10}
+    progress = {1: Progress(9, 5.0), 2: Progress(4, 5.0)}
+    assert state.waiting(progress) == {2}  # 0 is empty, 1 counted to its end
+    assert state.waiting({}) == {1, 2}
