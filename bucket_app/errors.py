@@ -73,6 +73,10 @@ class ChildGone(BucketAppError):
     """A child process (SQL or snapshot) closed its pipe: it crashed, or was killed as hung."""
 
 
+class ChildKilled(ChildGone):
+    """A child process was killed because it ran past its hard deadline."""
+
+
 class SnapshotError(BucketAppError):
     """The snapshot process could not apply a refresh, or ended."""
 

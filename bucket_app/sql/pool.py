@@ -30,8 +30,8 @@ from typing import IO, Any
 
 import orjson
 
-from bucket_app.errors import ChildGone, HttpError
-from bucket_app.sql.sandbox import SqlSandbox, json_default
+from bucket_app.errors import ChildGone, ChildKilled, HttpError
+from bucket_app.sql.sandbox import SqlSandbox, json_default, over_time_limit
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,13 @@ class ChildProcess:
         proc = self.proc
         assert proc is not None and proc.stdin is not None and proc.stdout is not None
         # A hung child is killed; its closed pipe then ends the read below.
-        watchdog = threading.Timer(timeout_s, proc.kill)
+        killed = threading.Event()
+
+        def kill() -> None:
+            killed.set()
+            proc.kill()
+
+        watchdog = threading.Timer(timeout_s, kill)
         watchdog.daemon = True
         watchdog.start()
         answers: list[bytes] = []
@@ -116,6 +122,8 @@ class ChildProcess:
         finally:
             watchdog.cancel()
         if len(answers) < replies:
+            if killed.is_set():
+                raise ChildKilled(f"killed after {timeout_s:.1f} s")
             raise ChildGone(f"exit status {proc.poll()}")
         return answers
 
@@ -129,6 +137,7 @@ class SqlPool:
         SqlSandbox(db_path, table, row_limit=row_limit, time_limit_ms=time_limit_ms)
         self.config = {"db_path": db_path, "table": table, "row_limit": row_limit,
                        "time_limit_ms": time_limit_ms}
+        self.time_limit_ms = time_limit_ms
         self.timeout_s = time_limit_ms / 1000 + HANG_GRACE_S
         self._idle: queue.SimpleQueue[ChildProcess] = queue.SimpleQueue()
         self._children = [ChildProcess("bucket_app.sql.pool", self.config) for _ in range(size)]
@@ -151,6 +160,12 @@ class SqlPool:
         child = self._idle.get()
         try:
             meta_frame, rows = child.call(request, self.timeout_s)
+        except ChildKilled as exc:
+            # Work SQLite cannot interrupt ran to the hard deadline: the query is over its time
+            # limit like any other, not a failure worth retrying.
+            log.warning("SQL child process %s running %r; starting another", exc, sql[:200])
+            child.stop()
+            raise over_time_limit(sql, self.time_limit_ms) from None
         except ChildGone as exc:
             log.warning("SQL child process ended (%s) running %r; starting another", exc,
                         sql[:200])

@@ -288,6 +288,85 @@ def check_statement(sql: str) -> None:
 # The longest string or blob a query may produce (SQLite's SQLITE_LIMIT_LENGTH).
 MAX_VALUE_BYTES = 1024 * 1024
 
+# One conversion of SQLite's printf: flags, width, precision, length, type.
+_PRINTF_SPEC = re.compile(r"%([-+ 0#,!]*)(\*|\d+)?(?:\.(\*|\d+))?(l{0,2})(.?)", re.DOTALL)
+_LEADING_INT = re.compile(r"\s*[-+]?\d+")
+
+
+def _widest(value: Any) -> int:
+    """The largest magnitude SQLite could read as an integer from a printf argument: its
+    integer value, a text's leading digits or its number (conservatively, the larger)."""
+    if isinstance(value, bool | int):
+        return abs(int(value))
+    if isinstance(value, float):
+        return abs(int(value)) if value == value and abs(value) != float("inf") else 0
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str):
+        return 0
+    found = 0
+    if match := _LEADING_INT.match(value):
+        found = abs(int(match.group()))
+    try:
+        number = float(value)
+    except ValueError:
+        return found
+    return max(found, _widest(number))
+
+
+def printf_width(fmt: str, args: Sequence[Any]) -> int:
+    """The largest width or precision ``printf(fmt, *args)`` asks for, as SQLite reads its
+    format: a ``*`` takes the next argument, as does each conversion but ``%%``."""
+    widest, at = 0, 0
+    for match in _PRINTF_SPEC.finditer(fmt):
+        _, width, precision, _, kind = match.groups()
+        for part in (width, precision):
+            if part == "*":
+                widest = max(widest, _widest(args[at]) if at < len(args) else 0)
+                at += 1
+            elif part:
+                widest = max(widest, int(part))
+        if kind != "%":
+            at += 1
+    return widest
+
+
+class BoundedPrintf:
+    """SQLite's ``printf``/``format``, refused when a width or precision is over
+    MAX_VALUE_BYTES.
+
+    SQLite writes ``printf('%.*c', 2000000000, 'x')`` one character at a time, past the length
+    limit, without ever calling the progress handler: 7-16 s in which no time limit can stop
+    the query. This function replaces the built-in on the query's connection, checks the
+    format and its arguments first, and has the built-in of a private in-memory connection do
+    the formatting. A refusal is recorded in ``refused``: SQLite reports any exception raised
+    in a function only as "user-defined function raised exception".
+    """
+
+    def __init__(self, refused: list[str]) -> None:
+        self.refused = refused
+        self.builtin = sqlite3.connect(":memory:", check_same_thread=False)
+        self.builtin.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
+
+    def __call__(self, fmt: Any, *args: Any) -> Any:
+        if isinstance(fmt, str):
+            widest = printf_width(fmt, args)
+            if widest > MAX_VALUE_BYTES:
+                self.refused.append(f"a printf width or precision of {widest} (at most "
+                                    f"{MAX_VALUE_BYTES}, the longest value a query may make)")
+                raise ValueError(self.refused[-1])
+        marks = ", ".join("?" * (1 + len(args)))
+        return self.builtin.execute(f"SELECT printf({marks})", (fmt, *args)).fetchone()[0]
+
+    def close(self) -> None:
+        self.builtin.close()
+
+
+def over_time_limit(sql: str, time_limit_ms: int) -> HttpError:
+    """The answer to a query that ran past ``sql_time_limit``: interrupted, or killed."""
+    return HttpError(400, f"query exceeded the time limit of {time_limit_ms} ms "
+                     "(sql_time_limit)", sql=sql, time_limit_ms=time_limit_ms)
+
 
 class SqlSandbox:
     """Runs one user query at a time against the snapshot file, read-only and time-boxed.
@@ -325,8 +404,10 @@ class SqlSandbox:
             raise HttpError(503, "snapshot not ready", sql=sql, retry_after_s=1)
         denied: list[str] = []
         started = time.perf_counter()
+        too_wide: list[str] = []
+        printf = BoundedPrintf(too_wide)
         try:
-            conn = self._connect()
+            conn = self._connect(printf)
         except sqlite3.Error as exc:
             # The file can vanish between the check and the open while it is swapped.
             raise HttpError(503, "snapshot not ready", sql=sql, detail=str(exc),
@@ -340,10 +421,13 @@ class SqlSandbox:
             columns = [description[0] for description in cursor.description or ()]
             fetched = cursor.fetchmany(limit + 1) if columns else []
         except (sqlite3.Error, sqlite3.Warning, ValueError, TypeError, OverflowError) as exc:
+            if too_wide:  # not run at all: bounded before it starts
+                raise HttpError(400, f"query refused: {too_wide[0]}", sql=sql) from exc
             timed_out = time.monotonic() > deadline
             raise self._http_error(exc, sql, denied, timed_out) from exc
         finally:
             conn.close()
+            printf.close()
         elapsed_ms = (time.perf_counter() - started) * 1000
         truncated = len(fetched) > limit
         # Duplicate column names (SELECT 1 AS a, 2 AS a) keep the last value in the dict;
@@ -351,7 +435,7 @@ class SqlSandbox:
         rows = [dict(zip(columns, row, strict=True)) for row in fetched[:limit]]
         return QueryResult(columns, rows, truncated, elapsed_ms)
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, printf: BoundedPrintf) -> sqlite3.Connection:
         uri = f"file:{urllib.parse.quote(os.path.abspath(self.db_path))}?mode=ro"
         conn = sqlite3.connect(
             uri,
@@ -365,6 +449,8 @@ class SqlSandbox:
         # One value (string or blob) of a result may be at most this long: without it one
         # SELECT zeroblob(n) carries n bytes through the worker.
         conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
+        for name in ("printf", "format"):  # format is SQLite's other name for printf
+            conn.create_function(name, -1, printf, deterministic=True)
         try:
             # Before the authorizer is installed, which would deny this PRAGMA too.
             conn.execute("PRAGMA query_only=1")
@@ -404,12 +490,7 @@ class SqlSandbox:
     ) -> HttpError:
         message = str(exc)
         if timed_out and "interrupted" in message:
-            return HttpError(
-                400,
-                f"query exceeded the time limit of {self.time_limit_ms} ms",
-                sql=sql,
-                time_limit_ms=self.time_limit_ms,
-            )
+            return over_time_limit(sql, self.time_limit_ms)
         if denied or "not authorized" in message:
             reason = denied[0] if denied else message
             return HttpError(403, f"query refused: {reason}", sql=sql)

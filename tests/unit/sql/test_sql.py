@@ -273,7 +273,7 @@ def test_time_limit(default_db) -> None:
         sandbox.execute(slow)
     assert time.monotonic() - started < 1.0
     assert info.value.status == 400
-    assert info.value.message == "query exceeded the time limit of 100 ms"
+    assert info.value.message == "query exceeded the time limit of 100 ms (sql_time_limit)"
     assert info.value.context["time_limit_ms"] == 100
     # The sandbox still works after an interrupted query.
     assert sandbox.execute("SELECT 1 AS one").rows == [{"one": 1}]

@@ -170,6 +170,8 @@ def test_a_child_killed_mid_query_answers_503_and_is_replaced(db: Path) -> None:
 
 def test_a_hung_child_is_killed_after_the_time_limit_and_grace(
         db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed at the hard deadline, its query is answered as over its time limit (a 400 naming
+    sql_time_limit, as an interrupted one), not as a failure that invites a retry."""
     monkeypatch.setattr(sqlproc, "HANG_GRACE_S", 0.5)
     pool = SqlPool(1, str(db), "default", row_limit=100, time_limit_ms=200)
     try:
@@ -179,7 +181,9 @@ def test_a_hung_child_is_killed_after_the_time_limit_and_grace(
         started = time.monotonic()
         with pytest.raises(HttpError) as answer:
             pool.execute("SELECT 1 AS one")
-        assert answer.value.status == 503
+        assert answer.value.status == 400
+        assert "sql_time_limit" in answer.value.message
+        assert answer.value.context["time_limit_ms"] == 200
         assert time.monotonic() - started < 5
         assert wait_gone(pid)
         assert orjson.loads(orjson.dumps(pool.execute("SELECT 1 AS one").rows)) == [{"one": 1}]
@@ -235,3 +239,21 @@ def test_snapshot_written_after_start_is_seen(tmp_path: Path) -> None:
             writer.close()
     finally:
         pool.close()
+
+
+def test_a_printf_sqlite_cannot_interrupt_is_refused_before_it_starts(
+        db: Path, pool: SqlPool) -> None:
+    """SQLite writes printf('%.*c', 2000000000, 'x') without calling the progress handler
+    (7-16 s past any time limit): its width is refused at once, whichever way it is given."""
+    for sql in ("SELECT printf('%.*c', 2000000000, 'x') AS v",
+                "SELECT format('%2000000000d', 1) AS v",
+                "SELECT printf('%s %.*c', 'a', (SELECT 1999999999 + 1), 'x') AS v",
+                "SELECT printf('%0*d', '2e9', 7) AS v"):
+        started = time.monotonic()
+        with pytest.raises(HttpError) as answer:
+            pool.execute(sql)
+        assert answer.value.status == 400, sql
+        assert "printf width or precision of 2000000000" in answer.value.message, sql
+        assert time.monotonic() - started < 1, sql
+    assert pool.execute("SELECT printf('%05.1f|%-4s|%c', 3.14159, 'ab', 'xyz') AS v"
+                        ).rows is not None
