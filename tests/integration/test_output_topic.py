@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -21,6 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from bucket_app.snapshot.output import row_key
+from tests.support import REPO
 from tests.support.kafka import BROKERS, Record, create_topic, produce, unique
 from tests.unit.snapshot.test_output import latest, read_all
 
@@ -136,6 +139,65 @@ def test_output_topic_rebuilds_the_exact_totals(make_worker):
         assert value is not None  # nothing is past retention here
         assert value["version"] >= versions.get(key, 0)
         versions[key] = value["version"]
+
+
+def clickhouse_sql() -> list[str]:
+    """The ClickHouse statements of docs/output-topic.md, in order. Its Kafka engine table is
+    made a Memory table of the same columns: chDB has the Kafka engine but cannot run it
+    ("Shutdown was called", chdb 4.4.0), so the test inserts what the engine would read."""
+    doc = (REPO / "docs" / "output-topic.md").read_text()
+    block = re.search(r"```sql\n(.*?)```", doc, re.DOTALL)
+    assert block, "docs/output-topic.md has no sql block"
+    text = re.sub(r"ENGINE = Kafka\s+SETTINGS[^;]*", "ENGINE = Memory", block.group(1))
+    assert "ENGINE = Memory" in text
+    statements = [re.sub(r"--[^\n]*", "", part).strip() for part in text.split(";")]
+    return [statement for statement in statements if statement]
+
+
+def test_clickhouse_reads_the_output_topic_as_the_docs_say(make_worker, tmp_path: Path):
+    """Every record of the output topic, in topic order (several versions of most rows), into
+    the docs' ClickHouse tables (embedded ClickHouse, chDB): the docs' FINAL query gives each
+    row's latest count and final flag, equal to the worker's and to the messages' own."""
+    from chdb import session  # imported here: a large library only this test needs
+
+    source, output = unique("src"), unique("out")
+    create_topic(source, PARTITIONS)
+    worker = make_worker(source, extra={"output_topic": output}).start()
+    rng = random.Random(24)
+    now = int(time.time())
+    base = now - now % INTERVAL - 40 * INTERVAL  # within the docs' query's last hour
+    sent = messages(rng, 1200, base, base + 10 * INTERVAL)
+    worker.wait_caught_up(produce(source, records(sent)))
+    wait_for_totals(output, PARTITIONS, expected(sent))
+    more = [(rng.randrange(PARTITIONS), f"s{rng.randrange(4)}", f"t{rng.randrange(3)}",
+             base + 9 * INTERVAL + rng.randrange(INTERVAL)) for _ in range(300)]
+    more += [(p, "s9", "t9", base + 20 * INTERVAL) for p in range(PARTITIONS)]
+    sent += more
+    worker.wait_caught_up(produce(source, records(more)))
+    every, _ = wait_for_totals(output, PARTITIONS, expected(sent))
+    assert len(every) > len(expected(sent))  # rows were published more than once
+
+    *create, query = clickhouse_sql()
+    clickhouse = session.Session(str(tmp_path / "clickhouse"))
+    try:
+        for statement in create:
+            clickhouse.query(statement)
+        lines = "\n".join(orjson.dumps(value).decode() for _key, value in every
+                          if value is not None)
+        clickhouse.query(f"INSERT INTO bucket_counts_queue FORMAT JSONEachRow\n{lines}")
+        answer = clickhouse.query(
+            "SELECT server_name, topic, toUnixTimestamp(bucket_start) AS bucket_start, count, "
+            f"final FROM ({query})", "JSONEachRow").bytes().decode()
+    finally:
+        clickhouse.close()
+    found = {row_key({"server_name": row["server_name"], "topic": row["topic"]},
+                     int(row["bucket_start"])): (int(row["count"]), int(row["final"]))
+             for row in map(json.loads, answer.splitlines())}
+    assert found == expected(sent)
+    served = {row_key({"server_name": r["server_name"], "topic": r["topic"]}, r["bucket_start"]):
+              (r["count"], r["final"]) for r in worker.get("/a/default").json()}
+    assert found == served
+    assert sum(n for n, _ in found.values()) == len(sent)
 
 
 def publishers(workers: list[Any]) -> list[Any]:
