@@ -26,7 +26,7 @@ from bucket_app import identity
 from bucket_app.counting.batch import BatchCounter
 from bucket_app.counting.classify import Classifier
 from bucket_app.counting.decode import RegistryDecoder
-from bucket_app.kafka import codecs
+from bucket_app.kafka import brokerlog, codecs
 from bucket_app.kafka import security as kafka_security
 from bucket_app.kafka.changelog import ChangelogRecord, ChangelogSender, TableBatch, Unacked
 from bucket_app.kafka.deadletter import DeadLetter, DeadLetterSender
@@ -261,6 +261,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
 
     compat.check()
     codecs.check()
+    brokerlog.install()  # aiokafka's retries while a broker is down: a line every 30 s
     schemas, value_reader = None, None
     if settings.schema_registry_url is not None:
         # before the Kafka probe: wrong credentials stop start-up at once

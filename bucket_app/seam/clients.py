@@ -1,5 +1,5 @@
-"""aiokafka clients behind Faust's and our own: the producer Faust sends with, and a consumer's
-metadata refresh."""
+"""aiokafka clients behind Faust's and our own: the producer Faust sends with, a consumer's
+metadata refresh, and closing a consumer's connections."""
 
 from __future__ import annotations
 
@@ -22,3 +22,8 @@ async def refresh_metadata(consumer: AIOKafkaConsumer) -> None:
     """Make ``consumer`` fetch the cluster's metadata now (aiokafka's public ``topics()``
     fetches it into a copy, so ``partitions_for_topic`` would not see a new topic)."""
     await consumer._client.force_metadata_update()
+
+
+async def close_connections(consumer: AIOKafkaConsumer) -> None:
+    """Close ``consumer``'s connections to the brokers, the last step of its ``stop``."""
+    await consumer._client.close()

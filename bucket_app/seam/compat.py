@@ -147,7 +147,8 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
     _method(PartitionRecords, "_contains_abort_marker", ("self", "next_batch"),
             "fetch: unpack_batches, aborted transactions"),
     # --- aiokafka: the snapshot's changelog reader (seam.clients)
-    _attribute(AIOKafkaConsumer, "_client", "clients: a metadata refresh on demand"),
+    _attribute(AIOKafkaConsumer, "_client",
+               "clients: a metadata refresh on demand; connections closed on stop"),
     # --- aiohttp (seam.web)
     _method(BaseRunner, "_make_server", ("self",), "web: the server class, for JSON errors"),
 )

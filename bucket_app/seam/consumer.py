@@ -17,6 +17,8 @@ per fetched batch, so no module outside the seam names them.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import Token
@@ -28,7 +30,9 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT, Message
 from mode.utils.futures import notify
 
-from bucket_app.seam import fetch
+from bucket_app.seam import clients, fetch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,26 @@ class SeamConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
                                options.fetch_max_bytes)
             fetch.read_isolated(consumer, options.isolation_level)
         return consumer
+
+    async def on_thread_stop(self) -> None:
+        """Stop the aiokafka consumer, also while a fetch waits out its retry back-off.
+
+        Workaround for aiokafka 0.14.0: ``Fetcher.close`` cancels its pending fetch requests
+        and awaits each, and a request that failed (its broker unreachable) sleeps its back-off
+        outside the handler that absorbs the cancellation, so ``close`` raises CancelledError.
+        The consumer's ``stop`` then ends before it closes its connections, and the thread
+        dies without telling mode it stopped: SIGTERM took 63 s (mode's stop timeout) whenever
+        the brokers were gone. The connections are closed here instead.
+        """
+        try:
+            await super().on_thread_stop()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this thread itself is being cancelled: not the case above
+            log.warning("bucket_app: the Kafka consumer stopped while a fetch was failing "
+                        "(brokers unreachable); closing its connections")
+            await clients.close_connections(self._ensure_consumer())
 
     async def on_start(self) -> None:
         # Faust builds and starts the aiokafka consumer here; its fetcher exists once started,

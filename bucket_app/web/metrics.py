@@ -29,6 +29,7 @@ from aiohttp import web as aioweb
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from bucket_app.kafka import brokerlog
 from bucket_app.kafka.recovery import RECOVERY_SAMPLE_S, RecoveryProgress
 from bucket_app.settings import Settings
 
@@ -109,6 +110,9 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "recovery_remaining": (
         _GAUGE, "Changelog records left to restore per table partition while the worker "
         "recovers its tables.", ("partition",)),
+    "broker_unreachable_seconds": (
+        _GAUGE, "Seconds a broker (by node id) has refused this worker's connections, while it "
+        "does.", ("broker",)),
 }
 
 
@@ -160,6 +164,8 @@ class WorkerCollector:
         found["snapshot_generation"].add_metric([], state.generation)
         for partition, left in sorted(self.recovery.remaining.items()):
             found["recovery_remaining"].add_metric([str(partition)], left)
+        for broker, seconds in sorted(brokerlog.install().unreachable().items()):
+            found["broker_unreachable_seconds"].add_metric([broker], seconds)
         return iter(found.values())
 
 

@@ -200,7 +200,8 @@ def schemas(settings: Settings) -> dict[str, Schema]:
             "status": {"enum": ["ok", "degraded"],
                        "description": "degraded: counting waits for something (reason)"},
             "reason": {"type": "string", "description": "with degraded: why, e.g. the "
-                       "schema registry is unavailable and which partitions wait for it"}},
+                       "schema registry is unavailable and which partitions wait for it, "
+                       "or which brokers refuse connections and for how long"}},
             ["status"]),
         "Starting": {
             "type": "object", "required": ["status", "reason"],

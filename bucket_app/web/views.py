@@ -41,6 +41,7 @@ from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from bucket_app.counting.buckets import parse_epoch, parse_iso
 from bucket_app.errors import BadInput, HttpError
+from bucket_app.kafka import brokerlog
 from bucket_app.seam import web as web_seam
 from bucket_app.settings import FINAL_COLUMN, RST_COLUMN, Settings
 from bucket_app.snapshot.reader import SnapshotReader
@@ -653,9 +654,14 @@ def register(app: faust.App, settings: Settings, reader: SnapshotReader, process
     class Health(faust.web.View):
         async def get(self, request: Any) -> aioweb.Response:
             intake = getattr(app, "intake", None)
-            degraded = None if intake is None else intake.degraded
-            head = {"status": "ok"} if degraded is None else {
-                "status": "degraded", "reason": degraded}
+            reasons = [] if intake is None or intake.degraded is None else [intake.degraded]
+            gone = brokerlog.install().unreachable()
+            if gone:
+                reasons.append("brokers unreachable: " + ", ".join(
+                    f"node {broker} for {seconds:.0f} s" for broker, seconds in sorted(
+                        gone.items())))
+            head = {"status": "degraded", "reason": "; ".join(reasons)} if reasons else {
+                "status": "ok"}
             return json_response(head | service.status())
 
     @app.page(f"{API}/buckets")

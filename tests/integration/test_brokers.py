@@ -7,9 +7,11 @@ ports, so stopping brokers never disturbs the shared test broker.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -153,3 +155,52 @@ def test_worker_gives_up_after_startup_timeout(make_worker):
     last = worker.tail().strip().splitlines()[-1]
     assert last.startswith(f"bucket_app: cannot reach Kafka at {broker}"), last
     assert "startup_timeout = 4 s" in last, last
+
+
+def stop_timed(worker: Any) -> float:
+    """SIGTERM ``worker`` and return the seconds until it exited (status 0)."""
+    assert worker.proc is not None
+    started = time.monotonic()
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.proc.wait(90) == 0, worker.tail()
+    return time.monotonic() - started
+
+
+def test_a_broker_outage_logs_a_line_per_30_s_and_sigterm_still_exits_in_10_s(
+        own_broker, make_worker):
+    """While its broker is gone a worker says so once, then once every 30 s per kind of error
+    (with how many it held back), /health and /metrics name the broker; SIGTERM exits within
+    10 s with the broker up and with it down, and the restart counts exactly."""
+    topic = unique("gone")
+    create_topic(topic, 2, brokers=own_broker)
+    worker = make_worker(topic, partitions=2, brokers=own_broker).start()
+    records, expected = bulk_records(3_000, 2, seed=31)
+    worker.wait_caught_up(produce(topic, records, brokers=own_broker))
+    up_s = stop_timed(worker)
+    assert up_s < 10, up_s
+    worker.start()
+
+    script("kafka.sh", "stop", port=OWN_PORT)
+    before = worker.log_path.read_text(errors="replace").count("\n")
+    time.sleep(35)
+    health = worker.health()
+    assert health["status"] == "degraded", health
+    assert "brokers unreachable: node 1 for" in health["reason"], health
+    scraped = worker.get("/metrics").body.decode()
+    assert 'bucket_app_broker_unreachable_seconds{broker="1"}' in scraped
+    down_s = stop_timed(worker)
+    lines = worker.log_path.read_text(errors="replace").splitlines()[before:]
+    shutdown = next(i for i, line in enumerate(lines) if "Signal received" in line)
+    errors = [line for line in lines[:shutdown] if "[ERROR]" in line]
+    held = [line for line in errors if "more like it in the last 30 s" in line]
+    # a few kinds (connect, metadata, fetch, coordinator), each at the start and at 30 s
+    assert 2 <= len(errors) <= 12 and held, "\n".join(errors)
+    assert down_s < 10, down_s
+
+    script("kafka.sh", "start", port=OWN_PORT)
+    worker.start()
+    more, added = bulk_records(1_000, 2, seed=32, prefix="after")
+    worker.wait_caught_up(produce(topic, more, brokers=own_broker), timeout_s=120)
+    assert counts_of(worker) == expected | added
+    print(f"SIGTERM exit: {up_s:.1f} s with the broker up, {down_s:.1f} s with it down; "
+          f"{len(errors)} ERROR lines in 35 s of outage")
