@@ -420,14 +420,20 @@ class Service:
 
         A request may name a position (``min_offsets`` query parameter, or the X-Min-Offsets
         header on any route): the answer waits up to ``wait_ms`` for the snapshot to reflect it,
-        then gives up with 503 and Retry-After rather than answer from older data. Every query
+        then gives up with 503 and Retry-After rather than answer from older data. Without
+        one, a snapshot not loaded yet is a 503 at once, unless ``wait_ms`` is given. Every query
         passes :class:`SqlAdmission` first (429 / 503), and holds its place while it waits.
         """
         client = request.remote or "unknown"
         args = request.query if query_params else {}
         raw = args.get("min_offsets") or request.headers.get(MIN_OFFSETS_HEADER)
-        wait_ms = parse_wait_ms(args.get("wait_ms") or request.headers.get("X-Wait-Ms"))
+        asked_wait = args.get("wait_ms") or request.headers.get("X-Wait-Ms")
+        wait_ms = parse_wait_ms(asked_wait)
         wanted = parse_min_offsets(raw, self.reader.partitions) if raw else {}
+        if not wanted and asked_wait is None:
+            # A replica still loading its snapshot answers 503 at once, so a client or a load
+            # balancer asks another one instead of waiting (a rolling restart showed 2 s gaps).
+            wait_ms = 0
         with self.admission.admit(client):
             await self.wait_for_snapshot(wanted, wait_ms)
             loop = asyncio.get_running_loop()

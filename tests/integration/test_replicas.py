@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import signal
+import threading
 import time
 from urllib.parse import quote
 
@@ -35,6 +36,18 @@ def replicas(make_worker, topic: str, n: int, partitions: int = 6) -> list:
                         extra=dict(FAST_FAILOVER)) for i in range(n)]
 
 
+def started(make_worker, name: str, n: int = 2) -> tuple[str, list]:
+    """A new 6-partition topic and ``n`` replicas counting it, started together, healthy."""
+    topic = unique(name)
+    create_topic(topic, 6)
+    workers = replicas(make_worker, topic, n)
+    for worker in workers:
+        worker.start(wait=False)
+    for worker in workers:
+        worker.wait_healthy()
+    return topic, workers
+
+
 def wait_all(workers, last, timeout_s=180):
     for worker in workers:
         try:
@@ -45,13 +58,7 @@ def wait_all(workers, last, timeout_s=180):
 
 
 def test_two_replicas_each_answer_exactly_for_all_partitions(make_worker):
-    topic = unique("two")
-    create_topic(topic, 6)
-    workers = replicas(make_worker, topic, 2)
-    for worker in workers:
-        worker.start(wait=False)
-    for worker in workers:
-        worker.wait_healthy()
+    topic, workers = started(make_worker, "two")
     records, expected = bulk_records(12_000, 6, seed=1)
     last = produce(topic, records)
     wait_all(workers, last)
@@ -162,3 +169,69 @@ def test_min_offsets_waits_or_answers_503_never_stale(make_worker):
     assert end_offsets(topic, 2) == {p: o + 1 for p, o in produced.items()}
     bad = worker.get("/api/v1/buckets?min_offsets=7:1")
     assert bad.status == 400
+
+
+class AskEither:
+    """A client that asks one replica every ``every_s`` (``/a/default``) and tries the other
+    on a 503 or a refused connection, as a load balancer in front of both would; it records
+    when each question got an answer (a 200 from either)."""
+
+    def __init__(self, workers: list, every_s: float = 0.25) -> None:
+        self.workers = workers
+        self.every_s = every_s
+        self.answered: list[float] = []
+        self.refused = 0
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True, name="ask-either")
+
+    def _run(self) -> None:
+        turn = 0
+        while not self._stop.is_set():
+            asked = time.monotonic()
+            for worker in (self.workers[turn % 2], self.workers[(turn + 1) % 2]):
+                try:
+                    if http(worker.url + "/a/default", timeout=2).status == 200:
+                        self.answered.append(asked)
+                        break
+                except OSError:
+                    pass
+                self.refused += 1
+            turn += 1
+            self._stop.wait(max(self.every_s - (time.monotonic() - asked), 0))
+
+    def __enter__(self) -> AskEither:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self.thread.join(10)
+
+    def longest_silence(self) -> float:
+        """The longest time between two answered questions."""
+        return max((b - a for a, b in zip(self.answered, self.answered[1:], strict=False)),
+                   default=float("inf"))
+
+
+def test_a_rolling_restart_keeps_answers_flowing_and_counts_exact(make_worker):
+    """A deploy restarts two replicas one after the other (SIGTERM, start, healthy) while a
+    producer writes steadily: a client asking either replica gets an answer at least every
+    second throughout, and both end exact."""
+    topic, workers = started(make_worker, "roll")
+    records, expected = bulk_records(30_000, 6, seed=41)
+    producer = BackgroundProducer(topic, records, chunk=250, pause_s=0.2).start()
+    with AskEither(workers) as client:
+        time.sleep(3)
+        for worker in workers:
+            worker.stop()  # SIGTERM, as a deploy does
+            worker.start()  # and back, healthy, before the next one goes
+            time.sleep(2)
+        last = producer.join()
+        time.sleep(2)
+    wait_all(workers, last)
+    for worker in workers:
+        assert counts_of(worker) == expected
+    silence = client.longest_silence()
+    print(f"rolling restart: {len(client.answered)} answers, longest silence {silence:.2f} s, "
+          f"{client.refused} questions tried the other replica")
+    assert silence <= 1.0, silence

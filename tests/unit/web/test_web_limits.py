@@ -375,3 +375,21 @@ def test_private_names_the_json_errors_rely_on() -> None:
     assert aioweb.RequestHandler.__slots__ and web.JsonErrorRequestHandler.__slots__ == ()
     web.use_json_error_runner(app.web)
     assert isinstance(app.web._runner, web.JsonErrorAppRunner)  # type: ignore[attr-defined]
+
+
+async def test_a_snapshot_not_loaded_is_503_at_once_unless_wait_ms_is_given(
+        served: Served) -> None:
+    """A replica still loading its snapshot sends a client (or a load balancer) on to another
+    at once; a client that asks to wait (wait_ms), or for a position (min_offsets), waits."""
+    state = served.service.reader.state
+    state.generation, state.changelog = 0, {}  # restarted: nothing loaded yet
+    async with client() as session:
+        for path, least_s, most_s in (("/a/default", 0, 0.5),
+                                      ("/a/default?wait_ms=600", 0.6, 3),
+                                      ("/api/v1/buckets", 0, 0.5)):
+            started = time.monotonic()
+            status, headers, body = await get(session, served.url + path)
+            took = time.monotonic() - started
+            assert status == 503 and headers["Retry-After"] == "1", (path, body)
+            assert_error_shape(body, 503)
+            assert least_s <= took < most_s, (path, took)
