@@ -79,7 +79,8 @@ pub struct Fetch<'a> {
     pub data: &'a [u8],
     pub decompressed: Vec<Vec<u8>>,
     pub records: Vec<Record>,
-    pub next_offset: i64,
+    /// (Python's int: one past an offset of i64::MAX is 2**63)
+    pub next_offset: i128,
     /// bytes at the end of the fetch that hold no whole batch (the broker cut it at its size)
     pub partial_bytes: usize,
 }
@@ -209,10 +210,9 @@ impl Header {
             count: be_i32(b, 57),
         }
     }
-    fn next_offset(&self) -> i64 {
-        // aiokafka's `base_offset + last_offset_delta + 1`, in Python ints: a sum past int64
-        // cannot be a Kafka offset, so it saturates (and the caller reads no further)
-        self.base_offset.saturating_add(i64::from(self.last_offset_delta)).saturating_add(1)
+    fn next_offset(&self) -> i128 {
+        // aiokafka's C batch: `base_offset + last_offset_delta + 1` in int64, wrapping
+        i128::from(self.base_offset.wrapping_add(i64::from(self.last_offset_delta)).wrapping_add(1))
     }
 }
 
@@ -238,10 +238,11 @@ fn read_records(
         let timestamp = if timestamp_type == LOG_APPEND_TIME {
             header.max_timestamp
         } else {
-            header.first_timestamp.checked_add(ts_delta).ok_or_else(|| Refusal::corrupt("timestamp out of range"))?
+            // int64 arithmetic that wraps, as aiokafka's C extension (the one installed) does
+            header.first_timestamp.wrapping_add(ts_delta)
         };
         let offset_delta = cursor.varint()?;
-        let offset = header.base_offset.checked_add(offset_delta).ok_or_else(|| Refusal::corrupt("offset out of range"))?;
+        let offset = header.base_offset.wrapping_add(offset_delta);
         let key = cursor.bytes_or_null()?;
         let value = cursor.bytes_or_null()?;
         let header_count = cursor.varint()?;
@@ -287,7 +288,7 @@ pub fn read_fetch<'a>(data: &'a [u8], reading: &Reading) -> Result<Fetch<'a>, Re
     aborted.sort_by_key(|(_, first_offset)| *first_offset); // stable, as Python's sorted
     let mut aborted = aborted.into_iter().peekable();
     let mut aborted_producers: HashSet<i64> = HashSet::new();
-    let mut fetch = Fetch { data, decompressed: Vec::new(), records: Vec::new(), next_offset: reading.fetch_offset, partial_bytes: 0 };
+    let mut fetch = Fetch { data, decompressed: Vec::new(), records: Vec::new(), next_offset: i128::from(reading.fetch_offset), partial_bytes: 0 };
     let mut batch_records: Vec<Record> = Vec::new();
     let mut pos = 0usize;
     loop {
@@ -304,17 +305,21 @@ pub fn read_fetch<'a>(data: &'a [u8], reading: &Reading) -> Result<Fetch<'a>, Re
             break;
         }
         let base_offset = be_i64(data, pos);
+        if size <= MAGIC_AT as i64 {
+            // aiokafka: "Record size is less than the minimum record overhead"
+            return Err(Refusal::corrupt("batch shorter than a batch header").at(base_offset));
+        }
+        let magic = data[pos + MAGIC_AT];
+        if magic != 2 {
+            return Err(Refusal::new("unsupported_magic", format!("message format v{}", magic as i8)).at(base_offset));
+        }
         if size < HEADER as i64 {
-            // aiokafka: "Record size is less than the minimum record overhead" (or a v0/v1 set)
             return Err(Refusal::corrupt("batch shorter than a v2 batch header").at(base_offset));
         }
         let size = size as usize;
         let batch = &data[pos..pos + size];
         let batch_start = pos;
         pos += size;
-        if batch[MAGIC_AT] != 2 {
-            return Err(Refusal::new("unsupported_magic", format!("message format v{}", batch[MAGIC_AT] as i8)).at(base_offset));
-        }
         if reading.check_crcs && crc32c::crc32c(&batch[ATTRIBUTES_AT..]) != be_u32(batch, CRC_AT) {
             return Err(Refusal::new("bad_crc", "invalid CRC".to_string()).at(base_offset));
         }
@@ -388,10 +393,10 @@ pub fn read_fetch<'a>(data: &'a [u8], reading: &Reading) -> Result<Fetch<'a>, Re
         read(&mut fetch, &mut batch_records).map_err(|e| e.at(base_offset))?;
         for record in batch_records.drain(..) {
             // below the fetch offset: the start of a batch fetched again, skipped
-            if record.offset < fetch.next_offset {
+            if i128::from(record.offset) < fetch.next_offset {
                 continue;
             }
-            fetch.next_offset = record.offset.saturating_add(1);
+            fetch.next_offset = i128::from(record.offset) + 1;
             fetch.records.push(record);
         }
         fetch.next_offset = header.next_offset();

@@ -97,7 +97,7 @@ fn unpack<'py>(
     read_committed: bool,
     check_crcs: bool,
     max_batch_bytes: usize,
-) -> PyResult<(Bound<'py, PyList>, i64, usize)> {
+) -> PyResult<(Bound<'py, PyList>, i128, usize)> {
     let bytes = data.as_bytes();
     let reading = Reading { fetch_offset, aborted: aborted.unwrap_or_default(), read_committed, check_crcs, max_batch_bytes };
     let fetch = detached(py, || batch::read_fetch(bytes, &reading))?.map_err(refused)?;
