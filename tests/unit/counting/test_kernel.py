@@ -30,8 +30,7 @@ from hypothesis import strategies as st
 from bucket_app.counting.buckets import MAX_TS_S, MIN_TS_S
 from bucket_app.counting.classify import Classifier
 from bucket_app.counting.kernel import MAX_BATCH_BYTES, FetchCount, NativeKernel
-from bucket_app.counting.keys import group_identity
-from bucket_app.errors import BadInput, KernelRefused
+from bucket_app.errors import KernelRefused
 from tests.support.batches import (
     ABORT,
     CODECS,
@@ -40,6 +39,7 @@ from tests.support.batches import (
     batch,
     consumer_reads,
     control_batch,
+    counts_as_locate,
     with_crc,
 )
 from tests.unit.counting.test_fuzz_counting import FLAT, ISO, NESTED, NOW
@@ -176,42 +176,8 @@ def fetches(draw: Any) -> tuple[bytes, int, list[tuple[int, bytes | None, int]]]
 
 def check_counts_as_locate(config: str, data: bytes, fetch_offset: int, partition: int,
                            now: float, **reading: Any) -> FetchCount:
-    """The kernel's count of a fetch is, record by record, what aiokafka's reading and
-    Classifier.locate say; returns it."""
-    read = consumer_reads(data, fetch_offset, **reading)
-    got = KERNELS[config].count(data, partition, fetch_offset, now, trace=True, **reading)
-    assert (got.records, got.next_offset) == (len(read.records), read.next_offset)
-    assert got.last_offset == (read.records[-1][0] if read.records else None)
-    assert got.trace is not None and len(got.trace) == len(read.records)
-    identities = [group_identity(key) for key in got.keys]
-    assert len(set(identities)) == len(identities)
-    skipped = {record.position: (record, exc) for record, exc in got.skipped}
-    expected: dict[Any, list[int]] = {}
-    starts, times = [], []
-    locate = CLASSIFIERS[config].locate
-    for at, (offset, ts_ms, ts_type, key, value, headers) in enumerate(read.records):
-        try:
-            want, start, ts = locate(value, partition, ts_ms / 1000.0, now)
-        except BadInput as exc:
-            assert got.trace[at] == -1, (value, got.keys[got.trace[at]], exc)
-            record, why = skipped.pop(at)
-            assert why.reason == exc.reason, (value, why, exc)
-            assert (record.offset, record.timestamp, record.timestamp_type, record.key,
-                    record.value, record.headers) == (offset, ts_ms, ts_type, key, value, headers)
-            continue
-        assert got.trace[at] >= 0, (value, want)
-        assert identities[got.trace[at]] == group_identity(want), value
-        tally = expected.setdefault(group_identity(want), [0, offset])
-        tally[0] += 1
-        tally[1] = max(tally[1], offset)
-        starts.append(start)
-        times.append(ts)
-    assert not skipped
-    assert dict(zip(identities, map(list, zip(got.counts, got.lasts, strict=True)),
-                    strict=True)) == expected
-    assert got.min_start_s == min(starts, default=None)
-    assert got.max_time_s == max(times, default=None)
-    return got
+    return counts_as_locate(KERNELS[config], CLASSIFIERS[config], data, fetch_offset, partition,
+                            now, **reading)
 
 
 # --- counting --------------------------------------------------------------------------------
