@@ -76,7 +76,8 @@ def iso_spellings(dt: datetime) -> st.SearchStrategy[str]:
     ])
 
 
-near = st.datetimes(min_value=datetime(2026, 1, 1), max_value=datetime(2027, 1, 1))
+# a year before NOW (2026-11-28T01:06:40Z) to just past its skew limit
+near = st.datetimes(min_value=datetime(2025, 11, 28), max_value=datetime(2026, 11, 28, 2, 30))
 edge = st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59))
 iso_texts = st.one_of(near, edge).flatmap(iso_spellings)
 
@@ -221,6 +222,70 @@ def test_clean_records_are_counted_by_the_kernel_alone(config: str, codec: int) 
     data = batch(100, clean_records(config, 500), codec=codec)
     got = check_counts_as_locate(config, data, 100, 3, NOW)
     assert got.located == 0 and sum(got.counts) == 500
+
+
+@st.composite
+def iso_times(draw: Any) -> str:
+    """An ISO-8601 time as producers spell it: any date, ``T`` or a blank, minutes, seconds or a
+    fraction of 1 to 9 digits, no zone, ``Z`` or an offset up to a day either way."""
+    dt = draw(st.one_of(near, near, edge))
+    text = dt.date().isoformat()
+    if draw(st.integers(0, 5)):
+        text += draw(st.sampled_from("T T")) + f"{dt.hour:02}:{dt.minute:02}"
+        if draw(st.booleans()):
+            text += f":{dt.second:02}"
+            digits = draw(st.integers(0, 9))
+            if digits:
+                text += "." + f"{dt.microsecond:06}{draw(st.integers(0, 999)):03}"[:digits]
+        minutes = draw(st.integers(-(24 * 60 - 1), 24 * 60 - 1))
+        sign = "-" if minutes < 0 else "+"
+        offset = f"{sign}{abs(minutes) // 60:02}:{abs(minutes) % 60:02}"
+        text += draw(st.sampled_from(["", "Z", offset]))
+    return text
+
+
+@given(st.lists(iso_times(), min_size=1, max_size=8))
+def test_iso_times_count_as_locate(texts: list[str]) -> None:
+    recs = [Rec(i, 0, orjson.dumps({"timestamp": text, "origin_server": i % 2}))
+            for i, text in enumerate(texts)]
+    check_counts_as_locate("iso", batch(0, recs), 0, 0, NOW)
+
+
+ISO_EDGES = [
+    "2026-11-27T10:00:00", "2026-11-27T10:00:00.5", "2026-11-27T10:00:00.12",
+    "2026-11-27T10:00:00.1234", "2026-11-27T10:00:00.12345", "2026-11-27T10:00:00.1234567",
+    "2026-11-27T10:00:00.123456789Z", "2026-11-27T10:00:00,5", "2026-11-27T10:00",
+    "2026-11-27T10", "2026-11-27 10:00:00", "2026-11-27x10:00:00", "2026-11-27t10:00:00z",
+    "2026-11-27T10:00:00+05:30:15", "2026-11-27T10:00:00.5Z", "2026-11-27T10:00Z",
+    "2026-11-27T24:00:00", "2026-11-27T10:00:00.Z", "2026-11-27T10:00:60", "2026-11-27T10:60",
+    "2026-02-29", "2024-02-29T00:00:00-00:00", "2000-02-29", "1900-02-29", "2026-13-01",
+    "2026-11-27T10:00:00+5:30", "2026-11-27T10:00:00+23:59", "2026-11-27T10:00:00-23:59",
+    "2026-11-27T10:00:00+24:00", "2026-11-27T00:30:00+01:00", "0001-01-01T00:00:00+00:01",
+    "0001-01-01T00:00:00-00:01", "0001-01-01", "9999-12-31T23:59:59.9999999",
+    "9999-12-31T23:59:59-00:01", "1969-12-31T23:59:59.999999", "1677-09-21T00:12:43.145225",
+    "2262-04-11T23:47:16.854775", "2026-11-27T10:00:00+00:00:00.5", " 2026-11-27", "2026-11-27 ",
+    "20261128", "2026-W48-6", "2026-11-27T10:00:00.000+02:00", "2026-11-27T10:00:00-0000",
+]
+EPOCH_EDGES = [
+    "1795828000", "1795828000.5", "1e9", "1E9", "1.5e+9", "-0", "0", "00", "1.", ".5", "-.5",
+    "1795828000.123456789", "-62135596800", "-62135596801", "253402300799.999999",
+    "253402300800", "1e-7", "1" * 400, "0x10", "1_000", " 1795828000", "+1795828000", "Infinity",
+    "nan", "١٢٣", "1795828000e0", "17958280000000",
+]
+
+
+@pytest.mark.parametrize("text", ISO_EDGES + EPOCH_EDGES)
+def test_times_at_the_edges_of_each_spelling(text: str) -> None:
+    """Spellings the kernel reads, and their neighbours it must leave to Python."""
+    recs = [Rec(0, int(NOW * 1000), orjson.dumps({"timestamp": text, "origin_server": "s"}))]
+    for config in ("flat", "iso"):
+        check_counts_as_locate(config, batch(0, recs), 0, 0, NOW)
+    numbers = [Rec(0, 0, b'{"timestamp": %s}' % text.encode())]
+    try:
+        json.loads(text)
+    except ValueError:
+        return
+    check_counts_as_locate("flat", batch(0, numbers), 0, 0, NOW)
 
 
 def test_values_equal_in_python_but_not_in_json_are_distinct_keys() -> None:
