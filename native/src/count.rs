@@ -81,22 +81,39 @@ pub struct Counted {
     pub trace: Option<Vec<i64>>,
 }
 
-/// FNV-1a over the value's type and bytes: group keys are short, and a table lookup per
-/// record must not allocate.
+/// A word-at-a-time multiplicative hash of the value's type and bytes (FxHash's mixing): group
+/// keys are short, and a table lookup per record must not allocate. Collisions only cost a
+/// comparison: groups with equal hashes are chained and compared in full.
 #[derive(Default)]
-struct Fnv(u64);
+struct Fx(u64);
 
-impl Hasher for Fnv {
+impl Fx {
+    #[inline]
+    fn mix(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for Fx {
     fn finish(&self) -> u64 {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xcbf29ce484222325 } else { self.0 };
-        for &b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x100000001b3);
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.mix(u64::from_le_bytes(word));
         }
-        self.0 = h;
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.mix(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 59));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.mix(n);
     }
 }
 
@@ -119,29 +136,28 @@ impl Hasher for Identity {
 }
 
 fn hash_key<'v>(values: impl Iterator<Item = Option<&'v Val<'v>>>, start: i64) -> u64 {
-    let mut h = Fnv::default();
+    let mut h = Fx::default();
     for value in values {
         match value {
-            None | Some(Val::Null) | Some(Val::Compound) => h.write(&[0]),
-            Some(Val::Bool(b)) => h.write(&[1, u8::from(*b)]),
+            None | Some(Val::Null) | Some(Val::Compound) => h.write_u64(0),
+            Some(Val::Bool(b)) => h.write_u64(1 + u64::from(*b)),
             Some(Val::Int(i)) => {
-                h.write(&[2]);
-                h.write(&i.to_le_bytes());
+                h.write_u64(3);
+                h.write_u64(*i as u64);
             }
             Some(Val::Float(f)) => {
-                h.write(&[3]);
-                let f = if *f == 0.0 { 0.0f64 } else { *f };
-                h.write(&f.to_bits().to_le_bytes());
+                h.write_u64(4);
+                // 0.0 and -0.0 are one key, as in Python
+                h.write_u64(if *f == 0.0 { 0 } else { f.to_bits() });
             }
             Some(Val::Str(s)) => {
-                h.write(&[4]);
-                h.write(&(s.len() as u64).to_le_bytes());
+                h.write_u64(5 ^ ((s.len() as u64) << 8));
                 h.write(s.as_bytes());
             }
         }
     }
-    h.write(&start.to_le_bytes());
-    h.finish() | 1 // never the Fnv's "not started" zero
+    h.write_u64(start as u64);
+    h.finish()
 }
 
 impl Mapping {

@@ -186,25 +186,14 @@ pub fn iso(text: &str) -> Option<f64> {
     }
 }
 
-/// `bucket_app.counting.buckets.bucket_start`: `int(ts // interval) * interval` with Python's
-/// float floor division (CPython `_float_div_mod`), so a time on a boundary lands where
-/// Python puts it.
+/// `bucket_app.counting.buckets.bucket_start`: `int(ts // interval) * interval`, for a time in
+/// MIN_TS_S..=MAX_TS_S (every time the kernel answers for).
+///
+/// Python's float floor division (CPython `_float_div_mod`) is exact there: below 2**53 the
+/// remainder `fmod(ts, interval)` is exact, `ts - remainder` is an integer multiple of the
+/// interval and so is its quotient, and the result is the mathematical floor of
+/// `ts / interval`, which is the integer floor of `floor(ts) / interval`.
 pub fn bucket_start(ts: f64, interval: i64) -> i64 {
-    let wx = interval as f64;
-    let modulo = ts % wx; // fmod, exact
-    let mut div = (ts - modulo) / wx;
-    // the interval is positive: a negative remainder means the quotient rounded up
-    if modulo < 0.0 {
-        div -= 1.0;
-    }
-    let floordiv = if div != 0.0 {
-        let mut f = div.floor();
-        if div - f > 0.5 {
-            f += 1.0;
-        }
-        f
-    } else {
-        0.0
-    };
-    (floordiv as i64) * interval
+    debug_assert!(in_range(ts) && interval > 0);
+    (ts.floor() as i64).div_euclid(interval) * interval
 }
