@@ -62,8 +62,10 @@ async def fetches(topic: str, isolation_level: int) -> list[tuple[bytes, int, li
             if not data:
                 return out
             out.append((data, offset, [tuple(each) for each in aborted or []]))
-            offset = consumer_reads(data, offset, aborted=list(aborted or []),
-                                    read_committed=bool(isolation_level)).next_offset
+            reached = consumer_reads(data, offset, aborted=list(aborted or []),
+                                     read_committed=bool(isolation_level)).next_offset
+            assert reached > offset, (topic, offset)
+            offset = reached
             if offset >= highwater:
                 return out
     finally:
