@@ -53,6 +53,7 @@ class FetchCount:
     counts: list[int]  # records of each key
     lasts: list[int]  # highest offset of each key
     records: int  # records the consumer sees in the fetch (the rest: markers, aborted, below)
+    first_offset: int | None  # of the first of those (a replay starts at or below the progress)
     last_offset: int | None  # of the last of those
     next_offset: int  # where the partition's next fetch starts
     partial_bytes: int  # bytes at the end holding no whole batch (the broker's cut)
@@ -86,7 +87,7 @@ class NativeKernel:
         (producer id, first offset)). Raises :class:`KernelRefused` for a fetch the kernel
         does not read, as aiokafka would raise for most of them."""
         try:
-            (groups, unsure, records, last, next_offset, partial, min_start, max_time,
+            (groups, unsure, records, first, last, next_offset, partial, min_start, max_time,
              native_trace) = self._kernel.count(
                 data, fetch_offset, now_s, aborted=aborted, read_committed=read_committed,
                 check_crcs=check_crcs, trace=trace)
@@ -98,7 +99,8 @@ class NativeKernel:
                                  for values, start, _, _ in groups]
         result = FetchCount(
             keys=keys, counts=[count for _, _, count, _ in groups],
-            lasts=[highest for _, _, _, highest in groups], records=records, last_offset=last,
+            lasts=[highest for _, _, _, highest in groups], records=records, first_offset=first,
+            last_offset=last,
             next_offset=next_offset, partial_bytes=partial, min_start_s=min_start,
             max_time_s=max_time, located=len(unsure), trace=native_trace)
         if unsure:

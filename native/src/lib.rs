@@ -175,7 +175,7 @@ impl Kernel {
     /// - groups: `[(values, bucket_start, count, highest offset)]`, in order of first record;
     /// - unsure: the records left to Python, as `unpack` gives them;
     /// - records: how many records the consumer sees in the fetch;
-    /// - last offset of those (None without one), next fetch offset, partial bytes;
+    /// - first and last offset of those (None without one), next fetch offset, partial bytes;
     /// - earliest bucket start and latest event time of a counted record (None without one);
     /// - with `trace`, each record's group index (-1: left to Python), else None.
     #[pyo3(signature = (data, fetch_offset, now_s, *, aborted=None, read_committed=false, check_crcs=true, trace=false))]
@@ -220,11 +220,13 @@ impl Kernel {
             .iter()
             .map(|&i| record_tuple(py, &fetch, i as usize, &fetch.records[i as usize]))
             .collect::<PyResult<Vec<_>>>()?;
+        let first = fetch.records.first().map(|r| r.offset);
         let last = fetch.records.last().map(|r| r.offset);
         (
             PyList::new(py, groups)?,
             PyList::new(py, unsure)?,
             fetch.records.len(),
+            first,
             last,
             fetch.next_offset,
             fetch.partial_bytes,

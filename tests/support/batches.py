@@ -106,6 +106,7 @@ def counts_as_locate(kernel: NativeKernel, classifier: Classifier, data: bytes,
     read = consumer_reads(data, fetch_offset, **reading)
     got = kernel.count(data, partition, fetch_offset, now, trace=True, **reading)
     assert (got.records, got.next_offset) == (len(read.records), read.next_offset)
+    assert got.first_offset == (read.records[0][0] if read.records else None)
     assert got.last_offset == (read.records[-1][0] if read.records else None)
     assert got.trace is not None and len(got.trace) == len(read.records)
     identities = [group_identity(key) for key in got.keys]

@@ -22,5 +22,5 @@ class Kernel:
         self, data: bytes, fetch_offset: int, now_s: float, *,
         aborted: list[tuple[int, int]] | None = None, read_committed: bool = False,
         check_crcs: bool = True, trace: bool = False,
-    ) -> tuple[list[Group], list[Record], int, int | None, int, int, int | None, float | None,
-               list[int] | None]: ...
+    ) -> tuple[list[Group], list[Record], int, int | None, int | None, int, int, int | None,
+               float | None, list[int] | None]: ...
