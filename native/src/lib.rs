@@ -177,8 +177,9 @@ impl Kernel {
     /// - records: how many records the consumer sees in the fetch;
     /// - first and last offset of those (None without one), next fetch offset, partial bytes;
     /// - earliest bucket start and latest event time of a counted record (None without one);
-    /// - with `trace`, each record's group index (-1: left to Python), else None.
-    #[pyo3(signature = (data, fetch_offset, now_s, *, aborted=None, read_committed=false, check_crcs=true, trace=false))]
+    /// - with `trace`, each record's group index (-1: left to Python), else None;
+    /// - with `offsets`, each record's offset, else None.
+    #[pyo3(signature = (data, fetch_offset, now_s, *, aborted=None, read_committed=false, check_crcs=true, trace=false, offsets=false))]
     #[allow(clippy::too_many_arguments)]
     fn count<'py>(
         &self,
@@ -190,6 +191,7 @@ impl Kernel {
         read_committed: bool,
         check_crcs: bool,
         trace: bool,
+        offsets: bool,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let bytes = data.as_bytes();
         let reading = Reading {
@@ -233,6 +235,7 @@ impl Kernel {
             counted.min_start,
             counted.max_time,
             counted.trace,
+            offsets.then(|| fetch.records.iter().map(|r| r.offset).collect::<Vec<i64>>()),
         )
             .into_pyobject(py)
     }

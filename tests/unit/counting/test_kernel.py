@@ -23,10 +23,12 @@ import orjson
 import pytest
 from aiokafka.errors import CorruptRecordException
 from aiokafka.record.legacy_records import LegacyRecordBatchBuilder
+from aiokafka.structs import ConsumerRecord
 from bucket_app_kernel import KernelError, Refused, _kernel, unpack
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from bucket_app.counting.batch import BatchCounter
 from bucket_app.counting.buckets import MAX_TS_S, MIN_TS_S
 from bucket_app.counting.classify import Classifier
 from bucket_app.counting.kernel import MAX_BATCH_BYTES, FetchCount, NativeKernel
@@ -42,7 +44,16 @@ from tests.support.batches import (
     counts_as_locate,
     with_crc,
 )
-from tests.unit.counting.test_fuzz_counting import FLAT, ISO, NESTED, NOW
+from tests.unit.counting.test_fuzz_counting import (
+    FLAT,
+    ISO,
+    NESTED,
+    NOW,
+    RETENTION,
+    JsonKeyed,
+    aliased_values,
+    batch_values,
+)
 from tests.unit.test_fuzz_common import (
     AVRO_SCHEMA_PATH,
     decodable_scalars,
@@ -295,6 +306,43 @@ def test_values_equal_in_python_but_not_in_json_are_distinct_keys() -> None:
     assert [(key[0][1], type(key[0][1]), n) for key, n in zip(got.keys, got.counts, strict=True)
             ] == [(True, bool, 1), (1, int, 2), (1.0, float, 2), (0.0, float, 2)]
     assert got.located == 0
+
+
+@given(st.data(), st.integers(0, 3))
+def test_the_batch_counter_counts_kernel_fetches_as_record_batches(data: Any,
+                                                                  partition: int) -> None:
+    """BatchCounter counting the fetches the kernel read gives the same table, counters and
+    progress as counting the same records as aiokafka hands them over: well-formed, bad,
+    past retention, aliased values, and redelivered from an earlier offset (a replay)."""
+    now = int(time.time())
+    values = data.draw(st.lists(st.one_of(batch_values(now), aliased_values(now)),
+                                min_size=1, max_size=80))
+    stamp = now * 1000
+    records = [ConsumerRecord("test", partition, offset, stamp, 0, None, value, None, 0,
+                              len(value or b""), ()) for offset, value in enumerate(values)]
+    native = NativeKernel(RETENTION)
+    python = BatchCounter(RETENTION, JsonKeyed(), clock=lambda: now)
+    kernel = BatchCounter(RETENTION, JsonKeyed(), clock=lambda: now, kernel=native)
+    at = 0
+    while at < len(records):
+        size = data.draw(st.integers(1, 30))
+        back = data.draw(st.sampled_from([0, 0, 0, 3, 50]))  # a redelivery after a crash
+        first = max(0, at - back)
+        if back:
+            python.forget({partition})
+            kernel.forget({partition})
+        part = records[first:at + size]
+        fetch = batch(first, [Rec(i, stamp, r.value) for i, r in enumerate(part)],
+                      codec=data.draw(st.sampled_from(CODECS)))
+        python.count_batch(partition, part)
+        kernel.count_batch(partition, native.read(fetch, first, now - 1, trace=True,
+                                                  offsets=True))
+        at += size
+        assert kernel.table == python.table
+        for name in ("counted", "replayed", "skipped", "late"):
+            assert getattr(kernel.counter, name) == getattr(python.counter, name), name
+        assert [(r.offset, why) for r, why in kernel.take_skipped()] == [
+            (r.offset, why) for r, why in python.take_skipped()]
 
 
 # --- reading a fetch as aiokafka does ---------------------------------------------------------
