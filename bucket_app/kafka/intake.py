@@ -180,7 +180,11 @@ class BatchIntake:
         """Count one partition's batch of a fetch. ``position`` (when the fetch reached past
         its last record) makes the offsets before it read: a transaction's marker and the
         records of an aborted transaction are read, never counted, and acknowledged with the
-        batch, so the progress record, the committed offset and /health's lag pass them."""
+        batch, so the progress record, the committed offset and /health's lag pass them.
+
+        With ``BUCKET_APP_KERNEL=native`` a fetch arrives as the one :class:`KernelFetch` the
+        kernel read: counted as such, its offsets acknowledged like a batch's, and the batch's
+        event made from its last offset (as for a batch of markers only)."""
         consumer = self.consumer
         read = consumer.read_offset(tp)
         native = batch[0] if len(batch) == 1 and isinstance(batch[0], KernelFetch) else None
