@@ -4,11 +4,16 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
+# The counting kernel (native/, Rust) is built from source by cargo, which rustup puts here.
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+KERNEL := $(VENV)/.kernel
+KERNEL_SOURCES := native/Cargo.toml native/Cargo.lock native/pyproject.toml \
+	$(wildcard native/src/*.rs native/python/bucket_app_kernel/*)
 export BUCKET_APP_SETTINGS ?= $(CURDIR)/settings.ini
 
 .PHONY: setup kafka kafka-stop kafka-cluster kafka-cluster-stop kafka-secure kafka-secure-stop schema-registry schema-registry-stop run test test-unit lint bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(KERNEL)
 
 $(STAMP): requirements.lock requirements-dev.lock setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +21,13 @@ $(STAMP): requirements.lock requirements-dev.lock setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock -r requirements-dev.lock
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
+
+# maturin (pinned in native/pyproject.toml) runs cargo on native/Cargo.lock; the crates and the
+# build stay in native/target, so a change to the Rust rebuilds only the crate.
+$(KERNEL): $(STAMP) $(KERNEL_SOURCES)
+	@command -v cargo >/dev/null || { echo "make setup: cargo not found; install Rust (https://rustup.rs)" >&2; exit 1; }
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps ./native
+	touch $(KERNEL)
 
 kafka:
 	scripts/kafka.sh start

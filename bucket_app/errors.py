@@ -108,6 +108,17 @@ class TimeError(BadInput):
     reason = "bad_time"
 
 
+class KernelRefused(BucketAppError):
+    """The native kernel does not read a fetch (a bad CRC, a malformed batch, message format
+    v0/v1, a batch decompressing past the limit): ``reason`` is a short stable label and
+    ``offset`` the base offset of the batch concerned, when known. The fetch is then read the
+    way it is without the kernel."""
+
+    def __init__(self, reason: str, offset: int | None, message: str) -> None:
+        super().__init__(f"{reason}: {message}" + ("" if offset is None else f" (batch {offset})"))
+        self.reason, self.offset = reason, offset
+
+
 class HttpError(BucketAppError):
     """An HTTP error answer: status, message and optional context, rendered as JSON once."""
 

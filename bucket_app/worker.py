@@ -13,9 +13,11 @@ from __future__ import annotations
 import atexit
 import gc
 import logging
+import os
 import shutil
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,8 @@ from bucket_app import identity
 from bucket_app.counting.batch import BatchCounter
 from bucket_app.counting.classify import Classifier
 from bucket_app.counting.decode import RegistryDecoder
+from bucket_app.counting.kernel import KernelFetch, NativeKernel
+from bucket_app.errors import SettingsError
 from bucket_app.kafka import brokerlog, codecs
 from bucket_app.kafka import security as kafka_security
 from bucket_app.kafka.changelog import ChangelogRecord, ChangelogSender, TableBatch, Unacked
@@ -39,12 +43,18 @@ from bucket_app.seam import compat
 from bucket_app.seam import store as table_store
 from bucket_app.seam.app import SeamApp
 from bucket_app.seam.consumer import ConsumerOptions, SeamConsumer
+from bucket_app.seam.fetch import NativeReader
 from bucket_app.seam.table import UnexpiringTable
 from bucket_app.settings import Settings
 from bucket_app.snapshot.process import SnapshotProcess
 from bucket_app.snapshot.reader import COUNTS_TABLE
 
 log = logging.getLogger(__name__)
+
+#: Which code counts the source topic's records: ``python`` (the default) or ``native``, the
+#: compiled kernel (bucket_app.counting.kernel; JSON only, Avro is counted in Python either way).
+KERNEL_ENV = "BUCKET_APP_KERNEL"
+KERNELS = ("python", "native")
 
 # The web server's thread waits for the GIL while the main loop counts; CPython hands it over
 # after this long (default 5 ms), and an HTTP answer needs several hand-overs, so a shorter
@@ -104,14 +114,45 @@ class CountsTable(UnexpiringTable):
             await self.restore({tp.partition for tp in newly_assigned if tp.topic == topic})
 
 
+def counting_kernel(settings: Settings, environ: Mapping[str, str] = os.environ,
+                    ) -> tuple[NativeKernel | None, str]:
+    """The native kernel when ``BUCKET_APP_KERNEL=native`` and the messages are JSON, else
+    None; and a line saying which kernel counts. A value other than python or native is a
+    SettingsError."""
+    choice = environ.get(KERNEL_ENV, "python").strip().lower() or "python"
+    if choice not in KERNELS:
+        raise SettingsError(f"{KERNEL_ENV}={choice!r}: must be one of {', '.join(KERNELS)}")
+    if choice == "native" and (settings.avro_schema is not None
+                               or settings.schema_registry_url is not None):
+        return None, (f"counting kernel: python ({KERNEL_ENV}=native reads plain JSON; "
+                      "messages are Avro or registry-framed)")
+    if choice == "native":
+        return NativeKernel(settings), "counting kernel: native (native/, Rust)"
+    return None, "counting kernel: python"
+
+
+def native_reader(kernel: NativeKernel) -> NativeReader:
+    """How the seam has ``kernel`` read a fetch: at the wall clock of the fetch, keeping what
+    the counting needs later (each record's group and offset)."""
+    def read(data: bytes, fetch_offset: int, aborted: list[tuple[int, int]],
+             read_committed: bool, check_crcs: bool) -> KernelFetch:
+        return kernel.read(data, fetch_offset, time.time(), aborted=aborted,
+                           read_committed=read_committed, check_crcs=check_crcs, trace=True,
+                           offsets=True)
+
+    return read
+
+
 class Processor:
     """The counting agent's side of the worker: a :class:`BatchCounter` on the counts table,
     fed through :class:`BatchIntake`, and the view of its source partitions /health shows."""
 
     def __init__(self, app: faust.App, settings: Settings, counts: Any,
-                 schemas: WriterSchemas | None = None, reader: Reader | None = None) -> None:
+                 schemas: WriterSchemas | None = None, reader: Reader | None = None,
+                 kernel: NativeKernel | None = None) -> None:
         """With a schema registry, ``schemas`` caches the writer schemas (the intake fills it)
-        and ``reader`` is the schema they are resolved against."""
+        and ``reader`` is the schema they are resolved against; ``kernel`` reads fetches of
+        JSON messages natively (BUCKET_APP_KERNEL=native)."""
         self.app = app
         self.settings = settings
         self.counts = counts
@@ -123,7 +164,7 @@ class Processor:
             classifier = Classifier(settings, decoder=RegistryDecoder(
                 None if reader is None else reader.schema, schemas))
         self.batches = BatchCounter(
-            settings, counts, classifier=classifier,
+            settings, counts, classifier=classifier, kernel=kernel,
             stored_keys=lambda partition: table_store.partition_keys(counts.data, partition),
             # Faust's store remembers every key it ever set in memory and never forgets one
             forget_raw=lambda raw: table_store.key_index(counts.data).pop(raw, None))
@@ -153,8 +194,8 @@ class Processor:
     def _partitions_of(tps: Any, topic: str) -> list[int]:
         return sorted(tp.partition for tp in tps if tp.topic == topic)
 
-    def count_and_write(self, partition: int, records: Sequence[Any], reached: int | None,
-                        ) -> tuple[list[ChangelogRecord], list[DeadLetter]]:
+    def count_and_write(self, partition: int, records: Sequence[Any] | KernelFetch,
+                        reached: int | None) -> tuple[list[ChangelogRecord], list[DeadLetter]]:
         """Count a batch into a :class:`TableBatch`, staged until its changelog records are
         acknowledged; returns those records and the dead letters for
         :class:`~bucket_app.kafka.intake.BatchIntake` to send. ``reached``: the fetch position,
@@ -271,6 +312,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         # Faust has not set up logging yet at this point of start-up: say it on stderr.
         print(f"bucket_app: {value_reader.describe()}; writer schemas from "
               f"{settings.schema_registry_url}", file=sys.stderr, flush=True)
+    kernel, kernel_line = counting_kernel(settings)
     n_partitions = partitions if partitions is not None else source_partitions(settings)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
@@ -343,12 +385,13 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
                                  app.recovery_progress, COUNTS_TABLE)
 
     table.restore = restore
-    processor = Processor(app, settings, counts.table, schemas, value_reader)
+    processor = Processor(app, settings, counts.table, schemas, value_reader, kernel)
     app.processor = processor
     app.source_topic_name = settings.topic
     # this app's consumer only: the committed-offset seek, fetch sizes, record batches
-    app.consumer_options = ConsumerOptions(settings.topic, FETCH_MIN_BYTES, FETCH_MAX_WAIT_MS,
-                                           FETCH_MAX_BYTES, settings.isolation_level)
+    app.consumer_options = ConsumerOptions(
+        settings.topic, FETCH_MIN_BYTES, FETCH_MAX_WAIT_MS, FETCH_MAX_BYTES,
+        settings.isolation_level, None if kernel is None else native_reader(kernel))
     guard_local_state(settings, Path(app.conf.tabledir))
 
     @app.agent(source, name="bucket_app.count")
@@ -374,6 +417,10 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     @app.task
     async def quiet_logging() -> None:
         quiet_debug_logging()
+
+    @app.task
+    async def say_which_kernel() -> None:
+        log.info("%s", kernel_line)
 
     @app.task
     async def freeze_start_up_objects() -> None:

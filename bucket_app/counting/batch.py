@@ -18,6 +18,7 @@ from typing import Any
 
 from bucket_app.counting.classify import Classifier
 from bucket_app.counting.counter import Counter, KeyValues, PartitionProgress, RateLimitedLog
+from bucket_app.counting.kernel import KernelFetch, NativeKernel
 from bucket_app.counting.keys import PROGRESS_KEY, group_identity, progress_key
 from bucket_app.counting.lifecycle import NEVER, Lifecycle
 from bucket_app.errors import BadInput
@@ -37,7 +38,7 @@ class BatchCounter:
     def __init__(self, settings: Settings, table: KeyValues, *,
                  stored_keys: StoredKeys | None = None,
                  forget_raw: Callable[[Any], object] = lambda raw: None,
-                 classifier: Classifier | None = None,
+                 classifier: Classifier | None = None, kernel: NativeKernel | None = None,
                  closing_time: Callable[[float], float] = lambda now_s: NEVER,
                  clock: Callable[[], float] = time.time) -> None:
         """``stored_keys`` lists a partition's keys for the sweep (default: ``table``'s own, a
@@ -48,6 +49,9 @@ class BatchCounter:
         self.settings = settings
         self.table = table
         self.classifier = classifier or Classifier(settings)
+        #: counts the fetches the native kernel read (:class:`KernelFetch`), when it runs
+        self.kernel = kernel
+        self.native_fetches = 0  # fetches the kernel read, counted here
         self.counter = Counter(settings)
         self.bad_log = RateLimitedLog()
         self._stored_keys = stored_keys or self._dict_keys
@@ -75,12 +79,13 @@ class BatchCounter:
             self.counter.progress[partition] = state
         return state
 
-    def count_batch(self, partition: int, records: Sequence[Any],
+    def count_batch(self, partition: int, records: Sequence[Any] | KernelFetch,
                     table: KeyValues | None = None, reached: int | None = None) -> None:
         """Count one fetched batch of a source partition, each record exactly once.
 
         ``records`` are aiokafka records (``offset``, ``value``, ``timestamp``) in offset
-        order; ``table`` is the partition's view of the table for this batch (default: the
+        order, or a fetch the native kernel read (:class:`KernelFetch`, counted with
+        ``kernel``); ``table`` is the partition's view of the table for this batch (default: the
         table itself). ``reached`` is the position the fetch reached when it passed offsets
         after the last record that hold nothing to count (transaction markers, records of
         aborted transactions): the partition's progress passes them too, so an offset
@@ -95,6 +100,27 @@ class BatchCounter:
         counts = self.table if table is None else table
         now_s = self.clock()
         last_final_start = self.lifecycle.last_final_start(self.closing_time(now_s))
+        if isinstance(records, KernelFetch):
+            last = self._count_fetch(state, partition, records, counts, now_s, last_final_start)
+        else:
+            last = self._count_records(state, partition, records, counts, now_s,
+                                       last_final_start)
+        if reached is not None:
+            last = max(last, reached - 1)
+        if last <= state.offset:
+            return
+        state.offset = last
+        # [offset, watermark, wall clock]: the snapshot's closing time reads all three
+        counts[progress_key(partition)] = [last, max(state.watermark_s, 0.0), now_s]
+        if time.monotonic() - state.last_sweep_mono >= self.settings.clean_freq_s:
+            self.sweep(partition, counts)
+
+    def _count_records(self, state: PartitionProgress, partition: int,
+                       records: Sequence[Any], counts: KeyValues, now_s: float,
+                       last_final_start: float) -> int:
+        """Count a batch of records; return the offset of its last record that was not a
+        replay."""
+        counter = self.counter
         grouped = None
         if records and records[0].offset > state.offset:
             grouped = self.classifier.group(
@@ -105,19 +131,29 @@ class BatchCounter:
             state.watermark_s = max(state.watermark_s, grouped.max_time_s)
             for at, exc in grouped.skipped:
                 self._skip(records[at], partition, exc)
-            last = records[-1].offset
-        else:
-            last = self._count_each(state, partition, records, counts, now_s,
+            return int(records[-1].offset)
+        return self._count_each(state, partition, records, counts, now_s, last_final_start)
+
+    def _count_fetch(self, state: PartitionProgress, partition: int, fetch: KernelFetch,
+                     counts: KeyValues, now_s: float, last_final_start: float) -> int:
+        """Count a fetch the native kernel read: per key, as a grouped batch, when none of it
+        is a replay or past retention; else its records one by one."""
+        if not self.native_fetches:
+            log.info("counting kernel: first fetch read natively (partition %d)", partition)
+        self.native_fetches += 1
+        if self.kernel is None or fetch.first_offset is None or fetch.last_offset is None:
+            return self._count_each(state, partition, fetch.unpacked(), counts, now_s,
                                     last_final_start)
-        if reached is not None:
-            last = max(last, reached - 1)
-        if last <= state.offset:
-            return
-        state.offset = last
-        # [offset, watermark, wall clock]: the snapshot's closing time reads all three
-        counts[progress_key(partition)] = [last, max(state.watermark_s, 0.0), now_s]
-        if time.monotonic() - state.last_sweep_mono >= self.settings.clean_freq_s:
-            self.sweep(partition, counts)
+        if fetch.first_offset > state.offset:
+            grouped, skipped = self.kernel.grouped(fetch, partition, now_s)
+            if self.counter.admits_all(state, grouped):
+                self.counter.add_grouped(counts, grouped, last_final_start)
+                state.watermark_s = max(state.watermark_s, grouped.max_time_s)
+                for record, exc in skipped:
+                    self._skip(record, partition, exc)
+                return fetch.last_offset
+        return self._count_each(state, partition, fetch.unpacked(), counts, now_s,
+                                last_final_start)
 
     def _count_each(self, state: PartitionProgress, partition: int, records: Sequence[Any],
                     counts: KeyValues, now_s: float, last_final_start: float) -> int:

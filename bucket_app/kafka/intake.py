@@ -56,6 +56,7 @@ from aiokafka.structs import ConsumerRecord
 from faust.events import Event
 from faust.types import TP
 
+from bucket_app.counting.kernel import KernelFetch
 from bucket_app.kafka.changelog import ChangelogRecord, ChangelogSender
 from bucket_app.kafka.deadletter import DeadLetter, DeadLetterSender
 from bucket_app.kafka.registry import FETCH_WAIT_S, WriterSchemas
@@ -70,9 +71,10 @@ _OFFSET, _VALUE = attrgetter("offset"), attrgetter("value")
 PRODUCER_HIGH = 20_000
 PRODUCER_LOW = 5_000
 
-#: Counts one source partition's batch: (partition, records, the position the fetch reached
-#: when past the last record, else None) in, its changelog records and dead letters out.
-BatchHandler = Callable[[int, Sequence[Any], int | None],
+#: Counts one source partition's batch: (partition, records or the fetch the kernel read, the
+#: position the fetch reached when past the last record, else None) in, its changelog records
+#: and dead letters out.
+BatchHandler = Callable[[int, Sequence[Any] | KernelFetch, int | None],
                         tuple[list[ChangelogRecord], list[DeadLetter]]]
 
 
@@ -204,21 +206,32 @@ class BatchIntake:
         """Count one partition's batch of a fetch. ``position`` (when the fetch reached past
         its last record) makes the offsets before it read: a transaction's marker and the
         records of an aborted transaction are read, never counted, and acknowledged with the
-        batch, so the progress record, the committed offset and /health's lag pass them."""
+        batch, so the progress record, the committed offset and /health's lag pass them.
+
+        With ``BUCKET_APP_KERNEL=native`` a fetch arrives as the one :class:`KernelFetch` the
+        kernel read: counted as such, its offsets acknowledged like a batch's, and the batch's
+        event made from its last offset (as for a batch of markers only)."""
         consumer = self.consumer
-        fresh = self._after_read_offset(tp, batch)
         read = consumer.read_offset(tp)
+        native = batch[0] if len(batch) == 1 and isinstance(batch[0], KernelFetch) else None
+        if native is not None and read is not None and (native.first_offset or 0) < read:
+            batch, native = native.unpacked(), None  # fetched again after a seek: rare
+        fresh: Any = native if native is not None else self._after_read_offset(tp, batch)
+        last_record = native.last_offset if native is not None else (
+            fresh[-1].offset if fresh else None)
         passed = None
         if position is not None:
-            last = fresh[-1].offset if fresh else read
+            last = read if last_record is None else last_record
             if last is None or position - 1 > last:
                 passed = position - 1
-        if not fresh and passed is None:
+        if last_record is None and passed is None:
             return None
-        offsets = list(map(_OFFSET, fresh))
+        # a fetch the kernel read hands over its offsets, not its records
+        offsets = native.record_offsets() if native is not None else list(map(_OFFSET, fresh))
         if passed is not None:
             offsets.append(passed)
-        event = self._event_for(tp, fresh[-1] if fresh else Passed(offsets[-1]))
+        event = self._event_for(tp, fresh[-1] if native is None and fresh
+                                else Passed(offsets[-1]))
         consumer.hold(event.message)
         token = set_current_event(event)
         try:

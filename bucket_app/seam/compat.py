@@ -132,6 +132,8 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
     _attribute(AIOKafkaConsumer, "_fetch_max_bytes", "fetch: the most one batch counts"),
     _attribute(AIOKafkaConsumer, "_isolation_level", "fetch: the isolation_level setting"),
     _attribute(AIOKafkaConsumer, "_fetcher", "fetch: the consumer's fetcher, hooked once"),
+    _attribute(AIOKafkaConsumer, "_client",
+               "fetch: the client its fetcher sends through (record bytes for the kernel)"),
     _attribute(Fetcher, "_records", "fetch: fetched results, hooked for the source topic"),
     _attribute(FetchResult, "_topic_partition", "fetch: getall_batches (aiokafka's getall)"),
     _attribute(FetchResult, "_partition_records", "fetch: getall_batches"),

@@ -44,6 +44,8 @@ class ConsumerOptions:
     fetch_max_wait_ms: int
     fetch_max_bytes: int
     isolation_level: str = "read_committed"
+    #: reads the source topic's fetches natively (fetch.NativeReader), when the kernel runs
+    native: fetch.NativeReader | None = None
 
 
 def options_of(app: Any) -> ConsumerOptions | None:
@@ -115,7 +117,7 @@ class SeamConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         if options is not None and not self.app.client_only:
             consumer: Any = self.consumer  # the SeamConsumer this thread fetches for
             consumer.positions = fetch.bulk_source_records(self._ensure_consumer(),
-                                                           options.source_topic)
+                                                           options.source_topic, options.native)
 
 
 class SeamConsumer(faust_aiokafka.Consumer):

@@ -11,7 +11,7 @@ counting code reads the same way, only slower.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from itertools import chain, islice
 from types import MethodType
@@ -20,6 +20,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from aiokafka.consumer.fetcher import READ_COMMITTED, FetchResult, PartitionRecords
 from aiokafka.errors import CorruptRecordException
+from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.structs import TopicPartition
+
+from bucket_app.errors import BucketAppError
 
 # Records moved per C loop while a record batch is decoded: a C loop holds the interpreter
 # lock throughout, so a thousand records at a time.
@@ -54,8 +58,16 @@ def read_isolated(consumer: AIOKafkaConsumer, isolation_level: str) -> None:
 #: source partition -> the fetch position a drained fetch reached past its last record
 Positions = dict[Any, int]
 
+#: Reads one fetched partition's record bytes natively: ``(bytes, fetch offset, aborted
+#: transactions as (producer id, first offset), read_committed, check_crcs)`` in; out an object
+#: with ``next_offset``, ``first_offset`` and ``last_offset`` (None without records) that the
+#: intake hands to the counting in place of the records. Raises a BucketAppError for a fetch it
+#: does not read, which aiokafka then reads.
+NativeReader = Callable[[bytes, int, list[tuple[int, int]], bool, bool], Any]
 
-def bulk_source_records(consumer: AIOKafkaConsumer, topic: str) -> Positions:
+
+def bulk_source_records(consumer: AIOKafkaConsumer, topic: str,
+                        native: NativeReader | None = None) -> Positions:
     """Let ``consumer`` (started) hand over ``topic``'s records a Kafka record batch at a time,
     as it decoded them.
 
@@ -75,14 +87,41 @@ def bulk_source_records(consumer: AIOKafkaConsumer, topic: str) -> Positions:
     that carry no record to hand over: transaction markers and aborted transactions' records.
     aiokafka drops a fetch that has no records left to return, so only this says that the
     partition has been read that far. The caller takes them (:func:`take_positions`).
+
+    With ``native``, a fetch of ``topic`` whose record bytes the consumer's client received
+    (:func:`keep_fetched_bytes`) is read by ``native`` instead, and handed over as the one
+    object it returns; a fetch it refuses is unpacked by aiokafka as above.
     """
     fetcher = consumer._fetcher
     if fetcher is None:
         raise RuntimeError("bulk_source_records needs a started consumer")
-    hooked = SourceFetches(topic)
+    hooked = SourceFetches(topic, native)
     hooked.update(fetcher._records)
     fetcher._records = hooked
+    if native is not None:
+        keep_fetched_bytes(consumer, hooked)
     return hooked.positions
+
+
+def keep_fetched_bytes(consumer: AIOKafkaConsumer, fetches: SourceFetches) -> None:
+    """Have ``consumer``'s client keep, in ``fetches.raw``, the record bytes and aborted
+    transactions of each fetch response for the source topic.
+
+    aiokafka's compiled MemoryRecords, which its fetcher builds from those bytes, does not give
+    them back. The client is the consumer's own (its fetcher sends through it); its ``send``
+    is wrapped on this one object, for every request, and only looks at fetch responses.
+    """
+    client = consumer._client
+    send = client.send
+
+    async def send_keeping_fetches(node_id: int, request: Any, *args: Any,
+                                   **kwargs: Any) -> Any:
+        response = await send(node_id, request, *args, **kwargs)
+        if isinstance(request, FetchRequest) and response is not None:
+            fetches.keep(request, response)
+        return response
+
+    client.send = send_keeping_fetches
 
 
 def take_positions(positions: Positions) -> Positions:
@@ -99,28 +138,68 @@ class SourceFetches(OrderedDict):  # type: ignore[type-arg]
     gets a ``getall`` of its own.
     """
 
-    def __init__(self, topic: str) -> None:
+    def __init__(self, topic: str, native: NativeReader | None = None) -> None:
         super().__init__()
         self.topic = topic
         self.positions: Positions = {}
+        self.native = native
+        #: the source partitions' last fetched record bytes: (fetch offset, bytes, aborted)
+        self.raw: dict[Any, tuple[int, bytes, list[tuple[int, int]]]] = {}
 
     def __setitem__(self, tp: Any, result: Any) -> None:
         if tp.topic == self.topic and type(result) is FetchResult:
             # like aiokafka's own record iterator, this method refers back to its result; it
             # drops itself once the result is drained (getall_batches)
             result.getall = MethodType(  # type: ignore[method-assign]
-                partial(getall_batches, positions=self.positions), result)
+                partial(getall_batches, positions=self.positions, fetches=self), result)
             records = result._partition_records
             if records is not None:
                 # aiokafka's per-record generator, not started, is never used
                 records._records_iterator = None
         super().__setitem__(tp, result)
 
+    def keep(self, request: Any, response: Any) -> None:
+        """Keep the source topic's record bytes of a fetch response (see keep_fetched_bytes);
+        the layout is the one aiokafka's fetcher reads (``Fetcher._proc_fetch_request``)."""
+        asked = {partition: offset for topic, partitions in request.topics
+                 if topic == self.topic for partition, offset, *_ in partitions}
+        if not asked:
+            return
+        version = response.API_VERSION
+        for topic, partitions in response.topics:
+            if topic != self.topic:
+                continue
+            for partition, error_code, _highwater, *data in partitions:
+                offset = asked.get(partition)
+                if error_code or offset is None or not data:
+                    continue
+                aborted = data[2] if version >= 11 else data[-2] if version >= 4 else None
+                self.raw[TopicPartition(topic, partition)] = (
+                    offset, data[-1], [(int(pid), int(first)) for pid, first in aborted or []])
+
+    def read_natively(self, tp: Any, partition: PartitionRecords) -> Any:
+        """The native reading of ``tp``'s fetch, when its bytes were kept and it reads them;
+        else None (aiokafka unpacks it)."""
+        raw = self.raw.pop(tp, None)
+        if self.native is None or raw is None:
+            return None
+        offset, data, aborted = raw
+        if offset != partition.next_fetch_offset or not isinstance(data, bytes):
+            return None  # not this result's fetch
+        try:
+            return self.native(data, offset, aborted,
+                               partition._isolation_level == READ_COMMITTED,
+                               partition._check_crcs)
+        except BucketAppError:  # refused: aiokafka reads it, and raises where it raises
+            return None
+
 
 def getall_batches(result: FetchResult, max_records: int | None = None, *,
-                   positions: Positions | None = None) -> list[Any]:
+                   positions: Positions | None = None,
+                   fetches: SourceFetches | None = None) -> list[Any]:
     """aiokafka's ``FetchResult.getall`` for one fetched partition, its records unpacked a
-    record batch at a time by :func:`unpack_batches`; a position past the last record goes to
+    record batch at a time by :func:`unpack_batches` (or the fetch read natively, handed over
+    as one object: see bulk_source_records); a position past the last record goes to
     ``positions``."""
     vars(result).pop("getall", None)  # no cycle through this method once it has run
     if max_records is not None:
@@ -131,12 +210,20 @@ def getall_batches(result: FetchResult, max_records: int | None = None, *,
         return []
     fetched: list[Any] = []
     partition = result._partition_records
-    for decoded in unpack_batches(partition):
-        fetched.extend(decoded)
+    native = None if fetches is None else fetches.read_natively(tp, partition)
+    if native is not None:
+        partition.next_fetch_offset = native.next_offset
+        last = native.last_offset
+        if last is not None:
+            fetched.append(native)
+    else:
+        for decoded in unpack_batches(partition):
+            fetched.extend(decoded)
+        last = fetched[-1].offset if fetched else None
     result._update_position()
     result._partition_records = None
     reached = partition.next_fetch_offset
-    if positions is not None and (not fetched or reached > fetched[-1].offset + 1):
+    if positions is not None and (last is None or reached > last + 1):
         positions[tp] = reached
     return fetched
 

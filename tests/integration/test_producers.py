@@ -16,7 +16,7 @@ from collections import Counter
 
 import pytest
 
-from tests.support.kafka import create_topic, end_offsets, unique
+from tests.support.kafka import create_topic, unique
 from tests.support.producers import CODECS, batches_of, java_produce, kcat_produce
 from tests.support.worker import counts_of
 
@@ -63,9 +63,6 @@ def test_each_codec_is_counted_exactly(codec, make_worker):
     assert {b["codec"] for b in batches} == {codec}, batches
 
     worker = make_worker(topic, partitions=PARTITIONS).start()
-    ends = end_offsets(topic, PARTITIONS)
-    worker.wait_caught_up({p: end - 1 for p, end in ends.items() if end})
+    health = worker.wait_read_to_end(topic, PARTITIONS)
     assert counts_of(worker) == expected
-    health = worker.wait_complete()
     assert health["worker"]["skipped"] == dict(skipped)
-    assert all(p["lag"] == 0 for p in health["partitions"].values()) and worker.alive()

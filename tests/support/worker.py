@@ -21,7 +21,7 @@ from typing import Any
 
 from tests.support import REPO
 from tests.support.http import HttpAnswer, http, http_json
-from tests.support.kafka import BROKERS
+from tests.support.kafka import BROKERS, end_offsets
 
 MSG_MAP = {"origin_server": "server_name", "topic": "topic"}
 SQLITE_SCHEMA = {
@@ -189,6 +189,16 @@ class Worker:
             status = self.health()
         assert status["complete"] is True, status
         return status
+
+    def wait_read_to_end(self, topic: str, partitions: int) -> dict[str, Any]:
+        """``/health`` once the worker has read every offset of ``topic`` (its snapshot caught
+        up and complete, no lag) and is still running."""
+        ends = end_offsets(topic, partitions)
+        self.wait_caught_up({p: end - 1 for p, end in ends.items() if end})
+        health = self.wait_complete()
+        assert all(p["lag"] == 0 for p in health["partitions"].values()), health
+        assert self.alive()
+        return health
 
 
 def bucket_app(*args: str, settings: Path, timeout_s: float = 120,

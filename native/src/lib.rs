@@ -1,0 +1,252 @@
+//! `bucket_app_kernel._kernel`: a fetched partition's Kafka bytes in, bucket counts out.
+//!
+//! The Python API is two calls. `unpack` reads a fetch's record batches as aiokafka's
+//! consumer does and returns its records; `Kernel.count` reads them too and counts the JSON
+//! records it is sure of by (mapped values, bucket start), returning every other record for
+//! `bucket_app.counting.classify.Classifier.locate`, which stays the definition of what a record
+//! means. Both work without the interpreter lock, on the bytes the caller keeps alive, and build
+//! Python objects only once done: one per group and per record left to Python.
+//!
+//! At the boundary: a fetch the kernel does not read (a bad CRC, a malformed batch, message
+//! format v0/v1, a batch decompressing past the limit) raises `Refused(reason, offset,
+//! message)`; a panic, which would be a bug here, raises `KernelError`, never unwinds into
+//! Python. No `unsafe` in this crate.
+
+#![forbid(unsafe_code)]
+
+mod batch;
+mod codec;
+mod count;
+mod json;
+mod time;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use pyo3::exceptions::{PyException, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::IntoPyObjectExt;
+
+use batch::{Fetch, Reading, Record, Refusal};
+use count::{Mapping, Owned, TimeKind};
+
+pyo3::create_exception!(
+    _kernel,
+    Refused,
+    PyException,
+    "The kernel does not read this fetch: args are (reason, batch base offset or None, message)."
+);
+pyo3::create_exception!(
+    _kernel,
+    KernelError,
+    PyRuntimeError,
+    "A bug in the kernel (a Rust panic), raised instead of crashing the process."
+);
+
+/// Run `work` without the interpreter lock; a panic in it becomes `KernelError`.
+fn detached<T: Send>(py: Python<'_>, work: impl FnOnce() -> T + Send) -> PyResult<T> {
+    py.detach(|| catch_unwind(AssertUnwindSafe(work))).map_err(|payload| {
+        let why = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".to_string());
+        KernelError::new_err(format!("kernel panic: {why}"))
+    })
+}
+
+fn refused(r: Refusal) -> PyErr {
+    Refused::new_err((r.reason, r.offset, r.message))
+}
+
+fn record_tuple<'py>(
+    py: Python<'py>,
+    fetch: &Fetch<'_>,
+    index: usize,
+    r: &Record,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let key = r.key.map(|span| PyBytes::new(py, fetch.bytes(span)));
+    let value = r.value.map(|span| PyBytes::new(py, fetch.bytes(span)));
+    let headers = PyList::new(
+        py,
+        fetch.headers(r).into_iter().map(|(k, v)| (k, v.map(|v| PyBytes::new(py, v)))),
+    )?;
+    (index, r.offset, r.timestamp, r.timestamp_type, key, value, headers).into_pyobject(py)
+}
+
+fn owned_value<'py>(py: Python<'py>, value: &Owned) -> PyResult<Bound<'py, PyAny>> {
+    match value {
+        Owned::Null => Ok(py.None().into_bound(py)),
+        Owned::Bool(b) => b.into_bound_py_any(py),
+        Owned::Int(i) => i.into_bound_py_any(py),
+        Owned::Float(f) => f.into_bound_py_any(py),
+        Owned::Str(s) => s.as_str().into_bound_py_any(py),
+    }
+}
+
+/// A fetched partition's records as aiokafka's consumer sees them: a list of `(index, offset,
+/// timestamp, timestamp_type, key, value, headers)` and `(next fetch offset, bytes at the end
+/// holding no whole batch)`.
+#[pyfunction]
+#[pyo3(signature = (data, fetch_offset, *, aborted=None, read_committed=false, check_crcs=true, max_batch_bytes))]
+fn unpack<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyBytes>,
+    fetch_offset: i64,
+    aborted: Option<Vec<(i64, i64)>>,
+    read_committed: bool,
+    check_crcs: bool,
+    max_batch_bytes: usize,
+) -> PyResult<(Bound<'py, PyList>, i128, usize)> {
+    let bytes = data.as_bytes();
+    let reading = Reading { fetch_offset, aborted: aborted.unwrap_or_default(), read_committed, check_crcs, max_batch_bytes };
+    let fetch = detached(py, || batch::read_fetch(bytes, &reading))?.map_err(refused)?;
+    let records = fetch
+        .records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| record_tuple(py, &fetch, i, r))
+        .collect::<PyResult<Vec<_>>>()?;
+    Ok((PyList::new(py, records)?, fetch.next_offset, fetch.partial_bytes))
+}
+
+/// Raise a panic inside the boundary (tests check that it arrives as KernelError).
+#[pyfunction]
+fn _panic(py: Python<'_>) -> PyResult<()> {
+    detached(py, || panic!("on purpose"))
+}
+
+/// The counting of one mapping (the settings' field paths, time field and bucket interval).
+#[pyclass(frozen, module = "bucket_app_kernel._kernel")]
+struct Kernel {
+    mapping: Mapping,
+    max_batch_bytes: usize,
+}
+
+#[pymethods]
+impl Kernel {
+    /// `columns`: the mapped field paths in column order; `time_field` and `time_type`
+    /// (`"epoch"` or `"iso"`) the bucket field; `max_batch_bytes` the most a compressed batch
+    /// may decompress to.
+    #[new]
+    #[pyo3(signature = (columns, time_field, time_type, interval_s, max_future_skew_s, max_batch_bytes))]
+    fn new(
+        columns: Vec<String>,
+        time_field: String,
+        time_type: &str,
+        interval_s: i64,
+        max_future_skew_s: f64,
+        max_batch_bytes: usize,
+    ) -> PyResult<Self> {
+        let time_kind = match time_type {
+            "epoch" => TimeKind::Epoch,
+            "iso" => TimeKind::Iso,
+            other => return Err(PyValueError::new_err(format!("time_type must be epoch or iso, not {other:?}"))),
+        };
+        if interval_s <= 0 {
+            return Err(PyValueError::new_err("interval_s must be positive"));
+        }
+        let mut paths: Vec<String> = Vec::new();
+        let mut slot_of = |path: &String| match paths.iter().position(|p| p == path) {
+            Some(at) => at,
+            None => {
+                paths.push(path.clone());
+                paths.len() - 1
+            }
+        };
+        let column_slots: Vec<usize> = columns.iter().map(&mut slot_of).collect();
+        let time_slot = slot_of(&time_field);
+        let tree = json::Paths::new(&paths).map_err(PyValueError::new_err)?;
+        Ok(Kernel {
+            mapping: Mapping {
+                paths: tree,
+                columns: column_slots,
+                time_slot,
+                time_kind,
+                interval_s,
+                max_future_skew_s,
+            },
+            max_batch_bytes,
+        })
+    }
+
+    /// Read a fetched partition's bytes and count its records: a tuple of
+    ///
+    /// - groups: `[(values, bucket_start, count, highest offset)]`, in order of first record;
+    /// - unsure: the records left to Python, as `unpack` gives them;
+    /// - records: how many records the consumer sees in the fetch;
+    /// - first and last offset of those (None without one), next fetch offset, partial bytes;
+    /// - earliest bucket start and latest event time of a counted record (None without one);
+    /// - with `trace`, each record's group index (-1: left to Python), else None;
+    /// - with `offsets`, each record's offset, else None.
+    #[pyo3(signature = (data, fetch_offset, now_s, *, aborted=None, read_committed=false, check_crcs=true, trace=false, offsets=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn count<'py>(
+        &self,
+        py: Python<'py>,
+        data: &Bound<'py, PyBytes>,
+        fetch_offset: i64,
+        now_s: f64,
+        aborted: Option<Vec<(i64, i64)>>,
+        read_committed: bool,
+        check_crcs: bool,
+        trace: bool,
+        offsets: bool,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let bytes = data.as_bytes();
+        let reading = Reading {
+            fetch_offset,
+            aborted: aborted.unwrap_or_default(),
+            read_committed,
+            check_crcs,
+            max_batch_bytes: self.max_batch_bytes,
+        };
+        let mapping = &self.mapping;
+        let (fetch, counted) = detached(py, || {
+            batch::read_fetch(bytes, &reading).map(|fetch| {
+                let counted = mapping.count(&fetch, now_s, trace);
+                (fetch, counted)
+            })
+        })?
+        .map_err(refused)?;
+        let groups = counted
+            .groups
+            .iter()
+            .map(|g| {
+                let values = PyTuple::new(py, g.values.iter().map(|v| owned_value(py, v)).collect::<PyResult<Vec<_>>>()?)?;
+                (values, g.start, g.count, g.last_offset).into_pyobject(py)
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let unsure = counted
+            .unsure
+            .iter()
+            .map(|&i| record_tuple(py, &fetch, i as usize, &fetch.records[i as usize]))
+            .collect::<PyResult<Vec<_>>>()?;
+        let first = fetch.records.first().map(|r| r.offset);
+        let last = fetch.records.last().map(|r| r.offset);
+        (
+            PyList::new(py, groups)?,
+            PyList::new(py, unsure)?,
+            fetch.records.len(),
+            first,
+            last,
+            fetch.next_offset,
+            fetch.partial_bytes,
+            counted.min_start,
+            counted.max_time,
+            counted.trace,
+            offsets.then(|| fetch.records.iter().map(|r| r.offset).collect::<Vec<i64>>()),
+        )
+            .into_pyobject(py)
+    }
+}
+
+#[pymodule]
+fn _kernel(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Kernel>()?;
+    m.add_function(wrap_pyfunction!(unpack, m)?)?;
+    m.add_function(wrap_pyfunction!(_panic, m)?)?;
+    m.add("Refused", m.py().get_type::<Refused>())?;
+    m.add("KernelError", m.py().get_type::<KernelError>())?;
+    Ok(())
+}
