@@ -21,7 +21,7 @@ import pytest
 from tests.support.http import http
 from tests.support.kafka import create_topic, end_offsets, unique
 from tests.support.producers import TransactionalProducer, batches_of
-from tests.support.worker import Worker, counts_of
+from tests.support.worker import NotLoaded, Worker, counts_of
 
 pytestmark = pytest.mark.integration
 
@@ -98,8 +98,15 @@ def transactions():
 
 
 def wait_counts(worker: Worker, expected: Counter, timeout_s: float = 60) -> None:
+    """Wait until the worker's counts are ``expected`` (a restarted worker answers 503 until
+    its snapshot is loaded)."""
     deadline = time.monotonic() + timeout_s
-    while counts_of(worker) != expected and time.monotonic() < deadline:
+    found = None
+    while found != expected and time.monotonic() < deadline:
+        try:
+            found = counts_of(worker)
+        except NotLoaded:
+            found = None
         time.sleep(0.3)
     assert counts_of(worker) == expected
 

@@ -222,9 +222,18 @@ def _section_of(name: str) -> str:
     raise KeyError(name)
 
 
+class NotLoaded(AssertionError):
+    """The worker answered 503: its snapshot is not loaded yet (at once, without wait_ms)."""
+
+
 def counts_of(worker: Worker, prefix: str = "") -> dict[tuple, int]:
-    """The worker's counts (``/a/default``) by (server, topic, bucket start); no key twice."""
-    rows = worker.get("/a/default").json()
+    """The worker's counts (``/a/default``) by (server, topic, bucket start); no key twice.
+    Raises :class:`NotLoaded` on a 503 (a worker still loading its snapshot)."""
+    answer = worker.get("/a/default")
+    if answer.status == 503:
+        raise NotLoaded(answer.json())
+    assert answer.status == 200, (answer.status, answer.json())
+    rows = answer.json()
     found: dict[tuple, int] = {}
     for row in rows:
         if not (row["server_name"] or "").startswith(prefix):
