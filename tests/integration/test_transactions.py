@@ -19,7 +19,7 @@ from collections import Counter
 import pytest
 
 from tests.support.http import http
-from tests.support.kafka import create_topic, end_offsets, unique
+from tests.support.kafka import create_topic, unique
 from tests.support.producers import TransactionalProducer, batches_of
 from tests.support.worker import NotLoaded, Worker, counts_of
 
@@ -137,16 +137,6 @@ def wait_metrics_lag(worker: Worker, lag: dict[int, int], timeout_s: float = 10)
     assert metrics_lag(worker) == lag
 
 
-def all_read(worker: Worker, topic: str) -> dict:
-    """Wait until the worker has read every offset of the topic (the last is a transaction
-    marker) and the snapshot says so: complete, no lag."""
-    ends = end_offsets(topic, PARTITIONS)
-    worker.wait_caught_up({p: end - 1 for p, end in ends.items() if end})
-    status = worker.wait_complete()
-    assert all(p["lag"] == 0 for p in status["partitions"].values()), status
-    return status
-
-
 def test_only_committed_transactions_are_counted(transactions, make_worker):
     topic = transactions.topic
     worker = make_worker(topic, partitions=PARTITIONS).start()
@@ -162,7 +152,7 @@ def test_only_committed_transactions_are_counted(transactions, make_worker):
 
     transactions.commit_open()
     wait_counts(worker, transactions.committed)
-    status = all_read(worker, topic)
+    status = worker.wait_read_to_end(topic, PARTITIONS)
     assert not any(server.startswith("aborted") for server, _, _ in counts_of(worker))
     assert sum(transactions.committed.values()) == 2000 == status["worker"]["counted"]
     assert status["worker"]["skipped"] == {}  # aborted records are not bad input either
@@ -177,7 +167,7 @@ def test_a_worker_killed_between_abort_and_commit_counts_exactly(transactions, m
     worker = make_worker(topic, partitions=PARTITIONS).start()
     transactions.commit("first", 800)
     transactions.abort("aborted", 400)
-    all_read(worker, topic)  # the worker has read past the abort
+    worker.wait_read_to_end(topic, PARTITIONS)  # the worker has read past the abort
     assert counts_of(worker) == transactions.committed
     worker.stop(signal.SIGKILL)
 
@@ -188,7 +178,7 @@ def test_a_worker_killed_between_abort_and_commit_counts_exactly(transactions, m
     transactions.abort_open()  # the transaction open through the restart is aborted
     transactions.commit("second", 500)
     wait_counts(worker, transactions.committed)
-    all_read(worker, topic)
+    worker.wait_read_to_end(topic, PARTITIONS)
     assert not any(server.startswith(("aborted", "open")) for server, _, _
                    in counts_of(worker))
 
@@ -200,5 +190,5 @@ def test_read_uncommitted_counts_every_record_as_written(transactions, make_work
                          extra={"isolation_level": "read_uncommitted"}).start()
     transactions.commit("first", 300)
     aborted = transactions.abort("aborted", 200)
-    all_read(worker, topic)
+    worker.wait_read_to_end(topic, PARTITIONS)
     assert counts_of(worker) == transactions.committed + aborted
