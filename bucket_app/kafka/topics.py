@@ -39,10 +39,10 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
+from bucket_app import identity
 from bucket_app.errors import BrokersUnreachable, BucketAppError, KafkaUnavailable, TopicError
 from bucket_app.kafka import security as kafka_security
 from bucket_app.settings import Settings
-from bucket_app.snapshot.reader import changelog_topic
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ async def _probe(settings: Settings) -> int:
         n = await _ensure_topic(admin, NewTopic(
             settings.topic, settings.partitions, settings.replication_factor), brokers=brokers)
         await _ensure_topic(admin, NewTopic(
-            changelog_topic(settings), n, settings.replication_factor,
+            identity.counts_changelog(settings), n, settings.replication_factor,
             topic_configs={"cleanup.policy": "compact"}), expect_partitions=n,
             source_topic=settings.topic, brokers=brokers)
         if settings.output_topic is not None:
