@@ -125,7 +125,7 @@ class StreamHub:
         finally:
             self.active -= 1
 
-    async def close(self, _app: Any = None) -> None:
+    async def close(self, _app: aioweb.Application | None = None) -> None:
         """Make every stream end (an aiohttp ``on_shutdown`` callback)."""
         self.closing = True
 
