@@ -32,7 +32,7 @@ WAIT_POLL_S = 0.02
 
 
 class Counting(Protocol):
-    """What the routes read of the counting agent (:class:`bucket_app.worker.Processor`)."""
+    """What the routes read of the counting agent (:class:`bucket_app.processor.Processor`)."""
 
     @property
     def counter(self) -> Counter: ...
