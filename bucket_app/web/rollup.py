@@ -81,37 +81,37 @@ class Rollup:
 
 
 def parse_granularity(raw: str, interval_s: int) -> int:
-    """``5m``, ``1h``, ``1d``, ``90`` (seconds): a whole multiple of ``interval_s``, or 400."""
+    """``5m``, ``1h``, ``1d``, ``90`` (seconds): a whole multiple of ``interval_s``, or Invalid."""
     try:
         seconds = parse_duration_s(raw, bare_unit_s=1)
     except InvalidValue as exc:
         raise Invalid(f"granularity: {exc}", value=raw[:200]) from None
     if not math.isfinite(seconds) or seconds > MAX_GRANULARITY_S:
         raise Invalid(f"granularity must be at most {MAX_GRANULARITY_S // 86_400}d",
-                        value=raw[:200])
+                      value=raw[:200])
     if seconds < interval_s:
         raise Invalid(f"granularity {raw} is finer than bucket_interval ({interval_s} s): "
-                        "buckets are stored at that size and cannot be split",
-                        value=raw[:200], bucket_interval_s=interval_s)
+                      "buckets are stored at that size and cannot be split",
+                      value=raw[:200], bucket_interval_s=interval_s)
     if seconds != int(seconds) or int(seconds) % interval_s:
         raise Invalid(f"granularity {raw} ({seconds:g} s) is not a multiple of "
-                        f"bucket_interval ({interval_s} s): a granule must hold whole buckets",
-                        value=raw[:200], bucket_interval_s=interval_s)
+                      f"bucket_interval ({interval_s} s): a granule must hold whole buckets",
+                      value=raw[:200], bucket_interval_s=interval_s)
     return int(seconds)
 
 
 def parse_zone(raw: str) -> zoneinfo.ZoneInfo:
-    """An IANA time zone name (``Europe/Berlin``, ``UTC``), or 400."""
+    """An IANA time zone name (``Europe/Berlin``, ``UTC``), or Invalid."""
     if len(raw) > _MAX_ZONE_KEY or not _ZONE_KEY.match(raw):
         raise Invalid("tz must be an IANA time zone name such as Europe/Berlin or UTC",
-                        value=raw[:200])
+                      value=raw[:200])
     try:
         return zoneinfo.ZoneInfo(raw)
     except (ValueError, OSError, KeyError):
         # KeyError: ZoneInfoNotFoundError; OSError: a directory such as "Europe";
         # ValueError: a file under the zoneinfo tree that is no zone (zone.tab)
         raise Invalid(f"unknown time zone {raw!r}; tz must be an IANA time zone name "
-                        "such as Europe/Berlin or UTC", value=raw[:200]) from None
+                      "such as Europe/Berlin or UTC", value=raw[:200]) from None
 
 
 def parse_group_by(values: Sequence[str], columns: Sequence[str]) -> tuple[str, ...]:
@@ -123,7 +123,7 @@ def parse_group_by(values: Sequence[str], columns: Sequence[str]) -> tuple[str, 
                 continue
             if name not in columns:
                 raise Invalid(f"group_by names {name!r}, which is not a mapped column",
-                                value=value[:200], columns=list(columns))
+                              value=value[:200], columns=list(columns))
             if name not in chosen:
                 chosen.append(name)
     return tuple(chosen)
