@@ -8,9 +8,6 @@ to the same rule among its neighbours, which a layers contract cannot see.
 from __future__ import annotations
 
 import grimp
-import pytest
-
-WEB = "bucket_app.web."
 
 
 def strongly_connected(graph: grimp.ImportGraph) -> list[set[str]]:
@@ -54,14 +51,8 @@ def cycles() -> list[set[str]]:
     return strongly_connected(graph)
 
 
-def test_no_module_outside_web_is_in_an_import_cycle():
-    assert [c for c in cycles() if not all(m.startswith(WEB) for m in c)] == []
-
-
-@pytest.mark.xfail(strict=True, reason="web/views imports openapi, stream and dashboard, which "
-                   "import it: issue 23's web step removes the cycle; then drop this mark")
-def test_no_module_of_web_is_in_an_import_cycle():
-    assert [c for c in cycles() if all(m.startswith(WEB) for m in c)] == []
+def test_no_module_is_in_an_import_cycle():
+    assert cycles() == []
 
 
 def test_the_cycle_finder_finds_a_cycle():
