@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import math
 import os
@@ -47,6 +48,7 @@ from bucket_app.errors import SnapshotError
 from bucket_app.kafka import security as kafka_security
 from bucket_app.seam import clients
 from bucket_app.settings import FINAL_COLUMN, LATE_COLUMN, RST_COLUMN, Settings
+from bucket_app.snapshot import lineage
 from bucket_app.snapshot.thread import run_in_own_thread
 from bucket_app.sql.sandbox import quote_identifier
 
@@ -255,6 +257,7 @@ class SnapshotStore:
             "schema": [[c, t] for c, t in self.schema.items()], "mapped": list(self.mapped),
             "interval_s": interval_s, "grace_s": grace, "idle_close_s": idle_close_s}))
         self.stored = Checkpoint()  # what the files reflect as of the last commit
+        self.topic_id: str | None = None  # the changelog's topic id (snapshot.lineage)
         self._commit = 0
         self._nonce = 0
         self._conn: sqlite3.Connection | None = None
@@ -277,12 +280,14 @@ class SnapshotStore:
     # -- opening ---------------------------------------------------------------------------
 
     def open(self, changelog: Mapping[int, tuple[int, int]], max_age_s: float | None = None,
-             now_s: float | None = None) -> Checkpoint:
+             now_s: float | None = None, topic_id: str | None = None) -> Checkpoint:
         """Resume the files on disk if they provably reflect one refresh of this identity
         whose offsets lie within ``changelog`` (partition -> (beginning, end) offsets) and
-        that is at most ``max_age_s`` old; otherwise :meth:`create`. Returns the checkpoint
-        resumed from, or the reason for the rebuild."""
+        that is at most ``max_age_s`` old, read from the changelog whose topic id is now
+        ``topic_id`` (:mod:`bucket_app.snapshot.lineage`); otherwise :meth:`create`. Returns
+        the checkpoint resumed from, or the reason for the rebuild."""
         self._acquire()
+        self.topic_id = topic_id
         now = time.time() if now_s is None else now_s
         previous: dict[str, Any] | None = None
         try:
@@ -328,6 +333,8 @@ class SnapshotStore:
         if (doc["file_nonce"], doc["file_commit"]) != (doc["nonce"], doc["commit"]):
             return (f"the snapshot file (commit {doc['file_commit']}) and its side file (commit "
                     f"{doc['commit']}) do not reflect the same refresh")
+        if (recreated := lineage.mismatch(doc, self.topic_id, self.identity["changelog"])):
+            return recreated
         offsets = {int(p): int(o) for p, o in doc["offsets"].items()}
         if set(offsets) != set(changelog):
             return (f"the snapshot reflects changelog partitions {sorted(offsets)}, the "
@@ -483,7 +490,7 @@ class SnapshotStore:
         transaction, and only then take ``stored`` as what the files reflect."""
         commit = self._commit % COMMIT_WRAP + 1
         doc = {**stored.to_json(), "identity": self.identity, "nonce": self._nonce,
-               "commit": commit}
+               "commit": commit, **lineage.stamp(self.topic_id)}
         del doc["resumed"], doc["reason"]
         conn.execute(f"PRAGMA main.user_version = {commit:d}")
         conn.execute("INSERT OR REPLACE INTO side.checkpoint VALUES (0, ?)", (orjson.dumps(doc),))
@@ -715,11 +722,12 @@ class SnapshotReader:
             if not tps:  # stopped before the changelog topic appeared
                 return
             consumer.assign(tps)
+            topic_id = await lineage.read_topic_id(consumer, self.topic, self._stopping)
             bounds = await self._bounds(consumer, tps)
             if bounds is None:
                 return
-            checkpoint = await self.in_thread(self.store.open, bounds,
-                                              await self._max_age_s())
+            open_store = functools.partial(self.store.open, topic_id=topic_id)
+            checkpoint = await self.in_thread(open_store, bounds, await self._max_age_s())
             self._restore(checkpoint)
             for tp in tps:
                 if tp.partition in checkpoint.offsets:
