@@ -6,7 +6,8 @@ again, the worker's RocksDB state removed; another replica counts a second data 
 new changelog and stops. The first worker starts again: its snapshot must hold exactly the
 second data set's counts (no row of the first), and its log must say in one line why the
 snapshot was rebuilt: once with the new changelog grown past every offset the old checkpoint
-stored (offsets alone resumed there, mixing the two), once with it shorter. Expected counts come from the produced messages (tests.support.kafka).
+stored (offsets alone resumed there, mixing the two), once with it shorter. Expected counts
+come from the produced messages (tests.support.kafka).
 """
 
 from __future__ import annotations
