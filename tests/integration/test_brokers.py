@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.cluster import CLUSTER, script, wait_answering
+from tests.support.cluster import CLUSTER, script, start_replicas
 from tests.support.kafka import (
     BackgroundProducer,
     bulk_records,
@@ -65,17 +65,8 @@ def test_broker_restart_mid_stream_loses_nothing(own_broker, make_worker):
 def test_three_brokers_one_stopped_counts_stay_exact(cluster, make_worker):
     topic = unique("rf3")
     create_topic(topic, 6, replication=3, brokers=cluster)
-    app_id = unique("app")
-    workers = [
-        make_worker(topic, app_id=app_id, name=f"c{i}", brokers=cluster,
-                    extra={"replication_factor": "3", "session_timeout": "6s"})
-        for i in range(2)
-    ]
-    for worker in workers:
-        worker.start(wait=False)
-    for worker in workers:
-        worker.wait_healthy(timeout_s=120)
-    wait_answering(workers)  # the snapshots loaded: a 503 below would be the outage's
+    # healthy, and their snapshots loaded: a 503 below would be the outage's
+    workers = start_replicas(make_worker, topic)
     records, expected = bulk_records(16_000, 6, seed=13)
     producer = BackgroundProducer(topic, records, chunk=500, pause_s=0.3, brokers=cluster).start()
     time.sleep(4)

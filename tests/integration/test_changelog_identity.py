@@ -20,7 +20,15 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from tests.support.kafka import BROKERS, bulk_records, create_topic, end_offsets, produce, unique
+from tests.support.kafka import (
+    BROKERS,
+    bulk_records,
+    create_topic,
+    end_offsets,
+    list_topics,
+    produce,
+    unique,
+)
 from tests.support.worker import counts_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -62,7 +70,7 @@ def test_a_recreated_changelog_is_detected_and_the_snapshot_rebuilt(
     worker.wait_caught_up(produce(topic, first))
     assert counts_of(worker) == old_counts
     worker.stop()
-    changelog = [t for t in _topics() if t.startswith(app_id + "-")
+    changelog = [t for t in list_topics() if t.startswith(app_id + "-")
                  and t.endswith("-counts-changelog")]
     assert len(changelog) == 1, changelog
     stored = end_offsets(changelog[0], PARTITIONS)  # what the stopped snapshot read up to
@@ -92,14 +100,3 @@ def test_a_recreated_changelog_is_detected_and_the_snapshot_rebuilt(
     assert "deleted and recreated" in lines[0] and changelog[0] in lines[0], lines[0]
     print(f"changelog offsets stored {stored}, after the new data set {now}: "
           f"{lines[0].split(REBUILT)[1]}")
-
-
-def _topics() -> list[str]:
-    async def run() -> list[str]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=BROKERS)
-        await admin.start()
-        try:
-            return list(await admin.list_topics())
-        finally:
-            await admin.close()
-    return asyncio.run(run())

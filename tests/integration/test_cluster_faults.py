@@ -24,7 +24,13 @@ from typing import Any
 import pytest
 
 from tests.support import cluster
-from tests.support.kafka import BackgroundProducer, bulk_records, topic_counts, unique
+from tests.support.kafka import (
+    BackgroundProducer,
+    bulk_records,
+    list_topics,
+    topic_counts,
+    unique,
+)
 from tests.support.worker import Worker, counts_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -78,26 +84,11 @@ class Poller:
         return self.answers
 
 
-def start_replicas(make_worker: Any, topic: str) -> list[Worker]:
-    app_id = unique("app")
-    workers = [
-        make_worker(topic, app_id=app_id, name=f"c{i}", brokers=cluster.CLUSTER,
-                    extra={"replication_factor": "3", "session_timeout": "6s"})
-        for i in range(2)
-    ]
-    for worker in workers:
-        worker.start(wait=False)
-    for worker in workers:
-        worker.wait_healthy(timeout_s=120)
-    cluster.wait_answering(workers)
-    return workers
-
-
 def changelog_of(workers: list[Worker]) -> str:
     """The counts table's changelog topic the replicas write (Faust creates it)."""
     prefix = workers[0].app_id + "-"
     return cluster.wait_until(  # type: ignore[no-any-return]
-        lambda: next((t for t in cluster.list_topics()
+        lambda: next((t for t in list_topics(cluster.CLUSTER)
                       if t.startswith(prefix) and t.endswith("-counts-changelog")), None),
         60, "the changelog topic")
 
@@ -163,38 +154,50 @@ def report(what: str, measured: dict[str, Any]) -> None:
           f"answers 200 to {polls} polls of each replica; both exact")
 
 
+@dataclass
+class Stream:
+    topic: str
+    changelog: str
+    workers: list[Worker]
+    producer: BackgroundProducer
+    expected: dict[tuple, int]
+
+
+def stream(make_worker: Any, prefix: str, seed: int) -> Stream:
+    """A source topic led by SOURCE_LEADER, two replicas counting it, and the producer
+    started."""
+    topic = unique(prefix)
+    cluster.create_topic_led_by(topic, PARTITIONS, SOURCE_LEADER)
+    workers = cluster.start_replicas(make_worker, topic)
+    changelog = changelog_of(workers)
+    records, expected = bulk_records(RECORDS, PARTITIONS, seed=seed)
+    producer = BackgroundProducer(topic, records, chunk=CHUNK, pause_s=PAUSE_S,
+                                  brokers=cluster.CLUSTER).start()
+    return Stream(topic, changelog, workers, producer, expected)
+
+
 def test_killing_the_leader_of_the_source_partitions_keeps_both_replicas_exact(
         brokers, make_worker):
-    topic = unique("lead-src")
-    cluster.create_topic_led_by(topic, PARTITIONS, SOURCE_LEADER)
-    workers = start_replicas(make_worker, topic)
-    changelog = changelog_of(workers)
-    records, expected = bulk_records(RECORDS, PARTITIONS, seed=41)
-    producer = BackgroundProducer(topic, records, chunk=CHUNK, pause_s=PAUSE_S,
-                                  brokers=brokers).start()
-    before = cluster.describe(topic, changelog)
-    assert {s.leader for s in before[topic].values()} == {SOURCE_LEADER}, before
-    measured = kill_and_rejoin(SOURCE_LEADER, {topic: list(range(PARTITIONS)),
-                                               changelog: []}, workers, producer)
+    run = stream(make_worker, "lead-src", seed=41)
+    before = cluster.describe(run.topic, run.changelog)
+    assert {s.leader for s in before[run.topic].values()} == {SOURCE_LEADER}, before
+    measured = kill_and_rejoin(SOURCE_LEADER, {run.topic: list(range(PARTITIONS)),
+                                               run.changelog: []}, run.workers, run.producer)
     assert_answered(measured)
-    assert_exact(topic, workers, producer, expected)
+    assert_exact(run.topic, run.workers, run.producer, run.expected)
     report("source leader killed", measured)
 
 
 def test_killing_a_changelog_leader_keeps_both_replicas_exact(brokers, make_worker):
-    topic = unique("lead-log")
-    cluster.create_topic_led_by(topic, PARTITIONS, SOURCE_LEADER)
-    workers = start_replicas(make_worker, topic)
-    changelog = changelog_of(workers)
-    records, expected = bulk_records(RECORDS, PARTITIONS, seed=42)
-    producer = BackgroundProducer(topic, records, chunk=CHUNK, pause_s=PAUSE_S,
-                                  brokers=brokers).start()
-    states = cluster.describe(topic, changelog)
+    run = stream(make_worker, "lead-log", seed=42)
+    states = cluster.describe(run.topic, run.changelog)
     # a broker that leads changelog partitions and no source partition
-    victim = next(s.leader for s in states[changelog].values() if s.leader != SOURCE_LEADER)
-    assert all(s.leader == SOURCE_LEADER for s in states[topic].values()), states
-    led = [p for p, s in states[changelog].items() if s.leader == victim]
-    measured = kill_and_rejoin(victim, {changelog: led, topic: []}, workers, producer)
+    victim = next(s.leader for s in states[run.changelog].values()
+                  if s.leader != SOURCE_LEADER)
+    assert all(s.leader == SOURCE_LEADER for s in states[run.topic].values()), states
+    led = [p for p, s in states[run.changelog].items() if s.leader == victim]
+    measured = kill_and_rejoin(victim, {run.changelog: led, run.topic: []}, run.workers,
+                               run.producer)
     assert_answered(measured)
-    assert_exact(topic, workers, producer, expected)
+    assert_exact(run.topic, run.workers, run.producer, run.expected)
     report(f"changelog leader (node {victim}, partitions {led}) killed", measured)

@@ -64,17 +64,6 @@ def describe(*topics: str) -> dict[str, dict[int, PartitionState]]:
     return asyncio.run(_describe(list(topics)))
 
 
-def list_topics() -> list[str]:
-    async def run() -> list[str]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=CLUSTER, request_timeout_ms=5_000)
-        await admin.start()
-        try:
-            return list(await admin.list_topics())
-        finally:
-            await admin.close()
-    return asyncio.run(run())
-
-
 def pid_of(node: int) -> int:
     return int((REPO / ".kafka" / "cluster" / f"node-{node}" / "kafka.pid").read_text())
 
@@ -146,3 +135,20 @@ def wait_answering(workers: list[Any], timeout_s: float = 90) -> None:
     for worker in workers:
         wait_until(lambda w=worker: w.get("/a/default").status == 200, timeout_s,
                    f"{worker.url}/a/default answering 200")
+
+
+def start_replicas(make_worker: Any, topic: str) -> list[Any]:
+    """Two workers of one app on the cluster (changelog replicated 3 times), healthy and
+    answering."""
+    app_id = f"app-{topic}"
+    workers = [
+        make_worker(topic, app_id=app_id, name=f"c{i}", brokers=CLUSTER,
+                    extra={"replication_factor": "3", "session_timeout": "6s"})
+        for i in range(2)
+    ]
+    for worker in workers:
+        worker.start(wait=False)
+    for worker in workers:
+        worker.wait_healthy(timeout_s=120)
+    wait_answering(workers)
+    return workers
