@@ -74,10 +74,10 @@ class SnapshotProcess:
         self._offsets = self._progress = None
 
     def open(self, changelog: Mapping[int, tuple[int, int]],
-             max_age_s: float | None = None) -> Checkpoint:
+             max_age_s: float | None = None, topic_id: str | None = None) -> Checkpoint:
         """Resume the snapshot on disk or rebuild it (:meth:`SnapshotStore.open`)."""
         request = {"changelog": {str(p): list(b) for p, b in changelog.items()},
-                   "max_age_s": max_age_s}
+                   "max_age_s": max_age_s, "topic_id": topic_id}
         checkpoint = Checkpoint.from_json(self._call(_OPEN + orjson.dumps(request)))
         self.generation, self.rows = checkpoint.generation, checkpoint.rows
         self._closing_s = checkpoint.closing_s
@@ -177,7 +177,8 @@ def _serve_one(store: SnapshotStore, frame: bytes) -> dict[str, Any]:
     elif kind == _OPEN:
         request = orjson.loads(frame[1:])
         changelog = {int(p): (int(b), int(e)) for p, (b, e) in request["changelog"].items()}
-        return store.open(changelog, request["max_age_s"]).to_json()
+        return store.open(changelog, request["max_age_s"],
+                          topic_id=request.get("topic_id")).to_json()
     else:
         closing_s, head_length = _HEAD.unpack_from(frame, 1)
         start = 1 + _HEAD.size

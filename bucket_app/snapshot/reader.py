@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -35,7 +36,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IncompatibleBrokerVersion, KafkaError
 
 from bucket_app import identity
 from bucket_app.counting.lifecycle import Lifecycle
@@ -64,6 +65,31 @@ def changelog_topic(settings: Settings) -> str:
     """Faust's changelog topic of the counts table
     (:func:`bucket_app.identity.counts_changelog`)."""
     return identity.counts_changelog(settings)
+
+
+#: between two attempts to read the changelog's topic id
+TOPIC_ID_RETRY_S = 0.5
+
+
+async def read_topic_id(consumer: AIOKafkaConsumer, topic: str,
+                        stopping: threading.Event) -> str | None:
+    """``topic``'s id, asked through ``consumer``'s client until a broker answers (or until
+    ``stopping``); None when the brokers have no topic ids (Kafka before 2.8) or when
+    stopped first."""
+    while not stopping.is_set():
+        try:
+            found = await clients.topic_ids(consumer, [topic])
+        except IncompatibleBrokerVersion as exc:
+            log.warning("snapshot: the brokers give no topic ids (%s); a recreated changelog "
+                        "is recognised by its offsets only", exc)
+            return None
+        except (KafkaError, OSError) as exc:
+            log.debug("snapshot: topic id of %s not read yet: %s", topic, exc)
+        else:
+            if topic in found:
+                return found[topic]
+        await asyncio.sleep(TOPIC_ID_RETRY_S)
+    return None
 
 
 class SnapshotReader:
@@ -130,11 +156,12 @@ class SnapshotReader:
             if not tps:  # stopped before the changelog topic appeared
                 return
             consumer.assign(tps)
+            topic_id = await read_topic_id(consumer, self.topic, self._stopping)
             bounds = await self._bounds(consumer, tps)
             if bounds is None:
                 return
-            checkpoint = await self.in_thread(self.store.open, bounds,
-                                              await self._max_age_s())
+            open_store = functools.partial(self.store.open, topic_id=topic_id)
+            checkpoint = await self.in_thread(open_store, bounds, await self._max_age_s())
             self._restore(checkpoint)
             for tp in tps:
                 if tp.partition in checkpoint.offsets:

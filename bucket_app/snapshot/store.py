@@ -26,6 +26,7 @@ from bucket_app import identity
 from bucket_app.counting.lifecycle import NEVER, Lifecycle
 from bucket_app.errors import SnapshotError
 from bucket_app.settings import Settings
+from bucket_app.snapshot import lineage
 from bucket_app.snapshot.checkpoint import Checkpoint
 from bucket_app.snapshot.codec import PartKey, PartValue, Progress, decode_records
 from bucket_app.snapshot.table import (
@@ -114,6 +115,7 @@ class SnapshotStore:
             "schema": [[c, t] for c, t in self.schema.items()], "mapped": list(self.mapped),
             "interval_s": interval_s, "grace_s": grace, "idle_close_s": idle_close_s}))
         self.stored = Checkpoint()  # what the files reflect as of the last commit
+        self.topic_id: str | None = None  # the changelog's topic id (snapshot.lineage)
         self._commit = 0
         self._nonce = 0
         self._conn: sqlite3.Connection | None = None
@@ -137,12 +139,14 @@ class SnapshotStore:
     # -- opening ---------------------------------------------------------------------------
 
     def open(self, changelog: Mapping[int, tuple[int, int]], max_age_s: float | None = None,
-             now_s: float | None = None) -> Checkpoint:
+             now_s: float | None = None, topic_id: str | None = None) -> Checkpoint:
         """Resume the files on disk if they provably reflect one refresh of this identity
         whose offsets lie within ``changelog`` (partition -> (beginning, end) offsets) and
-        that is at most ``max_age_s`` old; otherwise :meth:`create`. Returns the checkpoint
-        resumed from, or the reason for the rebuild."""
+        that is at most ``max_age_s`` old, read from the changelog whose topic id is now
+        ``topic_id`` (:mod:`bucket_app.snapshot.lineage`); otherwise :meth:`create`. Returns
+        the checkpoint resumed from, or the reason for the rebuild."""
         self._acquire()
+        self.topic_id = topic_id
         now = time.time() if now_s is None else now_s
         previous: dict[str, Any] | None = None
         try:
@@ -188,6 +192,8 @@ class SnapshotStore:
         if (doc["file_nonce"], doc["file_commit"]) != (doc["nonce"], doc["commit"]):
             return (f"the snapshot file (commit {doc['file_commit']}) and its side file (commit "
                     f"{doc['commit']}) do not reflect the same refresh")
+        if (recreated := lineage.mismatch(doc, self.topic_id, self.identity["changelog"])):
+            return recreated
         offsets = {int(p): int(o) for p, o in doc["offsets"].items()}
         if set(offsets) != set(changelog):
             return (f"the snapshot reflects changelog partitions {sorted(offsets)}, the "
@@ -300,7 +306,7 @@ class SnapshotStore:
         transaction, and only then take ``stored`` as what the files reflect."""
         commit = self._commit % COMMIT_WRAP + 1
         doc = {**stored.to_json(), "identity": self.identity, "nonce": self._nonce,
-               "commit": commit}
+               "commit": commit, **lineage.stamp(self.topic_id)}
         del doc["resumed"], doc["reason"]
         conn.execute(f"PRAGMA main.user_version = {commit:d}")
         conn.execute("INSERT OR REPLACE INTO side.checkpoint VALUES (0, ?)", (orjson.dumps(doc),))
