@@ -18,7 +18,9 @@ per partition and the age a snapshot may have to be resumed; it is answered with
 :class:`~bucket_app.snapshot.reader.Checkpoint` as JSON. ``A`` is followed by the closing time,
 the length and JSON of the checkpoint's offsets and progress, then each record as key length,
 value length (-1 for a tombstone), key and value. ``C`` and ``A`` are answered with JSON: the
-generation and the table's rows. Any request may be answered with an error instead. The child
+generation and the table's rows. Any request may be answered with an error instead (with its
+kind: ``full`` when a full disk rolled the refresh back, ``diverged`` when only one file took
+it). The child
 exits when its stdin closes: a worker killed mid-refresh leaves the refresh to finish, and its
 successor's child waits for that (the store's lock) before it opens the files.
 """
@@ -36,7 +38,7 @@ from typing import IO, Any
 import orjson
 
 from bucket_app.counting.lifecycle import NEVER
-from bucket_app.errors import ChildGone, SnapshotError
+from bucket_app.errors import ChildGone, SnapshotDiverged, SnapshotError, SnapshotFull
 from bucket_app.snapshot.reader import Checkpoint, Progress, SnapshotStore, decode_records
 from bucket_app.sql.pool import ChildProcess, read_frame, write_frame
 
@@ -50,6 +52,9 @@ _CREATE, _OPEN, _APPLY = b"C", b"O", b"A"
 _RECORD = struct.Struct(">Ii")  # key length, value length or -1
 # an apply request's closing time and the length of its checkpoint JSON, before its records
 _HEAD = struct.Struct(">dI")
+# the errors the worker tells apart (a full disk is retried), by the name in an error answer
+_KINDS: dict[type[SnapshotError], str] = {SnapshotFull: "full", SnapshotDiverged: "diverged"}
+_ERRORS: dict[str, type[SnapshotError]] = {kind: error for error, kind in _KINDS.items()}
 
 
 class SnapshotProcess:
@@ -128,7 +133,7 @@ class SnapshotProcess:
             raise SnapshotError(f"the snapshot process ended ({exc})") from None
         reply: dict[str, Any] = orjson.loads(answer)
         if "error" in reply:
-            raise SnapshotError(reply["error"])
+            raise _ERRORS.get(reply.get("kind", "error"), SnapshotError)(reply["error"])
         return reply
 
     def _answer(self, reply: Mapping[str, Any]) -> int:
@@ -157,7 +162,8 @@ def serve(store: SnapshotStore, requests: IO[bytes], answers: IO[bytes]) -> None
         try:
             answer = _serve_one(store, frame)
         except Exception as exc:  # noqa: BLE001 - the worker gets it as SnapshotError
-            answer = {"error": f"{type(exc).__name__}: {exc}"}
+            answer = {"error": f"{type(exc).__name__}: {exc}",
+                      "kind": _KINDS.get(type(exc), "error")}  # type: ignore[arg-type]
         write_frame(answers, orjson.dumps(answer))
 
 

@@ -40,10 +40,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
-from bucket_app import identity
+from bucket_app import diskspace, identity
 from bucket_app.counting.keys import PROGRESS_KEY
 from bucket_app.counting.lifecycle import NEVER, Lifecycle
-from bucket_app.errors import SnapshotError
+from bucket_app.errors import SnapshotDiverged, SnapshotError, SnapshotFull
 from bucket_app.kafka import security as kafka_security
 from bucket_app.seam import clients
 from bucket_app.settings import FINAL_COLUMN, LATE_COLUMN, RST_COLUMN, Settings
@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 COUNTS_TABLE = "counts"
 # changes held before a refresh is due anyway: bounds the reader's memory while it catches up
 MAX_PENDING = 50_000
+#: what the snapshot's writes are called in the log and /health (bucket_app.diskspace)
+SNAPSHOT = "the SQLite snapshot"
 # (source partition, mapped values, bucket start) -> count in that partition
 PartKey = tuple[int, tuple[Any, ...], int]
 # The layout of the files and their checkpoint: a snapshot of another format is rebuilt.
@@ -126,6 +128,12 @@ class Pending:
             self.progress.update(decoded.progress)
         else:
             self.records[key] = value
+
+    def then(self, later: Pending) -> Pending:
+        """These records, and ``later``'s over them (read after them)."""
+        self.records.update(later.records)
+        self.progress.update(later.progress)
+        return self
 
 
 def decode_records(records: Iterable[tuple[bytes, bytes | None]]) -> dict[PartKey, PartValue]:
@@ -475,7 +483,8 @@ class SnapshotStore:
         try:
             yield
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # a COMMIT that failed (disk full) may have rolled back
+                conn.execute("ROLLBACK")
             raise
 
     def _commit_checkpoint(self, conn: sqlite3.Connection, stored: Checkpoint) -> None:
@@ -518,6 +527,24 @@ class SnapshotStore:
             return before.generation
         assert self._conn is not None, "create() or open() first"
         conn = self._conn
+        try:
+            return self._apply(conn, changes, before, (closing_s, final_through), offsets,
+                               progress)
+        except sqlite3.Error as exc:
+            if not diskspace.is_full(exc):
+                raise
+            # Each file commits on its own (WAL): the snapshot's may have taken the refresh
+            # before the side file's failed, and then a retry would count it twice.
+            with contextlib.suppress(sqlite3.Error):
+                committed = conn.execute("PRAGMA main.user_version").fetchone()[0]
+                if committed == self._commit:
+                    raise SnapshotFull(f"{self.path}: {exc}") from None
+            raise SnapshotDiverged(f"{self.path}: {exc}") from None
+
+    def _apply(self, conn: sqlite3.Connection, changes: Mapping[PartKey, PartValue],
+               before: Checkpoint, closing: tuple[float, float], offsets: dict[int, int],
+               progress: dict[int, Progress]) -> int:
+        closing_s, final_through = closing
         generation = before.generation + 1
         with self._transaction(conn):
             conn.execute("DELETE FROM temp.change")
@@ -803,6 +830,7 @@ class SnapshotReader:
         last_refresh = time.monotonic()
         positions: dict[int, tuple[int, int]] = {}
         started, read, told = time.monotonic(), 0, False
+        retry_at = 0.0  # after a refresh the disk had no room for
         while not self._stopping.is_set():
             batches = await consumer.getmany(timeout_ms=100, max_records=50_000)
             for records in batches.values():
@@ -815,12 +843,21 @@ class SnapshotReader:
                 high = consumer.highwater(tp)
                 positions[tp.partition] = (position, high if high is not None else 0)
             due = (time.monotonic() - last_refresh >= interval_s or self._refresh_now.is_set()
-                   or len(pending.records) >= MAX_PENDING)
+                   or len(pending.records) >= MAX_PENDING) and time.monotonic() >= retry_at
             if due:
                 self._refresh_now.clear()
                 last_refresh = time.monotonic()
                 batch, pending = pending, Pending()
-                await self._refresh(consumer, batch, positions)
+                try:
+                    await self._refresh(consumer, batch, positions)
+                    diskspace.FULL.recovered(SNAPSHOT)
+                except SnapshotFull as exc:
+                    # rolled back: the files and their checkpoint are as before it, queries
+                    # answer from them; the same records, and any read since, go in the next
+                    pending = batch.then(pending)
+                    retry_at = time.monotonic() + diskspace.RETRY_S
+                    diskspace.FULL.failed(SNAPSHOT, str(self.store.path), exc,
+                                          "queries answer from the snapshot as it is")
                 if not told and self.state.caught_up:
                     told = True
                     log.info("snapshot: caught up with the changelog, %d records read in %.1f s "

@@ -39,6 +39,7 @@ import orjson
 from aiohttp import web as aioweb
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
+from bucket_app import diskspace
 from bucket_app.counting.buckets import parse_epoch, parse_iso
 from bucket_app.errors import BadInput, HttpError
 from bucket_app.kafka import brokerlog
@@ -666,9 +667,11 @@ def register(app: faust.App, settings: Settings, reader: SnapshotReader, process
                 reasons.append("brokers unreachable: " + ", ".join(
                     f"node {broker} for {seconds:.0f} s" for broker, seconds in sorted(
                         gone.items())))
+            full = diskspace.FULL.reasons()  # counting waits for space: 503
+            reasons += full
             head = {"status": "degraded", "reason": "; ".join(reasons)} if reasons else {
                 "status": "ok"}
-            return json_response(head | service.status())
+            return json_response(head | service.status(), status=503 if full else 200)
 
     @app.page(f"{API}/buckets")
     class Buckets(faust.web.View):
