@@ -383,6 +383,8 @@ class BatchIntake:
         def done(result: asyncio.Future[Any]) -> None:
             if result.cancelled() or result.exception() is not None:
                 self._release(batch)
+                if self.app.should_stop:
+                    return  # sends failed as the worker stops: the consumer says what
                 error = result.exception() if not result.cancelled() else "cancelled"
                 log.error("changelog write for %s failed, its offsets stay uncommitted: %r",
                           batch.tp, error)

@@ -27,3 +27,13 @@ async def refresh_metadata(consumer: AIOKafkaConsumer) -> None:
 async def close_connections(consumer: AIOKafkaConsumer) -> None:
     """Close ``consumer``'s connections to the brokers, the last step of its ``stop``."""
     await consumer._client.close()
+
+
+def fail_sends(producer: AIOKafkaProducer, exc: Exception) -> int:
+    """Fail every batch ``producer`` holds or has in flight with ``exc`` (so its flush and
+    stop return); the number of batches failed."""
+    accumulator = producer._message_accumulator
+    pending = sum(len(batches) for batches in accumulator._batches.values()) + len(
+        accumulator._pending_batches)
+    accumulator.fail_all(exc)
+    return pending
