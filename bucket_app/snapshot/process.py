@@ -163,7 +163,8 @@ def serve(store: SnapshotStore, requests: IO[bytes], answers: IO[bytes]) -> None
             answer = _serve_one(store, frame)
         except Exception as exc:  # noqa: BLE001 - the worker gets it as SnapshotError
             answer = {"error": f"{type(exc).__name__}: {exc}",
-                      "kind": _KINDS.get(type(exc), "error")}  # type: ignore[arg-type]
+                      "kind": next((kind for error, kind in _KINDS.items()
+                                    if isinstance(exc, error)), "error")}
         write_frame(answers, orjson.dumps(answer))
 
 
