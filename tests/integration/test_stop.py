@@ -9,7 +9,6 @@ offsets again and the counts are exact against the messages the test produced.
 from __future__ import annotations
 
 import re
-import signal
 import time
 from collections.abc import Iterator
 
@@ -34,15 +33,6 @@ def broker() -> Iterator[str]:
     own_broker_script("clean", PORT)
 
 
-def stop_timed(worker: Worker) -> float:
-    """SIGTERM ``worker``; the seconds until it exited (status 0)."""
-    assert worker.proc is not None
-    started = time.monotonic()
-    worker.proc.send_signal(signal.SIGTERM)
-    assert worker.proc.wait(60) == 0, worker.tail()
-    return time.monotonic() - started
-
-
 def test_sigterm_exits_in_10_s_with_the_broker_up_and_gone(tmp_path, broker) -> None:
     topic = unique("stop")
     create_topic(topic, PARTITIONS, brokers=broker)
@@ -52,7 +42,7 @@ def test_sigterm_exits_in_10_s_with_the_broker_up_and_gone(tmp_path, broker) -> 
         worker.start()
         first, expected = bulk_records(20_000, PARTITIONS, seed=41, prefix="a")
         worker.wait_caught_up(produce(topic, first, brokers=broker))
-        up_s = stop_timed(worker)
+        up_s = worker.stop_timed()
         assert up_s < 10, up_s
         assert UNCOMMITTED not in worker.log_path.read_text(errors="replace")
 
@@ -67,7 +57,7 @@ def test_sigterm_exits_in_10_s_with_the_broker_up_and_gone(tmp_path, broker) -> 
         own_broker_script("stop", PORT)
         counted = worker.health()["worker"]["counted"]
         time.sleep(3)
-        down_s = stop_timed(worker)
+        down_s = worker.stop_timed()
         assert down_s < 10, down_s
         lines = [line for line in worker.log_path.read_text(errors="replace").splitlines()
                  if UNCOMMITTED in line]
