@@ -201,7 +201,8 @@ def schemas(settings: Settings) -> dict[str, Schema]:
                        "description": "degraded: counting waits for something (reason)"},
             "reason": {"type": "string", "description": "with degraded: why, e.g. the "
                        "schema registry is unavailable and which partitions wait for it, "
-                       "or which brokers refuse connections and for how long"}},
+                       "or which brokers refuse connections and for how long, or which "
+                       "path a full disk refuses (then the answer is a 503)"}},
             ["status"]),
         "Starting": {
             "type": "object", "required": ["status", "reason"],
@@ -426,8 +427,10 @@ def _operations(settings: Settings, asset_names: list[str]) -> dict[str, dict[st
             "responses": {
                 "200": _answer("the status", {"application/json": {
                     "schema": _ref("schemas", "Health")}}),
-                "503": _answer("the worker is starting: its brokers are not reachable yet",
-                               {"application/json": {"schema": _ref("schemas", "Starting")}},
+                "503": _answer("the worker is starting (its brokers are not reachable yet), "
+                               "or degraded by a full disk (counting waits for space)",
+                               {"application/json": {"schema": {"anyOf": [
+                                   _ref("schemas", "Starting"), _ref("schemas", "Health")]}}},
                                ["Retry-After"])}}},
         f"{views.API}/buckets": {"get": {
             "summary": "filtered counts; rolled up with granularity, tz or group_by",

@@ -671,7 +671,8 @@ def register(app: faust.App, settings: Settings, reader: SnapshotReader, process
             reasons += full
             head = {"status": "degraded", "reason": "; ".join(reasons)} if reasons else {
                 "status": "ok"}
-            return json_response(head | service.status(), status=503 if full else 200)
+            return json_response(head | service.status(), status=503 if full else 200,
+                                 headers={"Retry-After": "1"} if full else None)
 
     @app.page(f"{API}/buckets")
     class Buckets(faust.web.View):

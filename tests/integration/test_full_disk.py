@@ -109,7 +109,7 @@ def test_full_disk_pauses_counting_and_resumes_exact(tmp_path: Path) -> None:
             counted = worker.get("/health").json()["worker"]["counted"]
             time.sleep(10)
             held = worker.get("/health")
-            assert held.status == 503, held.json()
+            assert held.status == 503 and held.headers["Retry-After"] == "1", held.json()
             assert held.json()["worker"]["counted"] == counted, (counted, held.json())
             answer = worker.get("/a/default")
             assert answer.status == 200 and answer.json(), answer.status
