@@ -341,7 +341,12 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=REPO / ".soak")
     parser.add_argument("--out", type=Path,
                         default=REPO / "bench" / "results" / "soak-latest.json")
+    parser.add_argument("--report", type=Path,
+                        help="print the per-minute table of this result file and exit")
     args = parser.parse_args()
+    if args.report is not None:
+        print(table(json.loads(args.report.read_text())))
+        return
 
     topic = unique("soak")
     create_topic(args.brokers, topic, args.partitions)
@@ -394,13 +399,16 @@ def main() -> None:
 
 
 def table(result: dict[str, Any]) -> str:
-    lines = ["| min | RSS MB (all) | fds | threads | SQL p99 ms | visible p99 s | SSE events "
-             "| failed | load |", "|---|---|---|---|---|---|---|---|---|"]
+    """The per-minute table (markdown), then the summary as JSON."""
+    lines = ["| min | RSS MB, main (all) | fds | threads | SQL p99 (p50) ms | dashboard p99 ms "
+             "| visible p99 (p50) s | SSE events | failed | load |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result.get("per_minute", []):
         lines.append(
             f"| {r['minute']} | {r['rss_mb']:.0f} ({r['rss_all_mb']:.0f}) | {r['fds']} | "
-            f"{r['threads']} | {r['sql_p99_ms']} | {r['visible_p99_s']:.2f} | "
-            f"{r['sse_events']} | {r['sql_failed'] + r['dashboard_failed'] + r['sse_errors']} "
+            f"{r['threads']} | {r['sql_p99_ms']:.0f} ({r['sql_p50_ms']:.0f}) | "
+            f"{r['dashboard_p99_ms']:.0f} | {r['visible_p99_s']:.1f} ({r['visible_p50_s']:.1f}) "
+            f"| {r['sse_events']:,} | {r['sql_failed'] + r['dashboard_failed'] + r['sse_errors']} "
             f"| {r['load1']:.1f} |")
     lines.append(json.dumps({k: result.get(k) for k in (
         "rate_msg_s", "produced_msg_s", "capacity", "flatness", "counts")}, indent=1))
