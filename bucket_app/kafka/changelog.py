@@ -179,7 +179,10 @@ class Unacked:
                 # a later batch may have staged a newer value of the key since
                 if raw_key in values and values[raw_key] is raw_value:
                     del values[raw_key]
-        self.stalled.discard(partition)
+        if partition in self.stalled:
+            self.stalled.discard(partition)
+            if not self.stalled:  # an acknowledgement's write may be the one that got room
+                diskspace.FULL.recovered(TABLES)
         return True
 
     def retry(self) -> bool:
@@ -187,10 +190,10 @@ class Unacked:
         full disk by itself once there is room); True once nothing waits for one."""
         for partition in sorted(self.stalled):
             part = self._partitions.get(partition)
-            if part is None:
-                self.stalled.discard(partition)
-            else:
+            if part is not None:
                 self._flush(partition, part)
+            elif partition in self.stalled:  # revoked since: nothing of it to write
+                self.stalled.discard(partition)
         if not self.stalled:
             diskspace.FULL.recovered(TABLES)
         return not self.stalled
@@ -202,6 +205,8 @@ class Unacked:
         for partition in partitions:
             self._partitions.pop(partition, None)
             self.stalled.discard(partition)
+        if not self.stalled:
+            diskspace.FULL.recovered(TABLES)
 
     def pending(self) -> int:
         """Staged batches not yet written to RocksDB."""
