@@ -29,6 +29,8 @@ pub struct Mapping {
     pub time_kind: TimeKind,
     pub interval_s: i64,
     pub max_future_skew_s: f64,
+    /// how values are read when they are Avro (None: JSON)
+    pub avro: Option<crate::avro::Avro>,
 }
 
 /// A group value as Python sees it: type and value (`true`, `1` and `1.0` differ).
@@ -194,8 +196,9 @@ impl Mapping {
         let mut max_time: Option<f64> = None;
         let latest = now_s + self.max_future_skew_s;
         let mut captures = Captures::new(self.paths.slots());
+        let avro = self.avro.as_ref().map(crate::avro::Avro::reading);
         for (index, record) in fetch.records.iter().enumerate() {
-            let answer = self.locate(fetch, record, latest, &mut captures);
+            let answer = self.locate(fetch, record, latest, &mut captures, avro.as_ref());
             let Some((ts, start)) = answer else {
                 unsure.push(index as u32);
                 if let Some(t) = traced.as_mut() {
@@ -250,13 +253,18 @@ impl Mapping {
         record: &Record,
         latest: f64,
         captures: &mut Captures<'f>,
+        avro: Option<&crate::avro::Reading<'_>>,
     ) -> Option<(f64, i64)> {
         let raw = fetch.bytes(record.value?);
         if raw.is_empty() {
             return None;
         }
-        let text = std::str::from_utf8(raw).ok()?;
-        self.paths.read(text, captures).ok()?;
+        if let Some(avro) = avro {
+            avro.read(raw, captures).ok()?;
+        } else {
+            let text = std::str::from_utf8(raw).ok()?;
+            self.paths.read(text, captures).ok()?;
+        }
         let ts = self.event_time(captures.get(self.time_slot), record)?;
         if ts > latest {
             return None; // future_time is Python's to report
