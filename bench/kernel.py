@@ -1,25 +1,28 @@
 """Counting one fetch in one process, no broker: the native kernel against the Python path.
 
-    .venv/bin/python -m bench.kernel [--records 1000000] [--shapes flat,nested,iso,bad1]
+    .venv/bin/python -m bench.kernel [--records 1000000] [--shapes flat,nested,iso,avro,bad1]
 
 For each payload shape (bench/shapes.py) it builds one fetch of ``--records`` records in Kafka
 record batches of 1,000 (uncompressed, as aiokafka's producer writes them) and times, best of
 ``--rounds``: the kernel counting the fetch's bytes (``NativeKernel.count``: batch parsing, CRC,
 JSON, grouping, and ``Classifier.locate`` for the records it leaves); aiokafka unpacking the
 same bytes into records; and ``Classifier.group`` on those records' values. The Python path is
-the last two together. The two counts are checked equal before anything is printed.
+the last two together. The two counts are checked equal before anything is printed. The Avro
+shapes (``avro``, ``avro-confluent``) are read with the shape's schema as the settings'
+``avro_val_schema``, as a worker reads them.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.shapes import SHAPES, encode
+from bench.shapes import AVRO_SCHEMA, SHAPES, encode
 from bucket_app.counting.classify import Classifier
 from bucket_app.counting.kernel import NativeKernel
 from bucket_app.counting.keys import group_identity
@@ -44,6 +47,12 @@ def fetch_bytes(shape: str, n: int) -> bytes:
 
 def shape_settings(shape: str, directory: Path) -> Settings:
     spec = SHAPES[shape]
+    if spec.avro:  # the Avro shapes: read with their schema (avro-confluent: framed, id ignored)
+        where = directory / shape
+        where.mkdir(parents=True, exist_ok=True)
+        (where / "bench.avsc").write_text(json.dumps(AVRO_SCHEMA))
+        return make_settings(where, msg_map=spec.msg_map, bucket_type=spec.bucket_type,
+                             avro_val_schema=str(where / "bench.avsc"))
     return make_settings(directory / shape, msg_map=spec.msg_map, bucket_type=spec.bucket_type)
 
 
@@ -80,7 +89,7 @@ def measure(shape: str, n: int, rounds: int, scratch: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--records", type=int, default=1_000_000)
-    parser.add_argument("--shapes", default="flat,nested,iso,bad1")
+    parser.add_argument("--shapes", default="flat,nested,iso,avro,avro-confluent,bad1")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     print(f"{'shape':8} {'kernel rec/s':>13} {'unpack+group':>13} {'group only':>11} "

@@ -3,12 +3,19 @@
 :class:`NativeKernel` counts one fetched partition's raw bytes - its Kafka record batches as the
 broker sent them - into window-keys. The kernel reads the batches as aiokafka's consumer does
 (CRC, codecs, control batches, aborted transactions, records below the fetch offset) and counts
-the JSON records it is sure of without the interpreter lock and without a Python object per
+the records it is sure of without the interpreter lock and without a Python object per
 record. Every other record, each one Python would skip included, comes back as a
 :class:`FetchedRecord` and is located here by :meth:`Classifier.locate`, the one definition of
 what a record means; so a :class:`FetchCount` is what locating every record would give
-(tests/unit/counting/test_kernel.py checks that on generated batches of every codec). The
-kernel reads JSON only; Avro stays on the Python path.
+(tests/unit/counting/test_kernel.py checks that on generated batches of every codec, and
+test_kernel_avro.py for Avro).
+
+Values are JSON, or Avro: with the settings' schema (schemaless or Confluent-framed, as
+:class:`~bucket_app.counting.decode.AvroDecoder` reads them), or with a schema registry's
+writer schemas by id resolved against the reader (as
+:class:`~bucket_app.counting.decode.RegistryDecoder`). The kernel runs, for each schema, a plan
+:mod:`bucket_app.counting.avro_plan` compiled from it; a registry id gets its plan before the
+first fetch read after the registry gave its schema, and until then its records go to Python.
 """
 
 from __future__ import annotations
