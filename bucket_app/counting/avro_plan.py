@@ -35,6 +35,10 @@ _AVRO_TYPES: Final = _PRIMITIVES | _NAMED | frozenset(
 _PROMOTIONS: Final = {"int": ("long", "float", "double"), "long": ("float", "double"),
                       "float": ("double",), "string": ("bytes",), "bytes": ("string",)}
 _INT64: Final = 2**63
+#: The most operations one plan may hold: named types are written out where they are used, so a
+#: schema that nests references can make a plan far larger than its text (its records go to
+#: Python instead).
+MAX_OPS: Final = 20_000
 UNSURE: Final = ("unsure", -1, None)
 
 Op = tuple[str, int, Any]
@@ -96,6 +100,12 @@ class _Compiler:
         self.writers: dict[str, Any] = writer.get("__named_schemas", {})
         self.readers: dict[str, Any] = ({} if reader is None
                                         else reader.get("__named_schemas", {}))
+        self.ops = 0
+
+    def grow(self) -> None:
+        self.ops += 1
+        if self.ops > MAX_OPS:
+            raise Unsupported(f"a plan of more than {MAX_OPS} operations")
 
     # --- fastavro's match_types and match_schemas (raise_on_error=False: None) -------------
 
@@ -142,6 +152,7 @@ class _Compiler:
     def read(self, w: Any, r: Any, node: _Node | None) -> list[Op]:
         """Ops reading a value of writer type ``w`` as reader type ``r`` (None: no
         resolution), its paths in ``node``."""
+        self.grow()
         kind = _kind(w)
         if r is not None:
             r = self.match_schemas(w, r)
@@ -243,6 +254,7 @@ class _Compiler:
     # --- skipping (fastavro's skip_data) -----------------------------------------------------
 
     def skip(self, w: Any) -> list[Op]:
+        self.grow()
         kind = _kind(w)
         if kind not in _AVRO_TYPES:
             return self.skip(self.writers[kind])

@@ -37,7 +37,7 @@ from bucket_app.counting.decode import (
     WriterSchema,
 )
 from bucket_app.counting.kernel import NativeKernel
-from bucket_app.errors import KernelRefused
+from bucket_app.errors import BadInput, KernelRefused
 from bucket_app.settings import Settings
 from tests.support.batches import CODECS, Rec, batch, counts_as_locate
 from tests.unit.counting.test_fuzz_counting import NOW
@@ -243,7 +243,22 @@ odd = st.sampled_from([None, b"", b"\x00", b"\x00\x00\x00\x00", b"\x00\x00\x00\x
                        b"\x00\x00\x00\x00\x07{}", b'{"ts": 1}', b"\x02"])
 
 
+def nan_key(config: str, value: bytes | None) -> bool:
+    """Whether Python counts ``value`` under a key holding NaN: no two such keys are equal (nor
+    is one equal to itself), so no count can be compared with another. The kernel leaves them
+    to Python; the fuzz still throws them at it."""
+    try:
+        key, _, _ = KERNELS[config][1].locate(value, 0, NOW, NOW)
+    except BadInput:
+        return False
+    return any(type(each) is float and each != each for each in key[0])  # noqa: PLR0124
+
+
 def values(config: str) -> st.SearchStrategy[bytes | None]:
+    return any_values(config).filter(lambda value: not nan_key(config, value))
+
+
+def any_values(config: str) -> st.SearchStrategy[bytes | None]:
     if config == "local":
         good = st.one_of(datums(1), datums(1).map(lambda b: b"\x00\x00\x00\x00\x01" + b))
     else:
@@ -332,6 +347,13 @@ def test_resolution_gives_what_fastavro_gives() -> None:
     assert got.located == 0
 
 
+def test_a_nan_value_is_left_to_python() -> None:
+    value = clean(2, 0).replace(struct.pack("<f", 1.5), struct.pack("<f", float("nan")))
+    got = KERNELS["registry"][0].count(batch(0, [Rec(0, 0, b"\x00" + (2).to_bytes(4, "big")
+                                                       + value)]), 0, 0, NOW)
+    assert got.located == 1 and got.keys[0][0][2] != got.keys[0][0][2]
+
+
 def test_ids_without_a_plan_are_left_to_python_by_reason() -> None:
     recs = [Rec(i, 0, b"\x00" + schema_id.to_bytes(4, "big") + b"\x02x")
             for i, schema_id in enumerate([5, 6, 7, 8])]
@@ -357,6 +379,19 @@ def test_plans_the_kernel_cannot_follow_leave_records_to_python() -> None:
     assert compile_plan(parse_schema(logical, named_schemas={}), None, paths) is None
     assert ("unsure", -1, None) in (compile_plan(WRITERS[5].schema or {}, PARSED_READER, paths)
                                     or [])
+
+
+def test_a_schema_that_multiplies_its_plan_has_none() -> None:
+    """Each level holds the one below twice: 2**20 values from 20 named types."""
+    levels: list[Any] = [{"type": "record", "name": "L0",
+                          "fields": [{"name": "x", "type": "long"}]}]
+    for at in range(1, 21):
+        levels.append({"type": "record", "name": f"L{at}", "fields": [
+            {"name": "a", "type": levels[-1]}, {"name": "b", "type": f"L{at - 1}"}]})
+    schema = {"type": "record", "name": "Top", "fields": [
+        {"name": "ts", "type": "long"}, {"name": "deep", "type": levels[-1]}]}
+    parsed = parse_schema(schema, named_schemas={})
+    assert compile_plan(parsed, None, slot_paths(["ts"], "ts")) is None
 
 
 def test_paths_are_numbered_as_the_kernel_numbers_them() -> None:
@@ -412,7 +447,10 @@ def test_random_and_mutated_avro_never_crash_the_kernel() -> None:
             recs.append(Rec(i, int(NOW * 1000), value))
         data = batch(40, recs, codec=rng.choice(CODECS))
         for config, (kernel, _) in KERNELS.items():
-            check(config, data, 40, 1)
+            if any(nan_key(config, rec.value) for rec in recs):
+                kernel.count(data, 1, 40, NOW)  # read, but no count to compare
+            else:
+                check(config, data, 40, 1)
             try:
                 kernel.count(mutate(rng, data), 1, 40, NOW, check_crcs=rng.random() < 0.5)
             except KernelRefused:
