@@ -16,15 +16,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bucket_app.errors import SettingsError
+from bucket_app.identity import counts_changelog
 from bucket_app.settings import load
+from bucket_app.snapshot.codec import Progress
 from bucket_app.snapshot.output import NotPublisher, RowPublisher, row_key
-from bucket_app.snapshot.reader import (
-    Progress,
-    ReaderState,
-    SnapshotStore,
-    changelog_topic,
-    store_config,
-)
+from bucket_app.snapshot.state import ReaderState
+from bucket_app.snapshot.store import SnapshotStore, store_config
 from tests.support.kafka import BROKERS, unique
 from tests.unit.test_settings import MSG_MAP, SEED_INI, SQLITE_SCHEMA, write_config
 
@@ -59,7 +56,7 @@ def test_the_source_or_dead_letter_topic_is_refused_as_output(tmp_path):
     with pytest.raises(SettingsError, match="of its own"):
         RowPublisher(settings, settings.topic, ReaderState(PARTITIONS), lambda: True)
     with pytest.raises(SettingsError, match="of its own"):
-        RowPublisher(settings, changelog_topic(settings), ReaderState(PARTITIONS), lambda: True)
+        RowPublisher(settings, counts_changelog(settings), ReaderState(PARTITIONS), lambda: True)
 
 
 # -- against the broker ---------------------------------------------------------------------

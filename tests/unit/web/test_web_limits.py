@@ -1,9 +1,9 @@
 """Web limits: SQL admission (429 / 503, fair order), the bearer token, and one JSON error shape
 even for what aiohttp's parser refuses.
 
-The HTTP tests run the real views (``web.register`` on a Faust app that is never started) on a
-real aiohttp server built by ``web.make_runner``, the runner the worker serves with, over a real
-SQLite snapshot and real SQL child processes. Clients with different addresses bind to
+The HTTP tests run the real routes (``routes.register`` on a Faust app that is never started) on
+a real aiohttp server built by ``middleware.make_runner``, the runner the worker serves with,
+over a real SQLite snapshot and real SQL child processes. Clients with different addresses bind to
 127.0.0.1 and 127.0.0.2 (the whole loopback range answers on Linux).
 """
 
@@ -29,10 +29,14 @@ import pytest
 from aiohttp import web as aioweb
 
 from bucket_app.errors import HttpError
+from bucket_app.kafka.recovery import RecoveryProgress
+from bucket_app.parts import sql_parts
 from bucket_app.settings import Settings, load
 from bucket_app.snapshot.reader import SnapshotReader
-from bucket_app.web import views as web
-from bucket_app.web.views import SqlAdmission
+from bucket_app.web import middleware, routes
+from bucket_app.web.admission import SqlAdmission
+from bucket_app.web.metrics import ConsumerLag, build_registry
+from bucket_app.web.service import Service
 from tests.unit.sql.test_sql import make_db
 from tests.unit.test_settings import SEED_INI, write_config
 
@@ -149,7 +153,7 @@ async def test_a_cancelled_waiter_gives_its_slot_on() -> None:
 @dataclass
 class Served:
     url: str
-    service: web.Service
+    service: Service
     port: int
 
 
@@ -160,8 +164,9 @@ def make_settings(tmp_path: Path, **extra: str) -> Settings:
     return load(write_config(tmp_path, ini), {})
 
 
-def build_app(settings: Settings) -> tuple[faust.App, web.Service]:
-    """The worker's web app: views, middlewares and runner, on a Faust app never started."""
+def build_app(settings: Settings) -> tuple[faust.App, Service]:
+    """The worker's web app: routes, middlewares and runner, on a Faust app never started;
+    the service's SQL pool and threads as the worker builds them (not started)."""
     app = faust.App(f"test-web-{uuid.uuid4().hex[:8]}", web_in_thread=True)
     reader = SnapshotReader(settings, PARTITIONS, store=None)
     # a snapshot that has caught up with an empty changelog
@@ -169,11 +174,15 @@ def build_app(settings: Settings) -> tuple[faust.App, web.Service]:
     reader.state.generation = 1
     reader.state.changelog = {p: (0, 0) for p in range(PARTITIONS)}
     # the agent's counters, which the views only report
-    processor = SimpleNamespace(
+    processor: Any = SimpleNamespace(
         counter=SimpleNamespace(batches=0, counted=0, replayed=0, late=0, dead_letters=0,
                                 skipped={}),
         assignment={"ready": True})
-    return app, web.register(app, settings, reader, processor)
+    sql, threads, processes = sql_parts(settings)
+    service = Service(settings, reader, processor, sql, threads, processes)
+    routes.register(app, service, build_registry(
+        service, ConsumerLag(settings.topic), RecoveryProgress()))
+    return app, service
 
 
 @pytest.fixture
@@ -191,10 +200,10 @@ def settings_extra() -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def running(app: faust.App, service: web.Service) -> AsyncIterator[tuple[str, Any]]:
+async def running(app: faust.App, service: Service) -> AsyncIterator[tuple[str, Any]]:
     """The views of ``build_app`` served on a free loopback port: (base URL, runner)."""
     service.sql.start()  # as the worker does at start-up
-    runner = web.make_runner(app.web.web_app)  # type: ignore[attr-defined]
+    runner = middleware.make_runner(app.web.web_app)  # type: ignore[attr-defined]
     await runner.setup()
     site = aioweb.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -358,7 +367,7 @@ async def test_a_long_url_within_the_limit_still_reaches_the_view(served: Served
 def test_warning_when_listening_beyond_loopback_without_a_token(
         tmp_path: Path, db: Path, caplog: pytest.LogCaptureFixture, extra: dict[str, str],
         warned: bool) -> None:
-    with caplog.at_level(logging.WARNING, logger="bucket_app.web.views"):
+    with caplog.at_level(logging.WARNING, logger="bucket_app.web.routes"):
         _, service = build_app(make_settings(tmp_path, **extra))
     service.sql.close()
     warnings = [r for r in caplog.records if "http_token" in r.getMessage()]
@@ -372,9 +381,9 @@ def test_private_names_the_json_errors_rely_on() -> None:
     assert inspect.iscoroutinefunction(aioweb.AppRunner._make_server)
     params = list(inspect.signature(aioweb.RequestHandler.handle_error).parameters)
     assert params == ["self", "request", "status", "exc", "message"]
-    assert aioweb.RequestHandler.__slots__ and web.JsonErrorRequestHandler.__slots__ == ()
-    web.use_json_error_runner(app.web)
-    assert isinstance(app.web._runner, web.JsonErrorAppRunner)  # type: ignore[attr-defined]
+    assert aioweb.RequestHandler.__slots__ and middleware.JsonErrorRequestHandler.__slots__ == ()
+    middleware.use_json_error_runner(app.web)
+    assert isinstance(app.web._runner, middleware.JsonErrorAppRunner)  # type: ignore[attr-defined]
 
 
 async def test_a_snapshot_not_loaded_is_503_at_once_unless_wait_ms_is_given(
