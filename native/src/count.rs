@@ -1,10 +1,11 @@
-//! Counting a fetch's JSON records by (mapped values, bucket start), for the records the
-//! kernel is sure of; every other record's index is returned for the Python path.
+//! Counting a fetch's JSON or Avro records by (mapped values, bucket start), for the records
+//! the kernel is sure of; every other record's index is returned for the Python path.
 //!
 //! A record is answered here only when `Classifier.locate` would count it and the kernel can
-//! say exactly where: the value is a JSON object the reader accepts, the time field is a number
-//! in range, a numeric string or an ISO time in the spellings `time` reads (or missing or null,
-//! when the record's Kafka time stands in), not past `now + max_future_skew`, and no mapped
+//! say exactly where: the value is a JSON object the reader accepts (or Avro a plan reads
+//! exactly, `crate::avro`), the time field is a number in range, a numeric string or an ISO
+//! time in the spellings `time` reads (or missing or null, when the record's Kafka time stands
+//! in), not past `now + max_future_skew`, and no mapped
 //! value is an object or array. Everything else, every record Python would skip included, is
 //! `unsure`: Python says what it means, and is the one place that names skip reasons.
 

@@ -2,7 +2,7 @@
 //!
 //! The Python API is two calls. `unpack` reads a fetch's record batches as aiokafka's
 //! consumer does and returns its records; `Kernel.count` reads them too and counts the JSON
-//! records it is sure of by (mapped values, bucket start), returning every other record for
+//! or Avro records it is sure of by (mapped values, bucket start), returning every other record for
 //! `bucket_app.counting.classify.Classifier.locate`, which stays the definition of what a record
 //! means. Both work without the interpreter lock, on the bytes the caller keeps alive, and build
 //! Python objects only once done: one per group and per record left to Python.
