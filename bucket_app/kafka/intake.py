@@ -268,10 +268,19 @@ class BatchIntake:
         for tp, batch in records.items():
             if tp.topic != self.topic or tp not in countable:
                 continue
-            fresh = self._after_read_offset(tp, batch)
-            ids = self.schemas.missing(map(_VALUE, fresh)) if fresh else set()
+            native = batch[0] if len(batch) == 1 and isinstance(batch[0], KernelFetch) else None
+            if native is not None:
+                # the kernel counted only values whose ids it has plans for, all fetched: the
+                # ids to fetch are among those it left to Python
+                ids = self.schemas.missing(record.value for record in native.unsure)
+                read = consumer.read_offset(tp)
+                first = max(native.first_offset or 0, read or 0)
+            else:
+                fresh = self._after_read_offset(tp, batch)
+                ids = self.schemas.missing(map(_VALUE, fresh)) if fresh else set()
+                first = fresh[0].offset if fresh else 0
             if ids:
-                wanted[tp] = (fresh[0].offset, ids)
+                wanted[tp] = (first, ids)
         if not wanted:
             return records
         await self.schemas.fetch(set().union(*(ids for _, ids in wanted.values())),

@@ -15,7 +15,7 @@ import signal
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -83,6 +83,35 @@ def events(ids: list[int], n: int, seed: int, versions: tuple[int, ...] = (0, 1,
     return records, expected
 
 
+class Mixed(NamedTuple):
+    """Records of every version and records no reader can count, shuffled."""
+
+    records: list[Record]
+    expected: Counter[tuple[str, str, int]]  # of the versions' records, as the reader sees them
+    bad: list[Record]  # of a writer schema no reader resolves
+    bad_id: int
+    unknown: list[Record]  # of an id the registry does not know
+    unknown_id: int
+
+
+def mixed(topic: str, n: int, seed: int) -> Mixed:
+    """``n`` records of the four versions (registered under the topic's subject), 30 of a
+    writer no reader resolves and 20 of an id the registry does not know, shuffled."""
+    ids = [register(f"{topic}-value", version) for version in VERSIONS]
+    good, expected = events(ids, n, seed=seed)
+    rng = random.Random(seed + 1)
+    # registered elsewhere (another subject), so the registry knows it: it just won't resolve
+    bad_id = register(f"{topic}-other-value", INCOMPATIBLE)
+    unknown_id = max(*ids, bad_id) + 100_000
+    bad = [Record(avro_frame(bad_id, INCOMPATIBLE, {"service_name": {"id": "x"}, "ts": 1}),
+                  rng.randrange(PARTITIONS)) for _ in range(30)]
+    unknown = [Record(avro_frame(unknown_id, V4, {"service_name": "y", "ts": 1, "note": "z"}),
+                      rng.randrange(PARTITIONS)) for _ in range(20)]
+    records = good + bad + unknown
+    rng.shuffle(records)
+    return Mixed(records, expected, bad, bad_id, unknown, unknown_id)
+
+
 def counted(worker: Worker) -> dict[tuple[str, str, int], int]:
     found: dict[tuple[str, str, int], int] = {}
     for row in worker.get("/a/default").json():
@@ -112,21 +141,11 @@ def test_four_schema_versions_interleaved_are_counted_exactly(make_worker):
 def test_incompatible_and_unknown_ids_are_skipped_by_reason(make_worker):
     topic, dead = unique("avro-bad"), unique("avro-dlq")
     create_topic(topic, PARTITIONS)
-    ids = [register(f"{topic}-value", version) for version in VERSIONS]
-    # registered elsewhere (another subject), so the registry knows it: it just won't resolve
-    bad_id = register(f"{topic}-other-value", INCOMPATIBLE)
-    unknown_id = max(*ids, bad_id) + 100_000
-    good, expected = events(ids, 2000, seed=22)
-    rng = random.Random(23)
-    bad = [Record(avro_frame(bad_id, INCOMPATIBLE, {"service_name": {"id": "x"}, "ts": 1}),
-                  rng.randrange(PARTITIONS)) for _ in range(30)]
-    unknown = [Record(avro_frame(unknown_id, V4, {"service_name": "y", "ts": 1, "note": "z"}),
-                      rng.randrange(PARTITIONS)) for _ in range(20)]
-    mixed = good + bad + unknown
-    rng.shuffle(mixed)
+    mix = mixed(topic, 2000, seed=22)
+    bad, bad_id, unknown, unknown_id = mix.bad, mix.bad_id, mix.unknown, mix.unknown_id
     worker = avro_worker(make_worker, topic, dead_letter_topic=dead).start()
-    worker.wait_caught_up(produce(topic, mixed), timeout_s=180)
-    assert counted(worker) == dict(expected)
+    worker.wait_caught_up(produce(topic, mix.records), timeout_s=180)
+    assert counted(worker) == dict(mix.expected)
     health = worker.health()["worker"]
     assert health["skipped"] == {"avro_mismatch": 30, "unknown_schema": 20}
     assert health["counted"] == 2000 and health["dead_letters"] == 50

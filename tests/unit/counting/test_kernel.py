@@ -55,11 +55,9 @@ from tests.unit.counting.test_fuzz_counting import (
     batch_values,
 )
 from tests.unit.test_fuzz_common import (
-    AVRO_SCHEMA_PATH,
     decodable_scalars,
     decodable_text,
     decodable_values,
-    make_settings,
     scratch_dir,
 )
 
@@ -506,12 +504,6 @@ def test_the_interpreter_lock_is_released_while_a_fetch_is_read() -> None:
         stop.set()
         other.join()
     assert during > 0
-
-
-def test_settings_the_kernel_does_not_read_are_refused() -> None:
-    avro = make_settings(BASE / "avro", avro_val_schema=str(AVRO_SCHEMA_PATH))
-    with pytest.raises(ValueError, match="Avro"):
-        NativeKernel(avro)
 
 
 # --- fuzz ------------------------------------------------------------------------------------
