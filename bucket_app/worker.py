@@ -51,10 +51,11 @@ from bucket_app.snapshot.reader import COUNTS_TABLE
 
 log = logging.getLogger(__name__)
 
-#: Which code counts the source topic's records: ``python`` (the default) or ``native``, the
-#: compiled kernel (bucket_app.counting.kernel; JSON only, Avro is counted in Python either way).
+#: Which code counts the source topic's records: ``native`` (the default), the compiled kernel
+#: (bucket_app.counting.kernel; JSON only, Avro is counted in Python either way), or ``python``,
+#: the pure-Python path end to end.
 KERNEL_ENV = "BUCKET_APP_KERNEL"
-KERNELS = ("python", "native")
+KERNELS = ("native", "python")
 
 # The web server's thread waits for the GIL while the main loop counts; CPython hands it over
 # after this long (default 5 ms), and an HTTP answer needs several hand-overs, so a shorter
@@ -120,19 +121,21 @@ class CountsTable(UnexpiringTable):
 
 def counting_kernel(settings: Settings, environ: Mapping[str, str] = os.environ,
                     ) -> tuple[NativeKernel | None, str]:
-    """The native kernel when ``BUCKET_APP_KERNEL=native`` and the messages are JSON, else
-    None; and a line saying which kernel counts. A value other than python or native is a
-    SettingsError."""
-    choice = environ.get(KERNEL_ENV, "python").strip().lower() or "python"
+    """The native kernel unless ``BUCKET_APP_KERNEL=python`` or the messages are Avro, else
+    None; and a line saying which kernel counts. A value other than native or python is a
+    SettingsError. Native is the default because it counts JSON exactly as the Python path
+    does (the Python path is its definition, tests/unit/counting/test_kernel.py) with no
+    Python object per record."""
+    choice = environ.get(KERNEL_ENV, KERNELS[0]).strip().lower() or KERNELS[0]
     if choice not in KERNELS:
         raise SettingsError(f"{KERNEL_ENV}={choice!r}: must be one of {', '.join(KERNELS)}")
     if choice == "native" and (settings.avro_schema is not None
                                or settings.schema_registry_url is not None):
-        return None, (f"counting kernel: python ({KERNEL_ENV}=native reads plain JSON; "
+        return None, ("counting kernel: python (the native kernel reads plain JSON; "
                       "messages are Avro or registry-framed)")
     if choice == "native":
         return NativeKernel(settings), "counting kernel: native (native/, Rust)"
-    return None, "counting kernel: python"
+    return None, f"counting kernel: python ({KERNEL_ENV}=python)"
 
 
 def native_reader(kernel: NativeKernel) -> NativeReader:
@@ -156,7 +159,7 @@ class Processor:
                  kernel: NativeKernel | None = None) -> None:
         """With a schema registry, ``schemas`` caches the writer schemas (the intake fills it)
         and ``reader`` is the schema they are resolved against; ``kernel`` reads fetches of
-        JSON messages natively (BUCKET_APP_KERNEL=native)."""
+        JSON messages natively (the default; not with BUCKET_APP_KERNEL=python)."""
         self.app = app
         self.settings = settings
         self.counts = counts
