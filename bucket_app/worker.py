@@ -77,10 +77,6 @@ FETCH_MIN_BYTES = 2 * 1024 * 1024
 # The most one fetch returns, all partitions together: the most one batch counts, and so the
 # bound on the memory a batch takes.
 FETCH_MAX_BYTES = 2 * 1024 * 1024
-# The same with the native kernel, whose fetch stays bytes (no Python object per record): a
-# larger fetch writes each window-key once per more records and pays the per-fetch work of
-# aiokafka and Faust less often (docs/performance.md).
-NATIVE_FETCH_MAX_BYTES = 8 * 1024 * 1024
 # how often /health's view of this worker's partitions is refreshed
 ASSIGNMENT_REFRESH_S = 0.25
 # Allocations between young garbage collections (CPython's default is 700). A batch makes
@@ -397,8 +393,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     app.source_topic_name = settings.topic
     # this app's consumer only: the committed-offset seek, fetch sizes, record batches
     app.consumer_options = ConsumerOptions(
-        settings.topic, FETCH_MIN_BYTES, FETCH_MAX_WAIT_MS,
-        FETCH_MAX_BYTES if kernel is None else NATIVE_FETCH_MAX_BYTES,
+        settings.topic, FETCH_MIN_BYTES, FETCH_MAX_WAIT_MS, FETCH_MAX_BYTES,
         settings.isolation_level, None if kernel is None else native_reader(kernel))
     guard_local_state(settings, Path(app.conf.tabledir))
 

@@ -80,9 +80,8 @@ async def test_apps_leave_the_library_classes_as_they_are(tmp_path):
         intakes.add(id(app.intake))
         assert app.consumer_options.source_topic == topic
         tuned = consumer._thread._create_worker_consumer(app.transport)
-        # JSON: the native kernel counts, with its larger fetches
         assert (tuned._fetch_min_bytes, tuned._fetch_max_wait_ms, tuned._fetch_max_bytes) == (
-            agent.FETCH_MIN_BYTES, agent.FETCH_MAX_WAIT_MS, agent.NATIVE_FETCH_MAX_BYTES)
+            agent.FETCH_MIN_BYTES, agent.FETCH_MAX_WAIT_MS, agent.FETCH_MAX_BYTES)
     assert len(intakes) == 3
 
 
