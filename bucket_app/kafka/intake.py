@@ -62,16 +62,16 @@ from aiokafka.structs import ConsumerRecord
 from faust.events import Event
 from faust.types import TP
 
-from bucket_app import diskspace
 from bucket_app.counting.kernel import KernelFetch
 from bucket_app.kafka.changelog import ChangelogRecord, ChangelogSender
 from bucket_app.kafka.deadletter import DeadLetter, DeadLetterSender
-from bucket_app.kafka.registry import FETCH_WAIT_S, WriterSchemas
+from bucket_app.kafka.holds import Holds
+from bucket_app.kafka.registry import WriterSchemas
 from bucket_app.seam.consumer import SeamConsumer, reset_current_event, set_current_event
 
 log = logging.getLogger(__name__)
 
-_OFFSET, _VALUE = attrgetter("offset"), attrgetter("value")
+_OFFSET = attrgetter("offset")
 
 #: Changelog messages allowed to wait in Faust's producer buffer (the sweep's tombstones go
 #: through it) before the intake stops fetching until it drains to PRODUCER_LOW.
@@ -111,7 +111,7 @@ class Counted:
     dead: list[DeadLetter]
 
 
-class BatchIntake:
+class BatchIntake(Holds):
     """The fetch loop of one Faust consumer, with a batch path for ``topic``."""
 
     def __init__(self, consumer: SeamConsumer, topic: str, handle: BatchHandler,
@@ -256,125 +256,6 @@ class BatchIntake:
         consumer.set_read_offset(tp, offsets[-1])
         return Counted(tp, offsets, read, event.message, changes, dead)
 
-    async def _with_schemas(self, records: dict[TP, list[Any]], generation: int,
-                            ) -> dict[TP, list[Any]] | None:
-        """The fetch without the partitions whose schema ids the registry could not give
-        (those are held); None when the flow stopped or the generation changed meanwhile (the
-        fetch is then dropped, and Faust's seek to the committed offsets brings it again)."""
-        assert self.schemas is not None
-        consumer = self.consumer
-        countable = consumer.active_partitions() | consumer.buffered_partitions()
-        wanted: dict[TP, tuple[int, set[int]]] = {}
-        for tp, batch in records.items():
-            if tp.topic != self.topic or tp not in countable:
-                continue
-            native = batch[0] if len(batch) == 1 and isinstance(batch[0], KernelFetch) else None
-            if native is not None:
-                # the kernel counted only values whose ids it has plans for, all fetched: the
-                # ids to fetch are among those it left to Python
-                ids = self.schemas.missing(record.value for record in native.unsure)
-                read = consumer.read_offset(tp)
-                first = max(native.first_offset or 0, read or 0)
-            else:
-                fresh = self._after_read_offset(tp, batch)
-                ids = self.schemas.missing(map(_VALUE, fresh)) if fresh else set()
-                first = fresh[0].offset if fresh else 0
-            if ids:
-                wanted[tp] = (first, ids)
-        if not wanted:
-            return records
-        await self.schemas.fetch(set().union(*(ids for _, ids in wanted.values())),
-                                 FETCH_WAIT_S)
-        if not consumer.flow_active or self.app.consumer_generation_id != generation:
-            await self._seek_back()
-            return None
-        kept = dict(records)
-        for tp, (first, ids) in wanted.items():
-            still = ids.difference(self.schemas)
-            if still:
-                del kept[tp]
-                await self._hold(tp, first, still)
-        return kept
-
-    async def _hold(self, tp: TP, offset: int, ids: set[int]) -> None:
-        """Pause ``tp`` from ``offset`` (not counted, not acknowledged) until ``ids`` are
-        fetched."""
-        tp = TP(tp.topic, tp.partition)  # Faust's resume_partitions keeps what it is given
-        await self.consumer.seek(tp, offset)
-        self.consumer.pause_partitions({tp})
-        self.held.setdefault(tp, set()).update(ids)
-        self._say_degraded()
-
-    async def _release_held(self) -> None:
-        """Resume the held partitions once the registry gives the ids they wait for."""
-        schemas = self.schemas
-        assert schemas is not None
-        # Faust's stall detector would report a held partition as a hung stream every few
-        # seconds: it waits on purpose (the reason is in /health)
-        monitor = self.app.monitor
-        if monitor is not None:
-            now = monotonic()
-            monitor.stream_inbound_time.update(dict.fromkeys(self.held, now))
-        if not await schemas.fetch(set().union(*self.held.values()), 0):
-            self._say_degraded()
-            return
-        tables: Any = self.app.tables  # recovery is not in TableManagerT
-        if not tables.recovery.completed.is_set():
-            return  # recovery resumes every active partition when it is done
-        assigned = self.consumer.assignment()
-        self.consumer.resume_partitions({tp for tp in self.held if tp in assigned})
-        log.info("schema ids %s fetched; partitions %s resume",
-                 sorted(set().union(*self.held.values())),
-                 sorted(tp.partition for tp in self.held))
-        self.held.clear()
-        self.degraded = None
-
-    def _pause_for_disk(self) -> None:
-        """Stop fetching the source while RocksDB has no room for acknowledged writes.
-
-        Called after a fetch was counted: what aiokafka had not yet handed over is fetched
-        again from its position on resume, so pausing loses nothing, and counting what was
-        handed over is safe (it waits in memory, staged, like any unwritten batch)."""
-        consumer = self.consumer
-        source = {TP(tp.topic, tp.partition) for tp in consumer.active_partitions()
-                  if tp.topic == self.topic}
-        if source:
-            consumer.pause_partitions(source)
-            self.disk_held |= source
-            self._disk_retry_at = monotonic() + diskspace.RETRY_S
-
-    def _retry_disk(self) -> None:
-        """Retry the writes a full disk refused (every RETRY_S); resume the source partitions
-        once they are all written."""
-        unacked = self.sender.unacked
-        if unacked.stalled:
-            if monotonic() < self._disk_retry_at:
-                return
-            self._disk_retry_at = monotonic() + diskspace.RETRY_S
-            # Faust's stall detector would report a paused partition as a hung stream
-            monitor = self.app.monitor
-            if monitor is not None:
-                monitor.stream_inbound_time.update(dict.fromkeys(self.disk_held, monotonic()))
-            if not unacked.retry():
-                return
-        if not self.disk_held:
-            return
-        tables: Any = self.app.tables  # recovery is not in TableManagerT
-        if tables.recovery.completed.is_set():  # else recovery resumes them when done
-            assigned = self.consumer.assignment()
-            self.consumer.resume_partitions({tp for tp in self.disk_held if tp in assigned})
-        log.info("tables written again; source partitions %s resume",
-                 sorted(tp.partition for tp in self.disk_held))
-        self.disk_held.clear()
-
-    def _say_degraded(self) -> None:
-        assert self.schemas is not None
-        partitions = ", ".join(str(tp.partition) for tp in sorted(self.held))
-        ids = ", ".join(map(str, sorted(set().union(*self.held.values()))))
-        why = self.schemas.outage or "no answer yet"
-        self.degraded = (f"schema registry unavailable ({why}); source "
-                         f"partitions {partitions} wait for schema ids {ids}")
-
     async def _send(self, batch: Counted) -> None:
         """Send a counted batch's dead letters, then, once the brokers have them, its
         changelog records; acknowledge its offsets once those are in."""
@@ -411,13 +292,6 @@ class BatchIntake:
     def _release(self, batch: Counted) -> None:
         self.consumer.release(batch.sentinel)
 
-    def _after_read_offset(self, tp: TP, batch: list[Any]) -> list[Any]:
-        # Faust drops records below the partition's read offset (re-fetched after a seek).
-        read = self.consumer.read_offset(tp)
-        if read is None or not batch or batch[0].offset >= read:
-            return batch
-        return [record for record in batch if record.offset >= read]
-
     def _event_for(self, tp: TP, record: Any) -> Event:
         """A Faust event for a record of ``tp``: Faust routes table writes by the current one.
 
@@ -442,12 +316,6 @@ class BatchIntake:
         restored (tests/integration/test_replicas.py lost counts without this check).
         """
         return await self.consumer.deliver(tp, batch, generation)
-
-    async def _seek_back(self) -> None:
-        try:
-            await self.consumer.perform_seek()
-        except Exception as exc:  # noqa: BLE001 - Faust's getmany logs and goes on, as here
-            log.warning("exception performing seek when flow not active %r", exc)
 
     async def _ebb(self) -> None:
         """Wait while Faust's producer buffer holds more than PRODUCER_HIGH changelog writes."""

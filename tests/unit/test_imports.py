@@ -7,7 +7,11 @@ to the same rule among its neighbours, which a layers contract cannot see.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grimp
+
+import bucket_app
 
 
 def strongly_connected(graph: grimp.ImportGraph) -> list[set[str]]:
@@ -64,3 +68,14 @@ def test_the_cycle_finder_finds_a_cycle():
     assert strongly_connected(graph) == []
     graph.add_import(importer="p.c", imported="p.a")
     assert strongly_connected(graph) == [{"p.a", "p.b", "p.c"}]
+
+
+#: a module longer than this holds more than one concept (docs/design.md, "Layout")
+MAX_MODULE_LINES = 400
+
+
+def test_no_module_is_over_the_line_limit():
+    package = Path(bucket_app.__file__).parent
+    long = {str(path.relative_to(package)): n for path in sorted(package.rglob("*.py"))
+            if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
+    assert long == {}
