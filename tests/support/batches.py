@@ -62,6 +62,18 @@ def with_base_offset(data: bytes, base_offset: int) -> bytes:
     return struct.pack(">q", base_offset) + data[8:]
 
 
+def record_batch(base: int, values: list[bytes], producer_id: int = -1) -> bytes:
+    """One Kafka record batch (format v2) starting at offset ``base``; transactional when it
+    has a producer id."""
+    builder = DefaultRecordBatchBuilder(2, 0, int(producer_id >= 0), producer_id, 0,
+                                        0 if producer_id >= 0 else -1, 1 << 20)
+    for i, value in enumerate(values):
+        builder.append(i, timestamp=1000 + i, key=None, value=value, headers=[])
+    raw = bytearray(builder.build())
+    raw[0:8] = struct.pack(">q", base)  # the base offset (outside the CRC)
+    return bytes(raw)
+
+
 def with_crc(data: bytearray | bytes) -> bytes:
     """A batch with its CRC-32C set to match its bytes from the attributes on."""
     data = bytearray(data)

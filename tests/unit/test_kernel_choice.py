@@ -9,7 +9,7 @@ import pytest
 from bucket_app.counting.kernel import NativeKernel
 from bucket_app.errors import SettingsError
 from bucket_app.worker import KERNEL_ENV, counting_kernel
-from tests.unit.test_fuzz_common import AVRO_SCHEMA_PATH, make_settings
+from tests.support.settings import AVRO_SCHEMA_PATH, make_settings
 
 
 def test_python_is_the_default(tmp_path: Path) -> None:

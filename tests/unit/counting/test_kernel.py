@@ -44,7 +44,7 @@ from tests.support.batches import (
     counts_as_locate,
     with_crc,
 )
-from tests.unit.counting.test_fuzz_counting import (
+from tests.support.counting import (
     FLAT,
     ISO,
     NESTED,
@@ -54,14 +54,8 @@ from tests.unit.counting.test_fuzz_counting import (
     aliased_values,
     batch_values,
 )
-from tests.unit.test_fuzz_common import (
-    AVRO_SCHEMA_PATH,
-    decodable_scalars,
-    decodable_text,
-    decodable_values,
-    make_settings,
-    scratch_dir,
-)
+from tests.support.fuzz import decodable_scalars, decodable_text, decodable_values
+from tests.support.settings import AVRO_SCHEMA_PATH, make_settings, scratch_dir
 
 BASE = scratch_dir("kernel")
 CONFIGS = {"flat": FLAT, "nested": NESTED, "iso": ISO}

@@ -28,7 +28,7 @@ from bucket_app.snapshot.reader import (
     decode_records,
     store_config,
 )
-from tests.unit.test_settings import SEED_INI, replace_line, write_config
+from tests.support.settings import SEED_INI, replace_line, write_config
 
 SERVERS = ["s-1", "s-2", "ünï", None, 'q"uote']
 TOPICS = ["orders", "pay", "7"]
