@@ -146,6 +146,7 @@ def test_incompatible_and_unknown_ids_are_skipped_by_reason(make_worker):
     assert re.search(rf"offset=\d+ reason=avro_mismatch: .*writer schema id {bad_id} ", log)
 
 
+@pytest.mark.slow
 def test_a_registry_outage_pauses_and_counting_resumes_exactly(make_worker, tmp_path: Path):
     """The registry stops for 20 s while records of a schema id the worker has not fetched
     yet arrive: nothing is skipped, /health says degraded meanwhile, the counts end exact."""
