@@ -62,9 +62,11 @@ run: setup
 	@if $(BIN)/python -m bucket_app uses-local-broker; then scripts/kafka.sh start; fi
 	$(BIN)/faust -A bucket_app worker -l info
 
+# lint-imports checks the import contracts of .importlinter (layers, no Kafka below kafka/).
 lint: setup
 	$(BIN)/ruff check bucket_app tests bench
 	$(BIN)/mypy bucket_app
+	$(BIN)/lint-imports
 
 test-unit: setup
 	$(BIN)/pytest -q tests/unit

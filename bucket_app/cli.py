@@ -3,9 +3,9 @@
 ``check`` loads the settings exactly as the worker does (:func:`bucket_app.settings.load`) and
 shows each key's effective value and its source, secrets masked. ``produce`` writes demo
 messages the settings count, to their topic with their security
-(:func:`bucket_app.kafka.security.client_kwargs`); :class:`DemoMessages` builds them, a pure
-function of the message's index and event time. ``query`` sends SQL to a running worker's
-``POST /api/v1/sql`` with urllib and prints the rows; :func:`render` is pure too.
+(:func:`bucket_app.kafka.security.client_kwargs`); :class:`~bucket_app.demo.DemoMessages`
+builds them, a pure function of the message's index and event time. ``query`` sends SQL to a
+running worker's ``POST /api/v1/sql`` and prints the rows (:mod:`bucket_app.client`).
 ``uses-local-broker`` answers the Makefile: does ``make run`` need ``make kafka``?
 
 Exit status: 0 done, 1 the worker or the brokers failed us, 2 bad settings or arguments.
@@ -17,32 +17,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import csv
-import functools
-import io
 import json
 import logging
-import math
 import os
 import signal
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import orjson
-from fastavro import schemaless_writer
-
 from bucket_app import settings as settings_module
-from bucket_app.counting.decode import AVRO, JSON, writer_schema
+from bucket_app.client import one_line, render, render_table, run_query
+from bucket_app.demo import DemoMessages, spread_time
 from bucket_app.errors import (
     BucketAppError,
     QueryError,
@@ -51,6 +39,9 @@ from bucket_app.errors import (
 )
 from bucket_app.settings import KEYS_BY_NAME, SECRET_KEYS, SETTINGS_ENV, Settings
 
+__all__ = ["LOCAL_BROKERS", "DemoMessages", "build_parser", "main", "produce_summary", "render",
+           "render_table", "run_query", "settings_rows", "spread_time"]
+
 PROG = "bucket-app"
 LOCAL_BROKERS = frozenset({"127.0.0.1:9092", "localhost:9092"})
 EXIT_FAILED = 1
@@ -58,9 +49,6 @@ EXIT_USAGE = 2
 TOKEN_ENV = KEYS_BY_NAME["http_token"].env
 FORMATS = ("table", "csv", "json")
 _UNSET = frozenset({"", "none", "null"})
-# Spreads event times evenly over --spread without a random generator: the fractional parts of
-# i * golden ratio fill [0, 1) uniformly, however many messages are sent.
-_GOLDEN = (math.sqrt(5) - 1) / 2
 # Forget acknowledged sends this often, so an endless run keeps bounded memory.
 _TRIM_EVERY = 1000
 
@@ -68,10 +56,6 @@ _TRIM_EVERY = 1000
 def _fail(message: str, status: int) -> int:
     print(f"bucket_app: {message}", file=sys.stderr)
     return status
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
 
 
 # ---- check ------------------------------------------------------------------------------------
@@ -128,286 +112,7 @@ def cmd_uses_local_broker(args: argparse.Namespace) -> int:
 # ---- produce: demo messages -------------------------------------------------------------------
 
 
-def _put(message: dict[str, Any], path: str, value: Any) -> None:
-    """Set ``value`` at the dotted ``path`` of ``message``, making the objects on the way."""
-    *parents, leaf = path.split(".")
-    node = message
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ValueError(f"field {path!r} goes through {part!r}, which is not an object")
-    if isinstance(node.get(leaf), dict):
-        raise ValueError(f"field {path!r} is also the parent of another field")
-    node[leaf] = value
 
-
-def _iso(ts_s: float) -> str:
-    return datetime.fromtimestamp(math.floor(ts_s), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class _AvroTypes:
-    """Values of the types of one parsed Avro schema: zero values, key values, time values."""
-
-    _ZERO: Mapping[str, Any] = {"null": None, "boolean": False, "int": 0, "long": 0,
-                                "float": 0.0, "double": 0.0, "bytes": b"", "string": ""}
-
-    def __init__(self, schema: dict[str, Any]) -> None:
-        self.schema = schema
-        self.named: dict[str, Any] = schema.get("__named_schemas", {})
-
-    def resolve(self, node: Any) -> Any:
-        """A named type's definition, a plain ``{"type": T}`` as ``T``, anything else as is."""
-        if isinstance(node, str):
-            return self.resolve(self.named[node]) if node in self.named else node
-        if isinstance(node, dict) and "logicalType" not in node:
-            inner = node.get("type")
-            if isinstance(inner, list | dict) or inner in self._ZERO or inner in self.named:
-                return self.resolve(inner)
-        return node  # recursive types never get here: load_avro_schema refuses them
-
-    def _kind(self, node: Any) -> str:
-        node = self.resolve(node)
-        if isinstance(node, list):
-            return "union"
-        return str(node if isinstance(node, str) else node.get("type"))
-
-    def _branch(self, node: Any) -> Any:
-        """The branch of a union a value is made for: the first that is not null."""
-        node = self.resolve(node)
-        if isinstance(node, list):
-            return next((self._branch(b) for b in node if self._kind(b) != "null"), "null")
-        return node
-
-    def record_with(self, node: Any, name: str) -> dict[str, Any] | None:
-        """The record schema (``node`` or a branch of it) that has a field ``name``."""
-        node = self.resolve(node)
-        if isinstance(node, list):
-            return next((hit for b in node if (hit := self.record_with(b, name))), None)
-        if isinstance(node, dict) and node.get("type") in ("record", "error") and any(
-                f["name"] == name for f in node.get("fields", [])):
-            return node
-        return None
-
-    def zero(self, node: Any) -> Any:
-        """The value a writer fills in when it knows nothing: a default, or 0, "", [], {}."""
-        node = self.resolve(node)
-        if isinstance(node, str):
-            return self._ZERO.get(node)
-        if isinstance(node, list):  # a union's default is of its first branch
-            return None if any(self._kind(b) == "null" for b in node) else self.zero(node[0])
-        logical, kind = node.get("logicalType"), node.get("type")
-        if logical == "uuid":
-            return str(uuid.UUID(int=0))
-        if logical == "decimal":
-            return Decimal(0)
-        if kind in ("record", "error"):
-            return {f["name"]: self._default(f) for f in node.get("fields", [])}
-        if kind == "enum":
-            return node.get("default", node["symbols"][0])
-        if kind == "fixed":
-            return bytes(node["size"])
-        if kind == "array":
-            return []
-        if kind == "map":
-            return {}
-        return self.zero(kind)
-
-    def _default(self, field: Mapping[str, Any]) -> Any:
-        if "default" not in field:
-            return self.zero(field["type"])
-        default = field["default"]
-        # a bytes or fixed default is written in the schema as a string of code points 0-255
-        if isinstance(default, str) and self._kind(field["type"]) in ("bytes", "fixed"):
-            return default.encode("latin-1")
-        return default
-
-    def key_value(self, node: Any, k: int, label: str) -> Any:
-        """A value of type ``node`` for key combination ``k``: distinct per ``k`` where the
-        type has enough values (a boolean has two, an enum as many as its symbols)."""
-        node = self._branch(node)
-        if isinstance(node, dict):
-            logical, kind = node.get("logicalType"), node.get("type")
-            if logical == "uuid":
-                return str(uuid.UUID(int=k))
-            if logical == "decimal":
-                return Decimal(k)
-            if kind == "enum":
-                return node["symbols"][k % len(node["symbols"])]
-            if kind == "fixed":
-                return (k % 256 ** node["size"]).to_bytes(node["size"], "big")
-            if kind == "array":
-                return [self.key_value(node["items"], k, label)]
-            if kind == "map":
-                return {label: self.key_value(node["values"], k, label)}
-            if kind in ("record", "error"):
-                return self.zero(node)
-            node = kind
-        values: Mapping[str, Any] = {"string": f"{label}-{k}", "bytes": f"{label}-{k}".encode(),
-                                     "int": k, "long": k, "float": float(k), "double": float(k),
-                                     "boolean": k % 2 == 1}
-        return values.get(node)
-
-    def time_value(self, node: Any, ts_s: float, bucket_type: str, path: str) -> Any:
-        """``ts_s`` as a value of type ``node`` that the worker reads as that event time."""
-        node = self._branch(node)
-        logical = node.get("logicalType") if isinstance(node, dict) else None
-        kind = node.get("type") if isinstance(node, dict) else node
-        if bucket_type == "iso":
-            if kind == "string" and logical is None:
-                return _iso(ts_s)
-            raise ValueError(f"bucket_field {path!r} is Avro {kind}, but bucket_type iso "
-                             "needs a string")
-        if logical in ("timestamp-millis", "timestamp-micros"):
-            return datetime.fromtimestamp(math.floor(ts_s), UTC)  # fastavro reads it back so
-        if logical is None and kind in ("int", "long"):
-            return math.floor(ts_s)
-        if logical is None and kind in ("float", "double"):
-            return float(math.floor(ts_s))
-        if logical is None and kind == "string":
-            return str(math.floor(ts_s))
-        raise ValueError(f"bucket_field {path!r} is Avro {logical or kind}, which cannot hold "
-                         "epoch seconds")
-
-
-class DemoMessages:
-    """Demo messages that the settings count: the mapped fields and the time field filled.
-
-    Message ``i`` belongs to key combination ``k = i % keys``: every field of
-    ``msg_map_schema`` holds ``<field name>-<k>`` (with Avro, a value of the field's type), so
-    each bucket gets ``keys`` rows. Dotted paths become nested objects. The time field holds
-    the event time as epoch seconds or ISO-8601 UTC, per ``bucket_type``. With an Avro schema,
-    every other field holds its default or zero value, and mapped fields the schema lacks are
-    left out (listed in :attr:`missing`: their columns will be NULL).
-    """
-
-    def __init__(self, msg_map: Mapping[str, str], bucket_field: str, bucket_type: str,
-                 keys: int, avro_schema: dict[str, Any] | None = None,
-                 schema_id: int | None = None) -> None:
-        """``schema_id``: frame each value as Confluent's serializers do (byte 0, the id)."""
-        if keys < 1:
-            raise ValueError("keys must be at least 1")
-        self.frame = b"" if schema_id is None else b"\x00" + schema_id.to_bytes(4, "big")
-        self.fields = tuple(msg_map)
-        self.bucket_field = bucket_field
-        self.bucket_type = bucket_type
-        self.keys = keys
-        self.avro_schema = avro_schema
-        self._avro = _AvroTypes(avro_schema) if avro_schema is not None else None
-        self.missing: tuple[str, ...] = ()
-        if self._avro is not None:
-            self.missing = tuple(p for p in self.fields if not self._avro_path_exists(p))
-            if not self._avro_path_exists(bucket_field):
-                raise ValueError(f"bucket_field {bucket_field!r} is not a field of the Avro "
-                                 "schema, so demo messages would carry no event time")
-        self.encode(self.message(0, time.time()))  # every problem shows now, not mid-run
-
-    @classmethod
-    def from_settings(cls, settings: Settings, keys: int,
-                      schema_version: int | None = None) -> DemoMessages:
-        """Demo messages of the settings' format; with a schema registry, framed with the id
-        of the reader schema (registered first when it is the avro_val_schema file), or of
-        version ``schema_version`` of the subject ``<topic>-value``."""
-        if settings.schema_registry_url is None:
-            if schema_version is not None:
-                raise ValueError("--schema-version needs a schema_registry_url")
-            return cls(settings.msg_map, settings.bucket_field, settings.bucket_type, keys,
-                       settings.avro_schema)
-        from bucket_app.kafka.registry import (  # noqa: PLC0415 - produce only
-            RegistryClient,
-            value_subject,
-        )
-
-        client = RegistryClient(settings)
-        subject = value_subject(settings.topic)
-        if schema_version is None and settings.avro_schema_path is not None:
-            text = settings.avro_schema_path.read_text(encoding="utf-8")
-            schema_id = client.register(subject, text)
-            return cls(settings.msg_map, settings.bucket_field, settings.bucket_type, keys,
-                       settings.avro_schema, schema_id)
-        found = client.version(subject, "latest" if schema_version is None else schema_version)
-        if found is None:
-            raise ValueError(f"the schema registry has no version {schema_version or 'latest'} "
-                             f"of subject {subject}" + ("" if schema_version else
-                                                        "; set avro_val_schema to register one"))
-        writer = writer_schema(found.schema_id, found.schema_type, found.text)
-        if writer.kind not in (AVRO, JSON):
-            raise ValueError(f"version {found.version} of subject {subject} cannot be "
-                             f"written: {writer.why}")
-        print(f"bucket_app: writing with subject {subject} version {found.version} "
-              f"(id {found.schema_id})", file=sys.stderr)
-        return cls(settings.msg_map, settings.bucket_field, settings.bucket_type, keys,
-                   writer.schema, found.schema_id)
-
-    def key(self, index: int) -> int:
-        return index % self.keys
-
-    def message(self, index: int, event_time_s: float) -> dict[str, Any]:
-        k = self.key(index)
-        if self._avro is None:
-            message: dict[str, Any] = {}
-            for path in self.fields:
-                _put(message, path, f"{path.rsplit('.', 1)[-1]}-{k}")
-            time_value = (_iso(event_time_s) if self.bucket_type == "iso"
-                          else math.floor(event_time_s))
-            _put(message, self.bucket_field, time_value)
-            return message
-        avro = self._avro
-        record: dict[str, Any] = avro.zero(avro.schema)
-        for path in self.fields:
-            if path not in self.missing:
-                self._assign(record, avro.schema, path.split("."), functools.partial(
-                    avro.key_value, k=k, label=path.rsplit(".", 1)[-1]))
-        self._assign(record, avro.schema, self.bucket_field.split("."), functools.partial(
-            avro.time_value, ts_s=event_time_s, bucket_type=self.bucket_type,
-            path=self.bucket_field))
-        return record
-
-    def encode(self, message: dict[str, Any]) -> bytes:
-        """JSON, or schemaless Avro; after a Confluent frame with a schema registry."""
-        if self.avro_schema is None:
-            return self.frame + orjson.dumps(message)
-        buffer = io.BytesIO(self.frame)
-        buffer.seek(len(self.frame))
-        try:
-            schemaless_writer(buffer, self.avro_schema, message)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise ValueError(f"cannot write a demo record for this Avro schema: "
-                             f"{type(exc).__name__}: {exc}") from exc
-        return buffer.getvalue()
-
-    def _avro_path_exists(self, path: str) -> bool:
-        assert self._avro is not None
-        node: Any = self._avro.schema
-        for part in path.split("."):
-            record = self._avro.record_with(node, part)
-            if record is None:
-                return False
-            node = next(f["type"] for f in record["fields"] if f["name"] == part)
-        return True
-
-    def _assign(self, record: dict[str, Any], schema: Any, parts: list[str],
-                make: Callable[[Any], Any]) -> None:
-        assert self._avro is not None
-        found = self._avro.record_with(schema, parts[0])
-        assert found is not None  # checked in __init__
-        field_type = next(f["type"] for f in found["fields"] if f["name"] == parts[0])
-        if len(parts) == 1:
-            record[parts[0]] = make(field_type)
-            return
-        inner = self._avro.record_with(field_type, parts[1])
-        assert inner is not None
-        child = record.get(parts[0])
-        if not isinstance(child, dict):  # None of an optional record: fill the record in
-            child = self._avro.zero(inner)
-            record[parts[0]] = child
-        self._assign(child, inner, parts[1:], make)
-
-
-def spread_time(index: int, now_s: float, spread_s: float) -> float:
-    """Event time of message ``index``: ``now_s``, or spread evenly over ``spread_s`` before."""
-    if spread_s <= 0:
-        return now_s
-    return now_s - spread_s * ((index * _GOLDEN) % 1.0)
 
 
 async def _ensure_topic(settings: Settings, kwargs: Mapping[str, Any]) -> None:
@@ -538,11 +243,11 @@ def cmd_produce(args: argparse.Namespace) -> int:
             asyncio.run(raise_if_refused(settings))  # a refusal names the key to fix
         except BucketAppError as refused:
             return _fail(str(refused), EXIT_USAGE)
-        return _fail(f"cannot reach the Kafka brokers at {brokers}: {_one_line(str(exc))}",
+        return _fail(f"cannot reach the Kafka brokers at {brokers}: {one_line(str(exc))}",
                      EXIT_FAILED)
     except (KafkaError, OSError) as exc:
         return _fail(f"producing to {settings.topic} on {brokers} failed: "
-                     f"{type(exc).__name__}: {_one_line(str(exc))}", EXIT_FAILED)
+                     f"{type(exc).__name__}: {one_line(str(exc))}", EXIT_FAILED)
     except BucketAppError as exc:
         return _fail(str(exc), EXIT_USAGE)
     print(produce_summary(settings.topic, acked))
@@ -550,88 +255,6 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 # ---- query ------------------------------------------------------------------------------------
-
-
-def _cell(value: Any, null: str) -> str:
-    if value is None:
-        return null
-    if isinstance(value, dict | list):
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    return str(value)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def render_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """An aligned text table: a header, a rule, the rows; numbers right-aligned, NULL shown."""
-    cells = [[_cell(v, "NULL").replace("\r", "\\r").replace("\n", "\\n").replace("\t", " ")
-              for v in row] for row in rows]
-    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
-    numeric = [bool(rows) and all(_is_number(r[i]) or r[i] is None for r in rows)
-               for i in range(len(columns))]
-
-    def line(values: Sequence[str], right: Sequence[bool]) -> str:
-        return "  ".join(v.rjust(w) if r else v.ljust(w)
-                         for v, w, r in zip(values, widths, right, strict=True)).rstrip()
-
-    out = [line(columns, numeric), line(["-" * w for w in widths], numeric)]
-    out.extend(line(row, numeric) for row in cells)
-    return "\n".join(out) + "\n"
-
-
-def render(columns: Sequence[str], rows: Sequence[Mapping[str, Any]], fmt: str) -> str:
-    """The rows of a ``/api/v1/sql`` answer (objects in ``columns`` order) as table, csv, json."""
-    if fmt == "json":
-        return json.dumps([dict(r) for r in rows], ensure_ascii=False) + "\n"
-    values = [[row.get(c) for c in columns] for row in rows]
-    if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows([_cell(v, "") for v in row] for row in values)
-        return buffer.getvalue()
-    return render_table(columns, values)
-
-
-def run_query(url: str, sql: str, params: list[Any] | None, token: str | None,
-              timeout_s: float) -> dict[str, Any]:
-    """POST ``sql`` to ``url``/api/v1/sql; the JSON answer, or QueryError with one line
-    (ValueError for a URL that is not http or https)."""
-    body: dict[str, Any] = {"sql": sql}
-    if params:
-        body["params"] = params
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-        raise ValueError(f"{url!r} is not an http:// or https:// URL")
-    request = urllib.request.Request(  # noqa: S310 - the scheme is checked just above
-        url.rstrip("/") + "/api/v1/sql", method="POST", data=json.dumps(body).encode(),
-        headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
-            answer = json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        raise QueryError(_http_error(exc)) from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise QueryError(f"the worker is not reachable at {url} "
-                         f"({_one_line(str(reason)) or type(exc).__name__})") from None
-    except ValueError as exc:
-        raise QueryError(f"the answer from {url} is not JSON: {exc}") from None
-    if not isinstance(answer, dict) or not isinstance(answer.get("rows"), list):
-        raise QueryError(f"the answer from {url} is not an /api/v1/sql answer")
-    return answer
-
-
-def _http_error(exc: urllib.error.HTTPError) -> str:
-    try:
-        message = json.loads(exc.read()).get("error")
-    except (ValueError, AttributeError, OSError):
-        message = None
-    return f"HTTP {exc.code}: {_one_line(message or exc.reason or 'error')}"
 
 
 def _default_url(settings: Settings) -> str:

@@ -45,6 +45,8 @@ OWNER_FILE = "tables-owner"
 TABLES_DIR = "tables"
 # Where the local tables were before states had identities (Faust's default tabledir).
 LEGACY_TABLEDIR = Path("v1") / "tables"
+# The worker's Faust table of counts; its changelog is what the snapshot reads.
+COUNTS_TABLE = "counts"
 
 
 def bound(settings: Settings) -> dict[str, Any]:
@@ -90,6 +92,11 @@ def changelog_topic_of(state: str, table: str) -> str:
 
 def changelog_topic(settings: Settings, table: str) -> str:
     return changelog_topic_of(state_id(settings), table)
+
+
+def counts_changelog(settings: Settings) -> str:
+    """Faust's changelog topic of the counts table, which every replica's snapshot reads."""
+    return changelog_topic(settings, COUNTS_TABLE)
 
 
 def tabledir_of(data_dir: Path, state: str) -> Path:

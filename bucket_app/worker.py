@@ -2,22 +2,23 @@
 
 :func:`create_app` wires one :class:`faust.App` from :class:`~bucket_app.settings.Settings`: the
 source topic (raw bytes; we decode ourselves), the tumbling-window ``counts`` table (which also
-holds each source partition's progress: offset reached and event-time watermark), the counting
-agent, the changelog-to-SQLite snapshot task and the web views. The agent is the only writer of
-the table; it also sweeps expired buckets with changelog tombstones, while handling an event of
-the partition it sweeps, because Faust routes table writes by the current event.
+holds each source partition's progress: offset reached and event-time watermark) and the
+counting agent; everything else the worker runs (snapshot reader, SQL processes, samplers, web
+routes) is its :class:`~bucket_app.parts.Parts`, started and stopped with the app. The agent is
+the only writer of the table; it also sweeps expired buckets with changelog tombstones, while
+handling an event of the partition it sweeps, because Faust routes table writes by the current
+event. Process-wide tuning (GIL switch interval, garbage collector, broker-outage log filter)
+is applied once, when this module loads.
 """
 
 from __future__ import annotations
 
-import atexit
 import gc
 import logging
 import os
-import shutil
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,29 +26,28 @@ import faust
 from faust.types import TP
 
 from bucket_app import identity
-from bucket_app.counting.batch import BatchCounter
-from bucket_app.counting.classify import Classifier
-from bucket_app.counting.decode import RegistryDecoder
 from bucket_app.counting.kernel import KernelFetch, NativeKernel
 from bucket_app.errors import SettingsError
 from bucket_app.kafka import brokerlog, codecs
 from bucket_app.kafka import security as kafka_security
-from bucket_app.kafka.changelog import ChangelogRecord, ChangelogSender, TableBatch, Unacked
-from bucket_app.kafka.deadletter import DeadLetter, DeadLetterSender
+from bucket_app.kafka.changelog import ChangelogSender
+from bucket_app.kafka.deadletter import DeadLetterSender
 from bucket_app.kafka.intake import BatchIntake
 from bucket_app.kafka.recovery import RecoveryProgress
-from bucket_app.kafka.registry import Reader, RegistryClient, WriterSchemas, wait_for_reader
+from bucket_app.kafka.registry import RegistryClient, WriterSchemas, wait_for_reader
 from bucket_app.kafka.restore import restore_changelog
 from bucket_app.kafka.topics import source_partitions
+from bucket_app.localstate import guard_local_state
+from bucket_app.parts import Parts
+from bucket_app.processor import Processor
 from bucket_app.seam import compat
-from bucket_app.seam import store as table_store
 from bucket_app.seam.app import SeamApp
 from bucket_app.seam.consumer import ConsumerOptions, SeamConsumer
 from bucket_app.seam.fetch import NativeReader
 from bucket_app.seam.table import UnexpiringTable
 from bucket_app.settings import Settings
-from bucket_app.snapshot.process import SnapshotProcess
-from bucket_app.snapshot.reader import COUNTS_TABLE
+from bucket_app.snapshot.reader import COUNTS_TABLE, changelog_topic
+from bucket_app.web.starting import StartingServer
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,11 @@ ROCKSDB_OPTIONS = {
     "max_write_buffer_number": 2,
     "block_cache_size": 16 * 1024 * 1024,
 }
+
+# Process-wide, so once, at load, however many apps a process builds.
+sys.setswitchinterval(SWITCH_INTERVAL_S)
+gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+brokerlog.install()  # aiokafka's retries while a broker is down: a line every 30 s
 
 
 class CountsTable(UnexpiringTable):
@@ -143,71 +148,6 @@ def native_reader(kernel: NativeKernel) -> NativeReader:
     return read
 
 
-class Processor:
-    """The counting agent's side of the worker: a :class:`BatchCounter` on the counts table,
-    fed through :class:`BatchIntake`, and the view of its source partitions /health shows."""
-
-    def __init__(self, app: faust.App, settings: Settings, counts: Any,
-                 schemas: WriterSchemas | None = None, reader: Reader | None = None,
-                 kernel: NativeKernel | None = None) -> None:
-        """With a schema registry, ``schemas`` caches the writer schemas (the intake fills it)
-        and ``reader`` is the schema they are resolved against; ``kernel`` reads fetches of
-        JSON messages natively (BUCKET_APP_KERNEL=native)."""
-        self.app = app
-        self.settings = settings
-        self.counts = counts
-        self.schemas = schemas
-        # table writes between counting and the changelog's acknowledgement
-        self.unacked = Unacked(counts.data)
-        classifier = None
-        if schemas is not None:
-            classifier = Classifier(settings, decoder=RegistryDecoder(
-                None if reader is None else reader.schema, schemas))
-        self.batches = BatchCounter(
-            settings, counts, classifier=classifier, kernel=kernel,
-            stored_keys=lambda partition: table_store.partition_keys(counts.data, partition),
-            # Faust's store remembers every key it ever set in memory and never forgets one
-            forget_raw=lambda raw: table_store.key_index(counts.data).pop(raw, None))
-        self.counter = self.batches.counter
-        self.assignment: dict[str, Any] = {
-            "ready": False, "assigned": [], "paused": [], "fetching": []}
-
-    def refresh_assignment(self) -> None:
-        """Record this worker's source partitions: assigned, paused by Faust (recovery,
-        rebalance), fetching, and whether table recovery is done.
-
-        Runs on the main event loop (a timer); the web server's thread only reads the result,
-        because touching Faust's lazily created services from that thread binds them to the
-        wrong event loop (the worker crashed at start-up when it did).
-        """
-        consumer: SeamConsumer = self.app.consumer  # type: ignore[assignment] # BucketApp's
-        topic = self.settings.topic
-        assigned = self._partitions_of(consumer.assignment(), topic)
-        paused = self._partitions_of(consumer.paused_partitions(), topic)
-        fetching = self._partitions_of(consumer.active_partitions(), topic)
-        tables: Any = self.app.tables  # TableManager; recovery is not in TableManagerT
-        ready = bool(tables.recovery.completed.is_set())
-        self.assignment = {"ready": ready, "assigned": assigned, "paused": paused,
-                           "fetching": fetching}
-
-    @staticmethod
-    def _partitions_of(tps: Any, topic: str) -> list[int]:
-        return sorted(tp.partition for tp in tps if tp.topic == topic)
-
-    def count_and_write(self, partition: int, records: Sequence[Any] | KernelFetch,
-                        reached: int | None) -> tuple[list[ChangelogRecord], list[DeadLetter]]:
-        """Count a batch into a :class:`TableBatch`, staged until its changelog records are
-        acknowledged; returns those records and the dead letters for
-        :class:`~bucket_app.kafka.intake.BatchIntake` to send. ``reached``: the fetch position,
-        when the fetch passed offsets after the last record that hold none to count."""
-        batch = TableBatch(self.unacked, partition)
-        self.batches.count_batch(partition, records, batch, reached)
-        dead = [DeadLetter(record, partition, reason)
-                for record, reason in self.batches.take_skipped()]
-        self.counter.dead_letters += len(dead)
-        return batch.apply(), dead
-
-
 def quiet_debug_logging() -> None:
     """Stop building log records that no handler will write.
 
@@ -223,86 +163,45 @@ def quiet_debug_logging() -> None:
         root.setLevel(min(levels))
 
 
-#: What the unclean-stop marker says of the tables of a worker that writes RocksDB only after
-#: the changelog (bucket_app.kafka.changelog). A marker without it was left by an earlier
-#: version, whose tables can hold increments the changelog never got.
-TABLES_AFTER_CHANGELOG = "tables written after the changelog (store v2)"
-
-
-def guard_local_state(settings: Settings, tabledir: Path) -> None:
-    """Say which state this worker counts under, and keep its local RocksDB tables unless an
-    earlier version of bucket_app left them after an unclean stop.
-
-    A worker writes RocksDB only after the brokers acknowledged the changelog records of the
-    same writes, with the changelog offset they reach (:mod:`bucket_app.kafka.changelog`), so
-    its tables are a prefix of the changelog even after SIGKILL, and Faust's recovery reads
-    only the tail past that offset. Versions before that wrote RocksDB first: after their
-    unclean stop the local store can hold increments the changelog never got, and such a worker
-    would never send them (it skips the replayed events as already counted), so those tables
-    are wiped and rebuilt from the changelog, once.
-
-    Local tables, marker and changelog all belong to one state (:mod:`bucket_app.identity`):
-    a worker whose bound settings changed counts under another state, in another ``tabledir``,
-    and leaves the old one as it was. ``<data_dir>/tables-owner`` names the state the last
-    worker on this data_dir counted under, so the start-up line can say what changed.
-    """
-    marker = identity.running_marker(settings)
-    owner = settings.data_dir / identity.OWNER_FILE
-    owned_by = owner.read_text() if owner.exists() else None
-    # Faust has not set up logging yet at this point of start-up: say it on stderr.
-    print("bucket_app: " + identity.startup_line(settings, owned_by, COUNTS_TABLE),
-          file=sys.stderr, flush=True)
-    if marker.exists() and tabledir.exists():
-        state = identity.state_id(settings)
-        if TABLES_AFTER_CHANGELOG in marker.read_text():
-            print(f"bucket_app: the previous worker of state {state} on {settings.data_dir} "
-                  "did not stop cleanly; its tables hold only what the changelog holds, so "
-                  "recovery reads the changelog from where they stop", file=sys.stderr,
-                  flush=True)
-        else:
-            print(f"bucket_app: the previous worker of state {state} on {settings.data_dir} "
-                  "did not stop cleanly and was an earlier version; rebuilding its tables "
-                  "from the changelog", file=sys.stderr, flush=True)
-            shutil.rmtree(tabledir)
-    # Faust creates the tabledir itself, but not its parents.
-    tabledir.parent.mkdir(parents=True, exist_ok=True)
-    owner.write_text(identity.owner_record(settings))
-    marker.write_text(f"a worker is running or did not stop cleanly; {TABLES_AFTER_CHANGELOG}\n")
-
-    def clean_exit() -> None:
-        marker.unlink(missing_ok=True)
-
-    atexit.register(clean_exit)
-
-
 class BucketApp(SeamApp):
-    """A Faust app whose consumer counts the source topic through :class:`BatchIntake`."""
+    """A Faust app whose consumer counts the source topic through :class:`BatchIntake`, and
+    that starts and stops its :class:`~bucket_app.parts.Parts` with itself."""
 
     intake: BatchIntake | None = None
-    recovery_progress: RecoveryProgress | None = None  # set by create_app
-    processor: Processor | None = None  # set by create_app
-    source_topic_name: str = ""
+    processor: Processor | None = None
+    parts: Parts | None = None
+
+    def equip(self, processor: Processor, parts: Parts, options: ConsumerOptions) -> None:
+        """Hand the app what create_app built around it, before the worker starts it."""
+        self.processor, self.parts, self.consumer_options = processor, parts, options
+        parts.attach(self)
+
+        @self.task
+        async def start_parts() -> None:
+            await parts.start(self)
 
     def on_consumer(self, consumer: SeamConsumer) -> None:
-        processor = self.processor
-        assert processor is not None, "create_app sets the processor before the worker starts"
+        processor, options = self.processor, self.consumer_options
+        assert processor is not None and options is not None, "equip() comes first"
         sender = ChangelogSender(self, processor.unacked, processor.counts.changelog_topic_name)
         topic = processor.settings.dead_letter_topic
         dead_letters = None if topic is None else DeadLetterSender(
-            self, topic, self.source_topic_name)
-        self.intake = BatchIntake(consumer, self.source_topic_name, processor.count_and_write,
+            self, topic, options.source_topic)
+        self.intake = BatchIntake(consumer, options.source_topic, processor.count_and_write,
                                   sender, dead_letters, processor.schemas)
         self.intake.install()
+
+    async def on_shutdown(self) -> None:
+        """After the web server and every task stopped: stop the parts."""
+        await super().on_shutdown()
+        if self.parts is not None:
+            await self.parts.stop()
 
 
 def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     """Build the Faust app for ``settings``; ``partitions`` skips the Kafka probe when known."""
-    from bucket_app.snapshot import reader as snapshot  # noqa: PLC0415
-    from bucket_app.web import views as web  # noqa: PLC0415 - they import this module's names
-
     compat.check()
     codecs.check()
-    brokerlog.install()  # aiokafka's retries while a broker is down: a line every 30 s
     schemas, value_reader = None, None
     if settings.schema_registry_url is not None:
         # before the Kafka probe: wrong credentials stop start-up at once
@@ -313,9 +212,8 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         print(f"bucket_app: {value_reader.describe()}; writer schemas from "
               f"{settings.schema_registry_url}", file=sys.stderr, flush=True)
     kernel, kernel_line = counting_kernel(settings)
-    n_partitions = partitions if partitions is not None else source_partitions(settings)
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+    n_partitions = partitions if partitions is not None else source_partitions(
+        settings, holder=lambda: StartingServer(settings.web_host, settings.web_port))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = BucketApp(
         # consumer group and changelog prefix: a new one when the bound settings change
@@ -373,25 +271,25 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         "[offset, watermark] per source partition under (__progress__, partition)",
     )).tumbling(settings.bucket_interval_s)
     table: Any = counts.table  # changelog_topic_name is not in TableT
-    if table.changelog_topic_name != snapshot.changelog_topic(settings):
+    if table.changelog_topic_name != changelog_topic(settings):
         raise RuntimeError(f"Faust names the changelog {table.changelog_topic_name}, "
-                           f"bucket_app reads {snapshot.changelog_topic(settings)}")
+                           f"bucket_app reads {changelog_topic(settings)}")
 
     # the bulk restore and Faust's recovery report to one progress (log lines, /metrics)
-    app.recovery_progress = RecoveryProgress()
+    recovery = RecoveryProgress()
 
     def restore(partitions: set[int]) -> Awaitable[int]:
         return restore_changelog(settings, table.data, table.changelog_topic_name, partitions,
-                                 app.recovery_progress, COUNTS_TABLE)
+                                 recovery, COUNTS_TABLE)
 
     table.restore = restore
     processor = Processor(app, settings, counts.table, schemas, value_reader, kernel)
-    app.processor = processor
-    app.source_topic_name = settings.topic
+    parts = Parts(settings, n_partitions, processor, recovery,
+                  lambda: None if app.intake is None else app.intake.degraded)
     # this app's consumer only: the committed-offset seek, fetch sizes, record batches
-    app.consumer_options = ConsumerOptions(
+    app.equip(processor, parts, ConsumerOptions(
         settings.topic, FETCH_MIN_BYTES, FETCH_MAX_WAIT_MS, FETCH_MAX_BYTES,
-        settings.isolation_level, None if kernel is None else native_reader(kernel))
+        settings.isolation_level, None if kernel is None else native_reader(kernel)))
     guard_local_state(settings, Path(app.conf.tabledir))
 
     @app.agent(source, name="bucket_app.count")
@@ -428,25 +326,6 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         # every full collection (see GC_YOUNG_THRESHOLD).
         gc.freeze()
 
-    reader = snapshot.SnapshotReader(
-        settings, n_partitions, SnapshotProcess(snapshot.store_config(settings)))
-
-    @app.task
-    async def run_snapshot() -> None:
-        await reader.run_in_thread()
-
-    if settings.output_topic is not None:
-        from bucket_app.snapshot.output import RowPublisher  # noqa: PLC0415
-
-        # one publisher: the replica counting source partition 0
-        publisher = RowPublisher(settings, settings.output_topic, reader.state,
-                                 lambda: 0 in processor.assignment["assigned"])
-
-        @app.task
-        async def publish_rows() -> None:
-            await publisher.run_in_thread()
-
     # a record counted into a bucket this replica's snapshot holds final is late
-    processor.batches.closing_time = reader.closing_time
-    web.register(app, settings, reader, processor)
+    processor.batches.closing_time = parts.reader.closing_time
     return app

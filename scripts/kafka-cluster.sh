@@ -20,7 +20,7 @@
 #
 # Environment: KAFKA_HOME, KAFKA_OPTS, KAFKA_START_TIMEOUT, KAFKA_STOP_TIMEOUT,
 # JAVA_HOME as for scripts/kafka.sh; KAFKA_CLUSTER_HEAP_OPTS (default
-# "-Xmx384m -Xms192m" per node).
+# "-Xmx256m -Xms128m" per node: three JVMs share the machine with the tests).
 #
 # Files: .kafka/cluster/cluster.id, .kafka/cluster/node-N/{server.properties,
 # kafka.log, kafka.out, kafka.pid, data/}.
@@ -32,7 +32,7 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/kafka-lib.sh"
 
 CLUSTER_DIR="${KAFKA_STATE_DIR}/cluster"
 CLUSTER_ID_FILE="${CLUSTER_DIR}/cluster.id"
-HEAP="${KAFKA_CLUSTER_HEAP_OPTS:--Xmx384m -Xms192m}"
+HEAP="${KAFKA_CLUSTER_HEAP_OPTS:--Xmx256m -Xms128m}"
 NODES=(1 2 3)
 VOTERS="1@127.0.0.1:19093,2@127.0.0.1:19193,3@127.0.0.1:19293"
 BOOTSTRAP="127.0.0.1:19092,127.0.0.1:19192,127.0.0.1:19292"

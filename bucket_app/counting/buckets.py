@@ -21,6 +21,7 @@ import orjson
 
 from bucket_app.counting.decode import preview
 from bucket_app.errors import BadInput, TimeError
+from bucket_app.schema import split_path
 
 __all__ = [
     "MAX_TS_S",
@@ -161,18 +162,6 @@ def make_time_parser(bucket_type: str) -> TimeParser:
         raise ValueError(
             f"bucket_type must be one of {sorted(_TIME_PARSERS)}, not {bucket_type!r}"
         ) from None
-
-
-def split_path(path: str) -> tuple[str, ...] | None:
-    """Pre-split a dotted path; ``None`` for a plain key, which needs no walk."""
-    if not isinstance(path, str) or not path:
-        raise ValueError(f"field path must be a non-empty string, not {path!r}")
-    if "." not in path:
-        return None
-    parts = tuple(path.split("."))
-    if "" in parts:
-        raise ValueError(f"field path {path!r} has an empty segment")
-    return parts
 
 
 def lookup(msg: dict[str, Any], path: str, parts: tuple[str, ...] | None) -> Any:

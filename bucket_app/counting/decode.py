@@ -11,10 +11,10 @@ a registry.
 
 The agent calls one :class:`Decoder` per message, so everything that can be decided once
 (parsing the Avro schema, picking the codec) happens at construction in :func:`make_decoder`
-or :func:`load_avro_schema`. Decoders are pure: bytes in, ``dict`` out, and every failure is
-a :class:`~bucket_app.errors.DecodeError` with a stable ``reason`` label (``empty``,
-``not_json``, ``not_object``, ``avro_mismatch``, ``unknown_schema``) that the agent counts and
-skips. The dict
+or, for the schema file, :func:`bucket_app.schema.load_avro_schema` (re-exported here).
+Decoders are pure: bytes in, ``dict`` out, and every failure is a
+:class:`~bucket_app.errors.DecodeError` with a stable ``reason`` label (``empty``, ``not_json``,
+``not_object``, ``avro_mismatch``, ``unknown_schema``) that the agent counts and skips. The dict
 then goes to :mod:`bucket_app.counting.buckets`, which pulls the event time and the group
 columns out of it. Library exceptions never escape: they are re-raised as
 ``DecodeError(...) from exc``, and messages quote at most the first ~80 bytes of a payload.
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from fastavro import schemaless_reader
 from fastavro.schema import parse_schema
 
 from bucket_app.errors import DecodeError
+from bucket_app.schema import load_avro_schema, schema_hazard
 
 __all__ = [
     "AvroDecoder",
@@ -49,6 +49,7 @@ __all__ = [
     "load_avro_schema",
     "make_decoder",
     "preview",
+    "schema_hazard",
 ]
 
 # How many characters of a bad payload (or of a library's reason) an error message may quote.
@@ -87,60 +88,6 @@ def preview(value: Any) -> str:
     if len(text) <= PREVIEW_CHARS:
         return text
     return text[:PREVIEW_CHARS] + "..."
-
-
-def schema_hazard(schema: Any) -> str | None:
-    """Why a parsed record schema would let a small message take the worker down, or None.
-
-    Two shapes do, both refused when the schema is loaded:
-
-    - a recursive type (a record reachable from its own fields): fastavro's compiled reader
-      recurses once per level with no depth check, and 10 KB of a message nested that deep
-      crashed the process with SIGSEGV (no exception to catch);
-    - an array whose items take no bytes (``null``, an empty record, a ``fixed`` of size 0):
-      its block count is a varint, so five bytes make a list of billions of items (a count of
-      10**7 took 0.6 s and ~80 MB). Items of any other type take a byte each at least.
-    """
-    named = schema.get("__named_schemas", {}) if isinstance(schema, dict) else {}
-
-    def empty(node: Any, seen: frozenset[str]) -> bool:
-        if isinstance(node, str):
-            if node in named and node not in seen:
-                return empty(named[node], seen | {node})
-            return node == "null"
-        if not isinstance(node, dict):
-            return False  # a union reads its branch index first
-        kind = node.get("type")
-        if kind in ("record", "error"):
-            return all(empty(f.get("type"), seen) for f in node.get("fields", []))
-        if kind == "fixed":
-            return node.get("size") == 0
-        return empty(kind, seen)
-
-    def find(node: Any, where: str, inside: tuple[str, ...]) -> str | None:
-        if isinstance(node, list):  # a union
-            return next((hit for each in node if (hit := find(each, where, inside))), None)
-        if isinstance(node, str):
-            if node in inside:
-                return f"type {node!r} is recursive (field {where!r})"
-            return find(named[node], where, inside) if node in named else None
-        if not isinstance(node, dict):
-            return None
-        kind = node.get("type")
-        if kind == "array":
-            if empty(node.get("items"), frozenset()):
-                return f"field {where!r} is an array of items that take no bytes"
-            return find(node.get("items"), where, inside)
-        if kind == "map":
-            return find(node.get("values"), where, inside)
-        if kind in ("record", "error"):
-            name = node.get("name")
-            inner = (*inside, name) if isinstance(name, str) else inside
-            return next((hit for f in node.get("fields", [])
-                         if (hit := find(f.get("type"), str(f.get("name")), inner))), None)
-        return find(kind, where, inside)
-
-    return find(schema, "?", ())
 
 
 def _why(exc: BaseException) -> str:
@@ -381,42 +328,6 @@ class RegistryDecoder:
             raise DecodeError(f"writer schema id {schema_id} decodes to "
                               f"{type(value).__name__}, not a record", reason="not_object")
         return value
-
-
-def load_avro_schema(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and parse an ``.avsc`` file holding one self-contained record schema.
-
-    Raises a plain ``ValueError`` naming the file and the problem; the settings layer
-    wraps it into a ``SettingsError``. A non-record top level is refused here rather than
-    failing every message later.
-    """
-    where = os.fspath(path)
-    try:
-        with open(where, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise ValueError(f"cannot read Avro schema file {where!r}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"Avro schema file {where!r} is not UTF-8 text") from exc
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"Avro schema file {where!r} is not valid JSON: {exc}") from exc
-    if not isinstance(raw, dict) or raw.get("type") != "record":
-        raise ValueError(f"Avro schema file {where!r} must hold a record schema at the top level")
-    try:
-        parsed = parse_schema(raw)
-    except Exception as exc:  # UnknownType, SchemaParseException, ... carry terse messages
-        raise ValueError(
-            f"Avro schema file {where!r} is not a valid Avro schema: {type(exc).__name__}: {exc}"
-        ) from exc
-    if not isinstance(parsed, dict):  # parse_schema of a record is a dict; keep mypy honest
-        raise ValueError(f"Avro schema file {where!r} must hold a record schema")
-    hazard = schema_hazard(parsed)
-    if hazard is not None:
-        raise ValueError(f"Avro schema file {where!r} is not supported: {hazard}; a small "
-                         "message could crash or stall the worker")
-    return parsed
 
 
 def make_decoder(avro_schema: dict[str, Any] | None) -> Decoder:

@@ -95,17 +95,22 @@ class OutageLog(logging.Filter):
                     if now - outage.last < self.quiet_s}
 
 
-_installed: OutageLog | None = None
+# Logging is process-wide, so there is one, however many apps a process builds.
+_OUTAGES = OutageLog()
+_installed = False
 
 
-def install() -> OutageLog:
-    """The process's :class:`OutageLog`, put on every aiokafka logger there is (aiokafka's
-    modules are imported by then: Faust imports them). Logging is process-wide, so there is
-    one, however many apps a process builds."""
+def install() -> None:
+    """Put the process's :class:`OutageLog` on every aiokafka logger there is (aiokafka's
+    modules are imported by then: Faust imports them); once, however often it is called."""
     global _installed
-    if _installed is None:
-        _installed = OutageLog()
+    if not _installed:
+        _installed = True
         for name in list(logging.root.manager.loggerDict):
             if name == "aiokafka" or name.startswith("aiokafka."):
-                logging.getLogger(name).addFilter(_installed)
-    return _installed
+                logging.getLogger(name).addFilter(_OUTAGES)
+
+
+def outages() -> OutageLog:
+    """The process's :class:`OutageLog`: which brokers are unreachable (/health, /metrics)."""
+    return _OUTAGES

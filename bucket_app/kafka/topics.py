@@ -7,8 +7,8 @@ each differently:
 
 - the brokers cannot be reached (down, not started yet, wrong address): the worker waits,
   logging a line every few seconds and answering ``/health`` with ``503 starting`` meanwhile
-  (:class:`~bucket_app.web.starting.StartingServer`), until they appear or ``startup_timeout``
-  passes (:class:`~bucket_app.errors.KafkaUnavailable`);
+  (the worker hands in :class:`~bucket_app.web.starting.StartingServer`), until they appear or
+  ``startup_timeout`` passes (:class:`~bucket_app.errors.KafkaUnavailable`);
 - the brokers answer but refuse this client (credentials, certificates, protocol): waiting
   cannot help, so start-up stops at once (:class:`~bucket_app.errors.KafkaAuthError`);
 - a topic is wrong (partition counts disagree, it cannot be created): start-up stops with a
@@ -22,7 +22,8 @@ import logging
 import sys
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from aiokafka import errors as kafka_errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -39,10 +40,10 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
+from bucket_app import identity
 from bucket_app.errors import BrokersUnreachable, BucketAppError, KafkaUnavailable, TopicError
 from bucket_app.kafka import security as kafka_security
 from bucket_app.settings import Settings
-from bucket_app.snapshot.reader import changelog_topic
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ async def _probe(settings: Settings) -> int:
         n = await _ensure_topic(admin, NewTopic(
             settings.topic, settings.partitions, settings.replication_factor), brokers=brokers)
         await _ensure_topic(admin, NewTopic(
-            changelog_topic(settings), n, settings.replication_factor,
+            identity.counts_changelog(settings), n, settings.replication_factor,
             topic_configs={"cleanup.policy": "compact"}), expect_partitions=n,
             source_topic=settings.topic, brokers=brokers)
         if settings.output_topic is not None:
@@ -247,20 +248,32 @@ def _probe_in_thread(settings: Settings) -> int:
     raise BrokersUnreachable(f"no answer within {KAFKA_TIMEOUT_S * 3:.0f} s")
 
 
-def source_partitions(settings: Settings, *, retry_interval_s: float = RETRY_INTERVAL_S) -> int:
+class Holder(Protocol):
+    """What answers on the web address while start-up waits: its ``reason`` is kept current
+    (the worker's is :class:`~bucket_app.web.starting.StartingServer`)."""
+
+    reason: str
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def source_partitions(settings: Settings, *, retry_interval_s: float = RETRY_INTERVAL_S,
+                      holder: Callable[[], Holder] | None = None) -> int:
     """The source topic's partition count; creates it and the changelog topic if missing.
 
     Faust would create the changelog itself, but two replicas starting together on a cluster
     can then see it before all its partitions are in the metadata and crash with
     PartitionsMismatch; creating and checking it first avoids that. While the brokers cannot
-    be reached this waits (see the module docstring), serving ``/health`` as ``starting``.
+    be reached this waits (see the module docstring), with ``holder()`` answering meanwhile
+    (``/health`` as ``starting``).
     """
-    from bucket_app.web.starting import StartingServer  # noqa: PLC0415 - aiohttp only when waiting
 
     brokers = ",".join(settings.brokers)
     started = time.monotonic()
     next_line = started
-    server: StartingServer | None = None
+    server: Holder | None = None
     try:
         while True:
             try:
@@ -274,10 +287,11 @@ def source_partitions(settings: Settings, *, retry_interval_s: float = RETRY_INT
                         f"cannot reach Kafka at {brokers} ([KafkaSettings] brokers in "
                         f"{settings.source}) within startup_timeout = {limit:g} s: {exc}"
                     ) from None
-                if server is None:
-                    server = StartingServer(settings.web_host, settings.web_port)
+                if server is None and holder is not None:
+                    server = holder()
                     server.start()
-                server.reason = reason
+                if server is not None:
+                    server.reason = reason
                 if time.monotonic() >= next_line:
                     # Faust has not set up logging yet at this point of start-up: stderr.
                     print(f"bucket_app: {reason} (waited {waited:.0f} s"

@@ -150,7 +150,7 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
             "fetch: unpack_batches, aborted transactions"),
     # --- aiokafka: the snapshot's changelog reader (seam.clients)
     _attribute(AIOKafkaConsumer, "_client",
-               "clients: a metadata refresh on demand; connections closed on stop"),
+               "clients: a metadata refresh on demand; connections closed on stop; topic ids"),
     # --- aiohttp (seam.web)
     _method(BaseRunner, "_make_server", ("self",), "web: the server class, for JSON errors"),
 )

@@ -47,10 +47,11 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from bucket_app import identity
 from bucket_app.errors import SettingsError
 from bucket_app.kafka import security as kafka_security
-from bucket_app.settings import FINAL_COLUMN, LATE_COLUMN, RST_COLUMN, Settings
-from bucket_app.snapshot.reader import changelog_topic
+from bucket_app.schema import FINAL_COLUMN, LATE_COLUMN, RST_COLUMN
+from bucket_app.settings import Settings
 from bucket_app.snapshot.thread import run_in_own_thread
 from bucket_app.sql.sandbox import quote_identifier
 
@@ -95,7 +96,7 @@ class NotPublisher(Exception):
 class RowPublisher:
     """Publishes the snapshot's changed rows to ``topic`` while ``leads()`` is true.
 
-    ``state`` is the :class:`~bucket_app.snapshot.reader.ReaderState` of the replica's reader
+    ``state`` is the :class:`~bucket_app.snapshot.state.ReaderState` of the replica's reader
     (generation, caught_up, progress, position()); the snapshot file is read with a read-only
     connection of this publisher's own, from its own thread (:meth:`run_in_thread`).
     """
@@ -111,7 +112,7 @@ class RowPublisher:
         self.retention_s = settings.clean_interval_s
         table = quote_identifier(settings.sqlite_table)
         self.columns = [*settings.sqlite_schema, LATE_COLUMN, FINAL_COLUMN]
-        others = {settings.topic, settings.dead_letter_topic, changelog_topic(settings)}
+        others = {settings.topic, settings.dead_letter_topic, identity.counts_changelog(settings)}
         if topic in others:
             raise SettingsError(f"output_topic = {topic} is a topic bucket_app reads or writes "
                                 "for another purpose; name a topic of its own")

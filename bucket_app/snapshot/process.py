@@ -3,20 +3,20 @@ interpreter lock.
 
 Python's sqlite3 releases the GIL around every statement step and takes it back after each
 one, and a refresh is thousands of steps (one per changed partition count, two per changed
-row). With the main thread counting batches, each step waited for the lock: a refresh of 4,000
-changes took 356 ms (p50, 1,119 ms at worst) against 31 ms with the lock free, measured with a
-busy thread beside it, and in the worker counts became visible 0.2-0.4 s later for it.
-:class:`SnapshotProcess` runs :class:`~bucket_app.snapshot.reader.SnapshotStore` in
+row). With the main thread counting batches, each step waited for the lock, and a refresh took
+many times as long as with the lock free (docs/performance.md).
+:class:`SnapshotProcess` runs :class:`~bucket_app.snapshot.store.SnapshotStore` in
 ``python -m bucket_app.snapshot.process`` and has the same ``create``/``apply_records``
 interface. The worker reads the changelog and keeps the snapshot's in-memory state; the child
 gets the count records as they were read, raw, and decodes them itself: decoding in the worker
-took its interpreter lock for about 2.5 µs a record, at up to 110,000 records a second.
+held its interpreter lock for every record read.
 
 Frames are those of :mod:`bucket_app.sql.pool`. A request is one byte, ``C`` (create), ``O``
-(open) or ``A`` (apply). ``O`` is followed by JSON: the changelog's (beginning, end) offsets
-per partition and the age a snapshot may have to be resumed; it is answered with the
-:class:`~bucket_app.snapshot.reader.Checkpoint` as JSON. ``A`` is followed by the closing time,
-the length and JSON of the checkpoint's offsets and progress, then each record as key length,
+(open), ``A`` (apply) or ``M`` (the child's imported modules, answered as JSON). ``O`` is
+followed by JSON: the changelog's (beginning, end) offsets per partition and the age a
+snapshot may have to be resumed; it is answered with the
+:class:`~bucket_app.snapshot.checkpoint.Checkpoint` as JSON. ``A`` is followed by the closing
+time, the length and JSON of the checkpoint's offsets and progress, then each record as key length,
 value length (-1 for a tombstone), key and value. ``C`` and ``A`` are answered with JSON: the
 generation and the table's rows. Any request may be answered with an error instead. The child
 exits when its stdin closes: a worker killed mid-refresh leaves the refresh to finish, and its
@@ -37,7 +37,9 @@ import orjson
 
 from bucket_app.counting.lifecycle import NEVER
 from bucket_app.errors import ChildGone, SnapshotError
-from bucket_app.snapshot.reader import Checkpoint, Progress, SnapshotStore, decode_records
+from bucket_app.snapshot.checkpoint import Checkpoint
+from bucket_app.snapshot.codec import Progress, decode_records
+from bucket_app.snapshot.store import SnapshotStore
 from bucket_app.sql.pool import ChildProcess, read_frame, write_frame
 
 # A refresh that takes longer than this is taken for a hung child (a catching-up refresh of
@@ -46,14 +48,14 @@ APPLY_TIMEOUT_S = 300.0
 # The child's scheduling priority below the worker's and the SQL children's: a refresh is
 # background work, a query is someone waiting.
 NICENESS = 5
-_CREATE, _OPEN, _APPLY = b"C", b"O", b"A"
+_CREATE, _OPEN, _APPLY, _MODULES = b"C", b"O", b"A", b"M"
 _RECORD = struct.Struct(">Ii")  # key length, value length or -1
 # an apply request's closing time and the length of its checkpoint JSON, before its records
 _HEAD = struct.Struct(">dI")
 
 
 class SnapshotProcess:
-    """:class:`~bucket_app.snapshot.reader.SnapshotStore`'s ``create``, ``open`` and
+    """:class:`~bucket_app.snapshot.store.SnapshotStore`'s ``create``, ``open`` and
     ``apply_records`` in a child."""
 
     def __init__(self, config: Mapping[str, Any]) -> None:
@@ -72,10 +74,10 @@ class SnapshotProcess:
         self._offsets = self._progress = None
 
     def open(self, changelog: Mapping[int, tuple[int, int]],
-             max_age_s: float | None = None) -> Checkpoint:
+             max_age_s: float | None = None, topic_id: str | None = None) -> Checkpoint:
         """Resume the snapshot on disk or rebuild it (:meth:`SnapshotStore.open`)."""
         request = {"changelog": {str(p): list(b) for p, b in changelog.items()},
-                   "max_age_s": max_age_s}
+                   "max_age_s": max_age_s, "topic_id": topic_id}
         checkpoint = Checkpoint.from_json(self._call(_OPEN + orjson.dumps(request)))
         self.generation, self.rows = checkpoint.generation, checkpoint.rows
         self._closing_s = checkpoint.closing_s
@@ -120,6 +122,11 @@ class SnapshotProcess:
     def close(self) -> None:
         self.child.stop()
 
+    def modules(self) -> list[str]:
+        """The names of the modules the child has imported (it must import neither Kafka's
+        clients nor Faust: a test holds it to that)."""
+        return [str(name) for name in self._call(_MODULES)["modules"]]
+
     def _call(self, request: bytes) -> dict[str, Any]:
         try:
             (answer,) = self.child.call(request, APPLY_TIMEOUT_S, replies=1)
@@ -163,12 +170,15 @@ def serve(store: SnapshotStore, requests: IO[bytes], answers: IO[bytes]) -> None
 
 def _serve_one(store: SnapshotStore, frame: bytes) -> dict[str, Any]:
     kind = frame[:1]
+    if kind == _MODULES:
+        return {"modules": sorted(sys.modules)}
     if kind == _CREATE:
         store.create()
     elif kind == _OPEN:
         request = orjson.loads(frame[1:])
         changelog = {int(p): (int(b), int(e)) for p, (b, e) in request["changelog"].items()}
-        return store.open(changelog, request["max_age_s"]).to_json()
+        return store.open(changelog, request["max_age_s"],
+                          topic_id=request.get("topic_id")).to_json()
     else:
         closing_s, head_length = _HEAD.unpack_from(frame, 1)
         start = 1 + _HEAD.size

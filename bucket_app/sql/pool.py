@@ -2,8 +2,9 @@
 
 Python's sqlite3 releases the GIL around every ``sqlite3_step`` and takes it back for every row
 and for every call of the progress handler. In the worker the main thread counts batches with
-the GIL held, so a 700-row answer waited for the lock hundreds of times: p99 315 ms for a query
-SQLite runs in 1 ms. A child process has its own lock. :class:`SqlPool` keeps a few children
+the GIL held, so an answer of a few hundred rows waited for the lock hundreds of times, and a
+query SQLite ran in a millisecond took hundreds (docs/performance.md). A child process has its
+own lock. :class:`SqlPool` keeps a few children
 (``python -m bucket_app.sql.pool``), each running
 :class:`~bucket_app.sql.sandbox.SqlSandbox` over the snapshot file, and hands each query to an
 idle one over a pipe. The child sends back the rows already encoded as JSON, which the views

@@ -9,7 +9,7 @@ the chart library, uPlot, is vendored under ``static/vendor`` with its licence.
 
 The page and its assets hold no data, and a browser cannot add an Authorization header to a
 page it navigates to: with ``http_token`` set they stay public (auth_middleware), and the page
-sends the token a user typed on every API call it makes.
+sends the token a user typed on every API call it makes (their routes are declared public).
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ import mimetypes
 from importlib import resources
 from typing import Any
 
-import faust
 from aiohttp import web as aioweb
 
 from bucket_app.errors import HttpError
-from bucket_app.settings import Settings
-from bucket_app.web import views
+from bucket_app.web.declare import Args, Group, Param, Route, Schema
+from bucket_app.web.middleware import API, json_response
+from bucket_app.web.schemas import TEXT, json_answer
+from bucket_app.web.service import Service
 
 STATIC_PREFIX = "/static/"
 INDEX = "index.html"
@@ -58,25 +59,33 @@ def load_assets() -> dict[str, tuple[bytes, str]]:
     return assets
 
 
-def mapped_columns(settings: Settings) -> list[str]:
-    """The mapped columns in the snapshot table's order (the page's default is the first)."""
-    mapped = set(settings.msg_map.values())
-    return [column for column in settings.sqlite_schema if column in mapped]
-
-
-def meta(settings: Settings) -> dict[str, Any]:
+def meta(service: Service) -> dict[str, Any]:
     """What the page needs to know about this service before asking for counts."""
+    settings = service.settings
     return {
         "table": settings.sqlite_table,
-        "columns": mapped_columns(settings),
+        "columns": service.mapped_columns,
         "schema": dict(settings.sqlite_schema),
         "bucket_interval_s": settings.bucket_interval_s,
         "granularities": GRANULARITIES,
         "auth": settings.http_token is not None,
-        "stream": "/api/v1/stream",
-        # /api/v1/buckets rolls up itself (granularity, tz, group_by); else the page does
-        "rollup": "granularity" in getattr(views, "BUCKETS_OPTIONS", ()),
+        "stream": f"{API}/stream",
+        # /api/v1/buckets rolls up itself (granularity, tz, group_by); else the page would
+        "rollup": True,
     }
+
+
+META: Schema = {
+    "type": "object", "required": ["table", "columns", "bucket_interval_s"],
+    "properties": {
+        "table": {"type": "string"},
+        "columns": {"type": "array", "items": {"type": "string"}},
+        "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+        "bucket_interval_s": {"type": "integer"},
+        "granularities": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "auth": {"type": "boolean"},
+        "stream": {"type": "string"},
+        "rollup": {"type": "boolean"}}}
 
 
 def asset_response(assets: dict[str, tuple[bytes, str]], name: str) -> aioweb.Response:
@@ -89,36 +98,40 @@ def asset_response(assets: dict[str, tuple[bytes, str]], name: str) -> aioweb.Re
                                     "X-Content-Type-Options": "nosniff"})
 
 
-def register(app: Any, settings: Settings, service: Any) -> None:
-    """Add GET /, GET /static/<name> and GET /api/v1/meta."""
-    assets = load_assets()
+def group(service: Service, assets: dict[str, tuple[bytes, str]]) -> Group:
+    """GET /, GET /static/<name> and GET /api/v1/meta, serving ``assets``
+    (:func:`load_assets`)."""
+    settings = service.settings
+    assets = dict(assets)
     if INDEX not in assets:
         raise RuntimeError("bucket_app/web/static/index.html is missing from the package")
-    info = meta(settings)
+    info = meta(service)
     if settings.http_token is not None:
         # the page asks for the token before its first API call, rather than meet a 401
         page, kind = assets[INDEX]
         assets[INDEX] = (page.replace(b"<body>", b'<body data-auth="1">', 1), kind)
 
-    @app.page("/")
-    class Page(faust.web.View):
-        """GET /: the dashboard."""
+    async def index(request: aioweb.Request, args: Args) -> aioweb.StreamResponse:
+        return asset_response(assets, INDEX)
 
-        async def get(self, request: Any) -> aioweb.Response:
-            return asset_response(assets, INDEX)
+    async def static(request: aioweb.Request, args: Args) -> aioweb.StreamResponse:
+        return asset_response(assets, args["name"])
 
-    @app.page(STATIC_PREFIX + "{name:.+}")
-    class Static(faust.web.View):
-        """GET /static/<name>: one of the page's assets."""
+    async def meta_answer(request: aioweb.Request, args: Args) -> aioweb.StreamResponse:
+        return json_response(info)
 
-        async def get(self, request: Any, name: str) -> aioweb.Response:
-            return asset_response(assets, name)
-
-    @app.page(f"{views.API}/meta")
-    class Meta(faust.web.View):
-        """GET /api/v1/meta: table, mapped columns, bucket interval, whether a token is needed."""
-
-        async def get(self, request: Any) -> aioweb.Response:
-            return views.json_response(info)
-
-    del Page, Static, Meta
+    meta_schema = META | {"properties": META["properties"] | {
+        "table": {"const": settings.sqlite_table},
+        "bucket_interval_s": {"const": settings.bucket_interval_s}}}
+    return Group([
+        Route("GET", "/", "the dashboard page", index, {"200": {
+            "description": "HTML", "content": {"text/html": TEXT}}}, public=True),
+        Route("GET", STATIC_PREFIX + "{name:.+}", "one of the dashboard's assets", static, {
+            "200": {"description": "the file", "content": {
+                kind: TEXT for kind in sorted(set(TYPES.values()))}}},
+            (Param("name", "the asset's path", {"type": "string", "enum": sorted(assets)},
+                   where="path"),), errors=(404,), public=True),
+        Route("GET", f"{API}/meta", "what the dashboard needs first: table, mapped columns, "
+              "interval", meta_answer, {"200": json_answer("the service's shape",
+                                                          {"$ref": "#/components/schemas/Meta"})}),
+    ], {"Meta": meta_schema})

@@ -1,10 +1,11 @@
 """Answer formats of the row routes: JSON (the default), CSV and NDJSON.
 
 :func:`negotiate` picks the format from ``?format=json|csv|ndjson`` or, without it, from the
-Accept header (``text/csv``, ``application/x-ndjson``); :func:`respond` answers in it. The views
-in :mod:`bucket_app.web.views` call both, negotiating before they run any SQL, so a format
-nobody serves costs no query. Errors are not this module's business: they stay JSON, raised as
-:class:`~bucket_app.errors.HttpError` before any byte of an answer is sent.
+Accept header (``text/csv``, ``application/x-ndjson``); :func:`respond` answers in it. The row
+routes (:mod:`bucket_app.web.seed`, :mod:`bucket_app.web.api`) call both, negotiating before
+they run any SQL, so a format nobody serves costs no query. Errors are not this module's
+business: they stay JSON, raised as :class:`~bucket_app.errors.HttpError` before any byte of an
+answer is sent.
 
 CSV and NDJSON carry the rows alone (no envelope): one header line of column names then one
 line per row (RFC 4180, CRLF, NULL as an empty field), or one JSON object per row. Both are
@@ -95,15 +96,11 @@ def from_accept(accept: str) -> str | None:
 
 
 def negotiate(accept: str | None, requested: str | None = None) -> str:
-    """``json``, ``csv`` or ``ndjson``: ``requested`` (the ``format`` query parameter) if given,
-    else what ``accept`` prefers; JSON without either. An unknown ``format`` is 400, an Accept
-    header that accepts none of them 406."""
+    """``json``, ``csv`` or ``ndjson``: ``requested`` (the ``format`` query parameter, already
+    parsed by :func:`bucket_app.web.params.parse_format`) if given, else what ``accept``
+    prefers; JSON without either. An Accept header that accepts none of them is 406."""
     if requested is not None:
-        name = requested.strip().lower()
-        if name not in FORMATS:
-            raise HttpError(400, f"unknown format {requested[:50]!r}; use json, csv or ndjson",
-                            value=requested[:200], formats=list(FORMATS))
-        return name
+        return requested
     if accept is None or not accept.strip():
         return "json"
     chosen = from_accept(accept)

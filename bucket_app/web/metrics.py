@@ -6,14 +6,15 @@ process-wide default, so an app built twice in one process (as the tests do) reg
 metrics twice without a clash. Counts are not mirrored into prometheus_client counters:
 :class:`WorkerCollector` reads the agent's counters and the snapshot reader's state when scraped,
 so /metrics and /health report the same numbers. The one metric kept by prometheus_client itself
-is the SQL query-time histogram, fed by :attr:`bucket_app.web.views.Service.on_query`.
+is the SQL query-time histogram, fed by :attr:`bucket_app.web.service.Service.on_query`.
 
 The web server answers from its own thread and event loop, while Faust's consumer and its table
 recovery live on the worker's main loop, and touching them from another thread can bind Faust's
 lazily created services to the wrong loop. So the two values that come from them, the consumer
 lag (:class:`ConsumerLag`) and the changelog records left to restore (:class:`RecoveryProgress`),
 are sampled on the main loop, as the agent's assignment is, and the collector reads the last
-sample (:mod:`bucket_app.kafka.recovery` also logs a recovery's progress).
+sample (:mod:`bucket_app.kafka.recovery` also logs a recovery's progress). The worker runs
+those samplers (:mod:`bucket_app.parts`); this module only reads them.
 """
 
 from __future__ import annotations
@@ -24,14 +25,15 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import faust
 from aiohttp import web as aioweb
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from bucket_app.kafka import brokerlog
-from bucket_app.kafka.recovery import RECOVERY_SAMPLE_S, RecoveryProgress
-from bucket_app.settings import Settings
+from bucket_app.kafka.recovery import RecoveryProgress
+from bucket_app.web.declare import Args, Group, Route
+from bucket_app.web.schemas import TEXT
+from bucket_app.web.service import Service
 
 log = logging.getLogger(__name__)
 
@@ -126,14 +128,14 @@ def family(name: str) -> CounterMetricFamily | GaugeMetricFamily:
 class WorkerCollector:
     """The worker's metrics, read when scraped (a prometheus_client custom collector).
 
-    ``service`` is the views' :class:`~bucket_app.web.views.Service`: the agent's counters
+    ``service`` is the routes' :class:`~bucket_app.web.service.Service`: the agent's counters
     (``processor.counter``) and the snapshot reader's state (``reader.state``), both written by
     other threads and only read here, whole values at a time. A value not known yet (the
     snapshot's age before its first refresh, the lag of a partition not fetched yet) is left
     out rather than reported as 0.
     """
 
-    def __init__(self, service: Any, lag: ConsumerLag, recovery: RecoveryProgress,
+    def __init__(self, service: Service, lag: ConsumerLag, recovery: RecoveryProgress,
                  clock: Callable[[], float] = time.time) -> None:
         self.service = service
         self.lag = lag
@@ -164,12 +166,12 @@ class WorkerCollector:
         found["snapshot_generation"].add_metric([], state.generation)
         for partition, left in sorted(self.recovery.remaining.items()):
             found["recovery_remaining"].add_metric([str(partition)], left)
-        for broker, seconds in sorted(brokerlog.install().unreachable().items()):
+        for broker, seconds in sorted(brokerlog.outages().unreachable().items()):
             found["broker_unreachable_seconds"].add_metric([broker], seconds)
         return iter(found.values())
 
 
-def build_registry(service: Any, lag: ConsumerLag, recovery: RecoveryProgress,
+def build_registry(service: Service, lag: ConsumerLag, recovery: RecoveryProgress,
                    clock: Callable[[], float] = time.time) -> CollectorRegistry:
     """This app's registry: :class:`WorkerCollector` and the SQL query-time histogram, which
     ``service.on_query`` feeds from now on."""
@@ -182,43 +184,13 @@ def build_registry(service: Any, lag: ConsumerLag, recovery: RecoveryProgress,
     return registry
 
 
-def register(app: Any, settings: Settings, service: Any) -> CollectorRegistry:
-    """Add GET /metrics (behind ``http_token`` like every route but /health) and the main
-    loop's samplers to the Faust app."""
-    lag = ConsumerLag(settings.topic)
-    # the worker's, which its bulk restore reports to too
-    recovery = getattr(app, "recovery_progress", None) or RecoveryProgress()
-    registry = build_registry(service, lag, recovery)
+def group(registry: CollectorRegistry) -> Group:
+    """GET /metrics (behind ``http_token`` like every route but the public ones)."""
 
-    # Faust starts timers once the tables have recovered, so the consumer exists by then.
-    @app.timer(LAG_SAMPLE_S)
-    async def sample_consumer_lag() -> None:
-        await lag.sample(app.consumer)
+    async def metrics(request: aioweb.Request, args: Args) -> aioweb.StreamResponse:
+        return aioweb.Response(body=generate_latest(registry),
+                               headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def sample_recovery() -> None:
-        while not app.should_stop:
-            await recovery.sample(app.tables.recovery, app.consumer)
-            await app.sleep(RECOVERY_SAMPLE_S)
-
-    watching: list[Any] = []
-
-    async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
-        # Faust starts an app's timers and tasks only once its tables have recovered, too late
-        # to see the start-up recovery: this sampler starts with the first assignment, before
-        # recovery, and runs until the app stops.
-        recovery.on_assigned(app.tables.recovery)
-        if not watching:
-            watching.append(app.add_future(sample_recovery()))
-
-    app.on_partitions_assigned.connect(on_assigned)
-
-    @app.page("/metrics")
-    class Metrics(faust.web.View):
-        """GET /metrics: Prometheus text format."""
-
-        async def get(self, request: Any) -> aioweb.Response:
-            return aioweb.Response(body=generate_latest(registry),
-                                   headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    del Metrics
-    return registry
+    return Group([Route(
+        "GET", "/metrics", "the worker's counters and gauges, Prometheus text format", metrics,
+        {"200": {"description": "the metrics", "content": {"text/plain": TEXT}}})])

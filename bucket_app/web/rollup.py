@@ -1,6 +1,6 @@
 """Query-time rollups: stored buckets re-bucketed into coarser granules of a zone's local time.
 
-``GET /api/v1/buckets?granularity=1d&tz=Europe/Berlin`` (:mod:`bucket_app.web.views`) asks for
+``GET /api/v1/buckets?granularity=1d&tz=Europe/Berlin`` (:mod:`bucket_app.web.api`) asks for
 this. A granule of ``granularity_s`` seconds begins at every instant at which the zone's wall
 clock reaches a multiple of ``granularity_s`` counted from 1970-01-01 00:00 local time, or jumps
 past one: 1h and 1d granules begin on the local hour and at local midnight, a DST gap that skips
@@ -39,6 +39,7 @@ from typing import Any
 from bucket_app.errors import HttpError, InvalidValue
 from bucket_app.settings import parse_duration_s
 from bucket_app.sql.sandbox import quote_identifier
+from bucket_app.web.declare import Invalid
 
 __all__ = [
     "MAX_GRANULARITY_S",
@@ -80,37 +81,37 @@ class Rollup:
 
 
 def parse_granularity(raw: str, interval_s: int) -> int:
-    """``5m``, ``1h``, ``1d``, ``90`` (seconds): a whole multiple of ``interval_s``, or 400."""
+    """``5m``, ``1h``, ``1d``, ``90`` (seconds): a whole multiple of ``interval_s``, or Invalid."""
     try:
         seconds = parse_duration_s(raw, bare_unit_s=1)
     except InvalidValue as exc:
-        raise HttpError(400, f"granularity: {exc}", value=raw[:200]) from None
+        raise Invalid(f"granularity: {exc}", value=raw[:200]) from None
     if not math.isfinite(seconds) or seconds > MAX_GRANULARITY_S:
-        raise HttpError(400, f"granularity must be at most {MAX_GRANULARITY_S // 86_400}d",
-                        value=raw[:200])
+        raise Invalid(f"granularity must be at most {MAX_GRANULARITY_S // 86_400}d",
+                      value=raw[:200])
     if seconds < interval_s:
-        raise HttpError(400, f"granularity {raw} is finer than bucket_interval ({interval_s} s): "
-                        "buckets are stored at that size and cannot be split",
-                        value=raw[:200], bucket_interval_s=interval_s)
+        raise Invalid(f"granularity {raw} is finer than bucket_interval ({interval_s} s): "
+                      "buckets are stored at that size and cannot be split",
+                      value=raw[:200], bucket_interval_s=interval_s)
     if seconds != int(seconds) or int(seconds) % interval_s:
-        raise HttpError(400, f"granularity {raw} ({seconds:g} s) is not a multiple of "
-                        f"bucket_interval ({interval_s} s): a granule must hold whole buckets",
-                        value=raw[:200], bucket_interval_s=interval_s)
+        raise Invalid(f"granularity {raw} ({seconds:g} s) is not a multiple of "
+                      f"bucket_interval ({interval_s} s): a granule must hold whole buckets",
+                      value=raw[:200], bucket_interval_s=interval_s)
     return int(seconds)
 
 
 def parse_zone(raw: str) -> zoneinfo.ZoneInfo:
-    """An IANA time zone name (``Europe/Berlin``, ``UTC``), or 400."""
+    """An IANA time zone name (``Europe/Berlin``, ``UTC``), or Invalid."""
     if len(raw) > _MAX_ZONE_KEY or not _ZONE_KEY.match(raw):
-        raise HttpError(400, "tz must be an IANA time zone name such as Europe/Berlin or UTC",
-                        value=raw[:200])
+        raise Invalid("tz must be an IANA time zone name such as Europe/Berlin or UTC",
+                      value=raw[:200])
     try:
         return zoneinfo.ZoneInfo(raw)
     except (ValueError, OSError, KeyError):
         # KeyError: ZoneInfoNotFoundError; OSError: a directory such as "Europe";
         # ValueError: a file under the zoneinfo tree that is no zone (zone.tab)
-        raise HttpError(400, f"unknown time zone {raw!r}; tz must be an IANA time zone name "
-                        "such as Europe/Berlin or UTC", value=raw[:200]) from None
+        raise Invalid(f"unknown time zone {raw!r}; tz must be an IANA time zone name "
+                      "such as Europe/Berlin or UTC", value=raw[:200]) from None
 
 
 def parse_group_by(values: Sequence[str], columns: Sequence[str]) -> tuple[str, ...]:
@@ -121,28 +122,28 @@ def parse_group_by(values: Sequence[str], columns: Sequence[str]) -> tuple[str, 
             if not name:
                 continue
             if name not in columns:
-                raise HttpError(400, f"group_by names {name!r}, which is not a mapped column",
-                                value=value[:200], columns=list(columns))
+                raise Invalid(f"group_by names {name!r}, which is not a mapped column",
+                              value=value[:200], columns=list(columns))
             if name not in chosen:
                 chosen.append(name)
     return tuple(chosen)
 
 
-def parse_rollup(granularity: str | None, tz: str | None, group_by: Sequence[str] | None,
-                 interval_s: int, columns: Sequence[str]) -> Rollup | None:
-    """The rollup a request asks for, None when it names none of the three parameters.
+def parse_rollup(granularity_s: int | None, zone: zoneinfo.ZoneInfo | None,
+                 group_by: Sequence[tuple[str, ...]] | None, interval_s: int,
+                 columns: Sequence[str]) -> Rollup | None:
+    """The rollup a request asks for (its parsed parameters), None when it names none of the
+    three.
 
     ``granularity`` defaults to the bucket interval, ``tz`` to UTC, ``group_by`` to every
     mapped column; ``group_by=`` (empty) keeps none, one total per granule.
     """
-    if granularity is None and tz is None and group_by is None:
+    if granularity_s is None and zone is None and group_by is None:
         return None
-    return Rollup(
-        granularity_s=interval_s if granularity is None else parse_granularity(
-            granularity, interval_s),
-        zone=parse_zone("UTC" if tz is None else tz),
-        group_by=tuple(columns) if group_by is None else parse_group_by(group_by, columns),
-    )
+    chosen = tuple(columns) if group_by is None else tuple(dict.fromkeys(
+        name for names in group_by for name in names))
+    return Rollup(granularity_s=interval_s if granularity_s is None else granularity_s,
+                  zone=parse_zone("UTC") if zone is None else zone, group_by=chosen)
 
 
 def utc_offset_s(zone: zoneinfo.ZoneInfo, t: int) -> int:

@@ -4,9 +4,10 @@ Every snapshot row carries ``RST_ID``, the generation that last wrote it, so onc
 every row as of generation ``g``, the rows with ``RST_ID > g`` are exactly what it lacks. A
 stream polls the snapshot reader's in-memory state (cheap: two attribute reads) and, when the
 generation moves, asks SQLite for those rows (through :meth:`Service.query`, so streams pass the
-same admission control and SQL pool as every other query) and sends one ``row`` event each.
+same admission control and SQL pool as every other query) and sends one ``row`` event each. Its
+filters are those of /api/v1/buckets, built by the same :func:`~bucket_app.web.params.row_filters`.
 
-The last row of a refresh carries the position token (:func:`views.encode_token`) as its SSE
+The last row of a refresh carries the position token (:func:`params.encode_token`) as its SSE
 ``id``; a refresh that changed no row of this stream's filters sends a bare ``id:`` line, which
 moves the client's last event id without firing an event. A reconnecting client sends that id
 back (``Last-Event-ID`` header, as browsers do, or ``?last_event_id=``) and gets what changed
@@ -32,21 +33,24 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
-import faust
 import orjson
 from aiohttp import web as aioweb
 
 from bucket_app.errors import HttpError
-from bucket_app.settings import RST_COLUMN, Settings
+from bucket_app.settings import RST_COLUMN
 from bucket_app.sql.sandbox import quote_identifier
-from bucket_app.web import views
+from bucket_app.web.declare import Args, Group, Param, Route
+from bucket_app.web.middleware import API
+from bucket_app.web.params import encode_token, filter_params, row_filters
+from bucket_app.web.schemas import TEXT
+from bucket_app.web.service import Service
 
 log = logging.getLogger(__name__)
 
-PATH = "/api/v1/stream"
+PATH = f"{API}/stream"
 # How often a stream looks at the reader's generation and its client's connection: well under
 # the "within about a second" of the spec, and a few attribute reads each time.
 POLL_S = 0.2
@@ -60,8 +64,6 @@ TOKENS_KEPT = 4096
 BUSY_RETRY_S = 1.0
 # How long a browser waits before reconnecting (the SSE ``retry`` field).
 RECONNECT_MS = 2000
-# Query parameters that are not row filters.
-STREAM_PARAMS = ("last_event_id", "access_token")
 
 
 class Positions:
@@ -100,11 +102,16 @@ class Positions:
 class StreamHub:
     """This worker's streams: how many are open, the token map, and whether to stop."""
 
-    def __init__(self, limit: int = MAX_STREAMS) -> None:
-        self.limit = limit
+    def __init__(self, limit: int | None = None) -> None:
+        """``limit``: MAX_STREAMS as it is when a stream asks, unless given."""
+        self._limit = limit
         self.active = 0
         self.closing = False
         self.positions = Positions()
+
+    @property
+    def limit(self) -> int:
+        return MAX_STREAMS if self._limit is None else self._limit
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
@@ -118,32 +125,9 @@ class StreamHub:
         finally:
             self.active -= 1
 
-    async def close(self, _app: Any = None) -> None:
+    async def close(self, _app: aioweb.Application | None = None) -> None:
         """Make every stream end (an aiohttp ``on_shutdown`` callback)."""
         self.closing = True
-
-
-def stream_filters(query: Mapping[str, str], settings: Settings) -> tuple[list[str], list[Any]]:
-    """SQL conditions for ``column=value``, ``from`` and ``to``, as on /api/v1/buckets."""
-    where: list[str] = []
-    params: list[Any] = []
-    for name, value in query.items():
-        if name in STREAM_PARAMS:
-            continue
-        if name == "from":
-            where.append("bucket_end > ?")
-            params.append(views.parse_time_param(name, value))
-        elif name == "to":
-            where.append("bucket_start < ?")
-            params.append(views.parse_time_param(name, value))
-        elif name in settings.sqlite_schema:
-            where.append(f"{quote_identifier(name)} IS ?" if value == "" else
-                         f"{quote_identifier(name)} = ?")
-            params.append(None if value == "" else value)
-        else:
-            raise HttpError(400, f"unknown stream parameter {name!r}", parameters=[
-                "from", "to", *STREAM_PARAMS, *settings.sqlite_schema])
-    return where, params
 
 
 def sse(data: bytes | None = None, *, event: str | None = None,
@@ -167,20 +151,22 @@ def connected(request: Any) -> bool:
 class Stream:
     """One client's stream: sends the rows changed after generation ``seen``, refresh by refresh."""
 
-    def __init__(self, request: Any, response: aioweb.StreamResponse, service: Any,
-                 hub: StreamHub, where: list[str], params: list[Any], seen: int) -> None:
+    def __init__(self, request: aioweb.Request, response: aioweb.StreamResponse,
+                 service: Service, hub: StreamHub, args: Args, seen: int) -> None:
         self.request = request
         self.response = response
         self.service = service
         self.hub = hub
         self.seen = seen
         table = quote_identifier(service.settings.sqlite_table)
-        conditions = " AND ".join([f"{RST_COLUMN} > ?", "rowid > ?", *where])
+        filters = row_filters(args)
+        conditions = " AND ".join(
+            [f"{RST_COLUMN} > :seen", "rowid > :after", *filters.columns, *filters.times])
         # rowid pages a refresh larger than the row limit; a row rewritten while paging gets a
         # newer RST_ID, so the next refresh's query finds it if this one's pages passed it.
         self.sql = (f"SELECT rowid AS _stream_rowid, * FROM {table} WHERE {conditions} "
-                    f"ORDER BY rowid LIMIT ?")
-        self.params = params
+                    f"ORDER BY rowid LIMIT :limit")
+        self.params = filters.params | filters.time_params
         self.row_limit = service.settings.sql_row_limit
         self.last_write = time.monotonic()
 
@@ -197,7 +183,7 @@ class Stream:
                 self.seen = 0
                 self.hub.positions.forget()
             if generation > self.seen:
-                token = views.encode_token(state.position())
+                token = encode_token(state.position())
                 self.hub.positions.note(token, generation)
                 if not await self.send_changes(token):
                     await asyncio.sleep(BUSY_RETRY_S)
@@ -217,9 +203,9 @@ class Stream:
         while True:
             try:
                 result = await self.service.query(
-                    self.request, self.sql, [self.seen, after_rowid, *self.params,
-                                             self.row_limit + 1],
-                    query_params=False, row_limit=self.row_limit)
+                    self.request, self.sql, self.params | {
+                        "seen": self.seen, "after": after_rowid, "limit": self.row_limit + 1},
+                    row_limit=self.row_limit)
             except HttpError as exc:
                 if exc.status in (429, 503):
                     if held is not None:
@@ -239,36 +225,39 @@ class Stream:
         return True
 
 
-def register(app: Any, settings: Settings, service: Any) -> None:
-    """Add GET /api/v1/stream; its :class:`StreamHub` is ``service.streams``."""
+def group(service: Service) -> Group:
+    """GET /api/v1/stream; its :class:`StreamHub` ends every stream on the server's shutdown."""
     hub = StreamHub()
-    service.streams = hub
-    app.web.web_app.on_shutdown.append(hub.close)
 
-    @app.page(PATH)
-    class EventStream(faust.web.View):
-        """GET /api/v1/stream?<column>=v&from=t&to=t: changed rows as Server-Sent Events."""
+    async def event_stream(request: aioweb.Request, args: Args) -> aioweb.StreamResponse:
+        with hub.slot():
+            response = aioweb.StreamResponse(headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",  # nginx: do not buffer the stream
+            })
+            await response.prepare(request)
+            stream = Stream(request, response, service, hub, args,
+                            hub.positions.reached(args.get("last_event_id")))
+            try:
+                await stream.run()
+            except ConnectionError:  # the client went away mid-write
+                pass
+            except HttpError as exc:  # after prepare(): tell the client in the stream
+                with contextlib.suppress(ConnectionError):
+                    # not "error": EventSource fires that name for a lost connection too
+                    await response.write(sse(orjson.dumps(exc.as_json()), event="problem"))
+        return response
 
-        async def get(self, request: Any) -> aioweb.StreamResponse:
-            where, params = stream_filters(request.query, settings)
-            last_id = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
-            with hub.slot():
-                response = aioweb.StreamResponse(headers={
-                    "Content-Type": "text/event-stream; charset=utf-8",
-                    "Cache-Control": "no-cache",
-                    "X-Accel-Buffering": "no",  # nginx: do not buffer the stream
-                })
-                await response.prepare(request)
-                stream = Stream(request, response, service, hub, where, params,
-                                hub.positions.reached(last_id))
-                try:
-                    await stream.run()
-                except ConnectionError:  # the client went away mid-write
-                    pass
-                except HttpError as exc:  # after prepare(): tell the client in the stream
-                    with contextlib.suppress(ConnectionError):
-                        # not "error": EventSource fires that name for a lost connection too
-                        await response.write(sse(orjson.dumps(exc.as_json()), event="problem"))
-            return response
-
-    del EventStream
+    params = (*filter_params(service.settings.sqlite_schema),
+              Param("Last-Event-ID", "the id of the last event received: only later changes",
+                    where="header", key="last_event_id", blank_absent=True),
+              Param("last_event_id", "as the Last-Event-ID header"),
+              Param("access_token", "the http_token, for clients that cannot set a header"))
+    return Group([Route(
+        "GET", PATH, "Server-Sent Events: a `row` event per row each refresh changed; the "
+        "last of a refresh has the position token as its id", event_stream,
+        {"200": {"description": "an endless event stream",
+                 "content": {"text/event-stream": TEXT}}},
+        params, errors=(429, 503), strict=("unknown stream parameter {name}", "parameters"),
+        query_token=True)], on_shutdown=[hub.close])

@@ -6,16 +6,14 @@ ports, so stopping brokers never disturbs the shared test broker.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.support import REPO
+from tests.support.cluster import CLUSTER, script, start_replicas
 from tests.support.kafka import (
     BackgroundProducer,
     bulk_records,
@@ -29,15 +27,6 @@ from tests.support.worker import counts_of
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 OWN_PORT = 9392
-CLUSTER = "127.0.0.1:19092,127.0.0.1:19192,127.0.0.1:19292"
-
-
-def script(*args: str, port: int | None = None) -> None:
-    env = dict(os.environ)
-    if port is not None:
-        env["KAFKA_PORT"] = str(port)
-    subprocess.run([str(REPO / "scripts" / args[0]), *args[1:]], check=True, env=env,
-                   cwd=REPO, timeout=240, stdout=subprocess.DEVNULL)
 
 
 @pytest.fixture
@@ -76,16 +65,8 @@ def test_broker_restart_mid_stream_loses_nothing(own_broker, make_worker):
 def test_three_brokers_one_stopped_counts_stay_exact(cluster, make_worker):
     topic = unique("rf3")
     create_topic(topic, 6, replication=3, brokers=cluster)
-    app_id = unique("app")
-    workers = [
-        make_worker(topic, app_id=app_id, name=f"c{i}", brokers=cluster,
-                    extra={"replication_factor": "3", "session_timeout": "6s"})
-        for i in range(2)
-    ]
-    for worker in workers:
-        worker.start(wait=False)
-    for worker in workers:
-        worker.wait_healthy(timeout_s=120)
+    # healthy, and their snapshots loaded: a 503 below would be the outage's
+    workers = start_replicas(make_worker, topic)
     records, expected = bulk_records(16_000, 6, seed=13)
     producer = BackgroundProducer(topic, records, chunk=500, pause_s=0.3, brokers=cluster).start()
     time.sleep(4)

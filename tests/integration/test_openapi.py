@@ -27,10 +27,10 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from bucket_app.settings import load
-from bucket_app.web import dashboard, openapi, stream, views
+from bucket_app.web import openapi, params, stream
 from tests.support.http import http
 from tests.support.kafka import Record, create_topic, produce, unique
-from tests.support.openapi import CASES, check_answer, operations
+from tests.support.openapi import CASES, check_answer, document_of, operations
 from tests.support.worker import Worker
 
 CASES_OPERATIONS = {(method, template) for method, template, *_ in CASES}
@@ -81,7 +81,7 @@ def get_document(worker: Worker) -> dict[str, Any]:
 def test_live_answers_match_the_document(live: tuple[Worker, int]) -> None:
     worker, produced = live
     document = get_document(worker)
-    expected = openapi.build(load(worker.settings_path, {}), dashboard.load_assets())
+    expected = document_of(load(worker.settings_path, {}))
     assert document == json.loads(json.dumps(expected))
     assert document["paths"]["/a/{table}"]["get"]["parameters"][0]["schema"]["enum"] == [
         "default"]
@@ -115,16 +115,16 @@ def normalize(case: Any) -> None:
     """
     query = case.query if case.query is not None else {}
     headers = case.headers if case.headers is not None else {}
-    for name, header in (("min_offsets", views.MIN_OFFSETS_HEADER), ("wait_ms", "X-Wait-Ms")):
+    for name, header in (("min_offsets", params.MIN_OFFSETS_HEADER), ("wait_ms", "X-Wait-Ms")):
         if name in query:
             headers.pop(header, None)
     for where, name in ((query, "wait_ms"), (headers, "X-Wait-Ms")):
         value = where.get(name)
         # only valid values: an invalid one is answered 400 at once, and must stay invalid
         if isinstance(value, int) and not isinstance(value, bool) and (
-                MAX_WAIT_MS < value <= views.MAX_WAIT_MS):
+                MAX_WAIT_MS < value <= params.MAX_WAIT_MS):
             where[name] = MAX_WAIT_MS
-    wants = query.get("min_offsets") or headers.get(views.MIN_OFFSETS_HEADER)
+    wants = query.get("min_offsets") or headers.get(params.MIN_OFFSETS_HEADER)
     if wants and "wait_ms" not in query and "X-Wait-Ms" not in headers:
         headers["X-Wait-Ms"] = str(MAX_WAIT_MS)
     if case.headers is not None or headers:

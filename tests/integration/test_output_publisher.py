@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from bucket_app.snapshot.codec import Progress
 from bucket_app.snapshot.output import NotPublisher, RowPublisher, row_key
-from bucket_app.snapshot.reader import Progress, ReaderState, SnapshotStore, store_config
+from bucket_app.snapshot.state import ReaderState
+from bucket_app.snapshot.store import SnapshotStore, store_config
 from tests.support.kafka import BROKERS, unique
 from tests.support.output import latest, read_all, settings_for
 

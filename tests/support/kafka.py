@@ -90,6 +90,17 @@ def create_topic(name: str, partitions: int, replication: int = 1,
     asyncio.run(_create_topic(name, partitions, replication, brokers, security))
 
 
+def list_topics(brokers: str = BROKERS) -> list[str]:
+    async def run() -> list[str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
+        await admin.start()
+        try:
+            return list(await admin.list_topics())
+        finally:
+            await admin.close()
+    return asyncio.run(run())
+
+
 @dataclass
 class Record:
     value: bytes | None

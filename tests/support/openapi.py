@@ -1,6 +1,7 @@
 """Checking an HTTP answer against the OpenAPI document, and the answers worth checking.
 
-:func:`check_answer` fails unless the document describes the operation's status, content type
+:func:`document_of` is the document a worker with given settings serves. :func:`check_answer`
+fails unless the document describes the operation's status, content type
 and headers, and a JSON body validates (JSON Schema 2020-12, ``#/components`` refs resolved in
 the document). :data:`CASES` are requests, one or more per operation and errors included, with
 the status each must get from the snapshot the web tests serve; the unit tests send them to
@@ -15,8 +16,11 @@ from typing import Any
 from urllib.parse import quote
 
 import jsonschema_rs
+from prometheus_client import CollectorRegistry
 
-from bucket_app.web import openapi
+from bucket_app.settings import Settings
+from bucket_app.web import openapi, routes
+from tests.support.web import build_app
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -67,6 +71,13 @@ def check_answer(document: Mapping[str, Any], method: str, template: str, status
 def operations(document: Mapping[str, Any]) -> set[tuple[str, str]]:
     return {(method.upper(), path) for path, methods in document["paths"].items()
             for method in methods}
+
+
+def document_of(settings: Settings) -> dict[str, Any]:
+    """The document a worker with these settings serves (generated from its declarations)."""
+    _, service = build_app(settings)
+    service.threads.shutdown(wait=False, cancel_futures=True)
+    return openapi.build(settings, routes.groups(service, CollectorRegistry()))
 
 
 def c(sql: str) -> str:

@@ -1,11 +1,11 @@
-"""The worker's web app in a test: the real views and runner, on a Faust app never started.
+"""The worker's web app in a test: the real routes and runner, on a Faust app never started.
 
-:func:`build_app` registers the views (``web.register``) over a snapshot reader that has caught
-up with an empty changelog and the agent's counters; :func:`running` serves them on a free
-loopback port with ``web.make_runner``, the runner the worker serves with, and starts and stops
-the SQL child processes as the worker does. :func:`serve_snapshot` does both over a snapshot
-of given rows with the late and final columns. :func:`client` binds to a chosen loopback
-address (the whole 127/8 range answers on Linux), so tests can be several clients.
+:func:`build_app` registers the routes (``routes.register``) over a snapshot reader that has
+caught up with an empty changelog and the agent's counters; :func:`running` serves them on a
+free loopback port with ``middleware.make_runner``, the runner the worker serves with, and
+starts and stops the SQL child processes as the worker does. :func:`serve_snapshot` does both
+over a snapshot of given rows with the late and final columns. :func:`client` binds to a chosen
+loopback address (the whole 127/8 range answers on Linux), so tests can be several clients.
 :func:`assert_error_shape` pins the project's one JSON error shape. No broker is contacted.
 """
 
@@ -26,9 +26,13 @@ import aiohttp
 import faust
 from aiohttp import web as aioweb
 
+from bucket_app.kafka.recovery import RecoveryProgress
+from bucket_app.parts import sql_parts
 from bucket_app.settings import Settings, load
 from bucket_app.snapshot.reader import SnapshotReader
-from bucket_app.web import views as web
+from bucket_app.web import middleware, routes
+from bucket_app.web.metrics import ConsumerLag, build_registry
+from bucket_app.web.service import Service
 from tests.support.settings import SEED_INI, write_config
 
 TIME_LIMIT_S = 0.5
@@ -45,7 +49,7 @@ def assert_error_shape(body: Any, status: int) -> None:
 @dataclass
 class Served:
     url: str
-    service: web.Service
+    service: Service
     port: int
 
 
@@ -56,8 +60,9 @@ def make_settings(tmp_path: Path, **extra: str) -> Settings:
     return load(write_config(tmp_path, ini), {})
 
 
-def build_app(settings: Settings) -> tuple[faust.App, web.Service]:
-    """The worker's web app: views, middlewares and runner, on a Faust app never started."""
+def build_app(settings: Settings) -> tuple[faust.App, Service]:
+    """The worker's web app: routes, middlewares and runner, on a Faust app never started;
+    the service's SQL pool and threads as the worker builds them (not started)."""
     app = faust.App(f"test-web-{uuid.uuid4().hex[:8]}", web_in_thread=True)
     reader = SnapshotReader(settings, PARTITIONS, store=None)
     # a snapshot that has caught up with an empty changelog
@@ -65,18 +70,22 @@ def build_app(settings: Settings) -> tuple[faust.App, web.Service]:
     reader.state.generation = 1
     reader.state.changelog = {p: (0, 0) for p in range(PARTITIONS)}
     # the agent's counters, which the views only report
-    processor = SimpleNamespace(
+    processor: Any = SimpleNamespace(
         counter=SimpleNamespace(batches=0, counted=0, replayed=0, late=0, dead_letters=0,
                                 skipped={}),
         assignment={"ready": True})
-    return app, web.register(app, settings, reader, processor)
+    sql, threads, processes = sql_parts(settings)
+    service = Service(settings, reader, processor, sql, threads, processes)
+    routes.register(app, service, build_registry(
+        service, ConsumerLag(settings.topic), RecoveryProgress()))
+    return app, service
 
 
 @contextlib.asynccontextmanager
-async def running(app: faust.App, service: web.Service) -> AsyncIterator[tuple[str, Any]]:
+async def running(app: faust.App, service: Service) -> AsyncIterator[tuple[str, Any]]:
     """The views of ``build_app`` served on a free loopback port: (base URL, runner)."""
     service.sql.start()  # as the worker does at start-up
-    runner = web.make_runner(app.web.web_app)  # type: ignore[attr-defined]
+    runner = middleware.make_runner(app.web.web_app)  # type: ignore[attr-defined]
     await runner.setup()
     site = aioweb.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

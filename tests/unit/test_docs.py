@@ -45,3 +45,39 @@ def test_every_route_is_in_the_http_reference(tmp_path):
 def test_readme_opens_with_the_two_commands():
     first_block = README.split("```")[1]
     assert "make run" in first_block and "make test" in first_block
+
+
+def layout_names() -> dict[str, set[str]]:
+    """docs/design.md's Layout block: the words under each ``package/`` entry, and under ``""``
+    the top-level ``name.py`` entries."""
+    design = (REPO / "docs" / "design.md").read_text()
+    section = design.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```")[1]
+    named: dict[str, set[str]] = {"": set()}
+    current = ""
+    for line in block.splitlines():
+        entry = re.match(r"^  (\S+)", line)
+        if entry:
+            current = entry.group(1).rstrip("/") if entry.group(1).endswith("/") else ""
+            if current == "":
+                named[""].add(entry.group(1))
+        if current:
+            named.setdefault(current, set()).update(re.findall(r"\w+", line))
+    return named
+
+
+def test_every_module_of_the_package_is_named_in_the_design_layout():
+    named = layout_names()
+    package = REPO / "bucket_app"
+    missing = []
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package)
+        if path.name == "__init__.py" or "static" in relative.parts:
+            continue
+        if len(relative.parts) == 1:
+            found = relative.name in named[""]
+        else:
+            found = path.stem in named.get("/".join(relative.parts[:-1]), set())
+        if not found:
+            missing.append(str(relative))
+    assert missing == [], "not in docs/design.md's Layout: " + ", ".join(missing)

@@ -8,8 +8,9 @@ from __future__ import annotations
 import pytest
 
 from bucket_app.errors import SettingsError
+from bucket_app.identity import counts_changelog
 from bucket_app.snapshot.output import RowPublisher, row_key
-from bucket_app.snapshot.reader import ReaderState, changelog_topic
+from bucket_app.snapshot.state import ReaderState
 from tests.support.output import settings_for
 from tests.support.settings import MSG_MAP, SQLITE_SCHEMA
 
@@ -37,4 +38,4 @@ def test_the_source_or_dead_letter_topic_is_refused_as_output(tmp_path):
     with pytest.raises(SettingsError, match="of its own"):
         RowPublisher(settings, settings.topic, ReaderState(PARTITIONS), lambda: True)
     with pytest.raises(SettingsError, match="of its own"):
-        RowPublisher(settings, changelog_topic(settings), ReaderState(PARTITIONS), lambda: True)
+        RowPublisher(settings, counts_changelog(settings), ReaderState(PARTITIONS), lambda: True)

@@ -16,18 +16,12 @@ import pytest
 
 from bucket_app.counting.keys import progress_key
 from bucket_app.settings import load
-from bucket_app.snapshot import reader as snapshot_reader
+from bucket_app.snapshot import store as snapshot_store
+from bucket_app.snapshot.checkpoint import Checkpoint
+from bucket_app.snapshot.codec import PartKey, Pending, Progress, decode_records
 from bucket_app.snapshot.process import SnapshotError, SnapshotProcess
-from bucket_app.snapshot.reader import (
-    Checkpoint,
-    PartKey,
-    Pending,
-    Progress,
-    ReaderState,
-    SnapshotStore,
-    decode_records,
-    store_config,
-)
+from bucket_app.snapshot.state import ReaderState
+from bucket_app.snapshot.store import SnapshotStore, store_config
 from tests.support.settings import SEED_INI, replace_line, write_config
 
 SERVERS = ["s-1", "s-2", "ünï", None, 'q"uote']
@@ -184,6 +178,27 @@ def test_the_childs_errors_reach_the_worker_and_it_goes_on(tmp_path: Path) -> No
         assert snapshot_rows(store) == {("s-1", "orders", 0, 20): (3, 0, 0, 1)}
     finally:
         store.close()
+
+
+# Kafka's clients, Faust and its runtime, and the web server: none of them is the child's.
+NOT_IN_THE_CHILD = {"aiokafka", "kafka", "faust", "mode", "aiohttp"}
+
+
+def test_the_snapshot_child_imports_neither_kafka_nor_faust(tmp_path: Path) -> None:
+    ini = SEED_INI.replace("sqlite_db = :memory:", f"sqlite_db = {tmp_path}/snap.sqlite3")
+    store = SnapshotProcess(store_config(load(write_config(tmp_path, ini), {})))
+    try:
+        store.open({0: (0, 10), 1: (0, 10)})
+        progress = {0: Progress(4, 20.0)}
+        store.apply_records(records({(0, ("s-1", "orders"), 0): 3,
+                                     (1, ("s-2", "pay"), 20): None}), 40.0, {0: 5}, progress)
+        modules = store.modules()
+    finally:
+        store.close()
+    assert store.rows == 1, "the child did not apply the refresh"
+    assert {"bucket_app.snapshot.store", "bucket_app.snapshot.codec", "sqlite3"} <= set(modules)
+    imported = sorted(m for m in modules if m.partition(".")[0] in NOT_IN_THE_CHILD)
+    assert imported == []
 
 
 def test_a_killed_child_is_an_error_and_closing_its_stdin_ends_one(tmp_path: Path) -> None:
@@ -471,7 +486,7 @@ def test_one_writer_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     config = config_of(tmp_path)
     first = SnapshotStore(**config)
     first.open(BOUNDS)
-    monkeypatch.setattr(snapshot_reader, "LOCK_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(snapshot_store, "LOCK_TIMEOUT_S", 0.3)
     second = SnapshotStore(**config)
     try:
         with pytest.raises(SnapshotError, match="another process writes the snapshot"):

@@ -26,8 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from bucket_app.kafka import recovery as recovery_module
 from bucket_app.kafka.recovery import RecoveryProgress, duration
 from bucket_app.web import metrics
-from bucket_app.web import views as web
 from bucket_app.web.metrics import ConsumerLag, build_registry
+from bucket_app.web.middleware import make_runner
 from tests.support.sqlite import make_db
 from tests.support.web import build_app, client, make_settings
 
@@ -52,7 +52,7 @@ def ours(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def fake_service(counter: Any, state: Any) -> Any:
-    """What the collector reads of :class:`~bucket_app.web.views.Service`."""
+    """What the collector reads of :class:`~bucket_app.web.service.Service`."""
     return SimpleNamespace(processor=SimpleNamespace(counter=counter),
                            reader=SimpleNamespace(state=state), on_query=None)
 
@@ -334,7 +334,7 @@ async def served(tmp_path: Path, settings_extra: dict[str, str]) -> AsyncIterato
                      [(f"s-{i}", "t", i * 20, i * 20 + 20, 1, 1) for i in range(5)])
     app, service = build_app(make_settings(tmp_path, **settings_extra))
     service.sql.start()
-    runner = web.make_runner(app.web.web_app)  # type: ignore[attr-defined]
+    runner = make_runner(app.web.web_app)  # type: ignore[attr-defined]
     await runner.setup()
     site = aioweb.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -1,8 +1,8 @@
 """GET /api/v1/openapi.json: the document describes exactly the routes the app registers, is
 valid OpenAPI 3.1, names the configured table and columns, and real answers match it.
 
-The HTTP tests run the real views (``web.register`` on a Faust app that is never started, as in
-test_web_limits) on the worker's runner over a real snapshot file created by the snapshot
+The HTTP tests run the real routes (``routes.register`` on a Faust app that is never started, as
+in test_web_limits) on the worker's runner over a real snapshot file created by the snapshot
 store itself (so its columns are the real ones: sqlite_schema, RST_ID, late, final) and real SQL
 child processes. Each answer, errors included, is checked against the document with
 :func:`tests.support.openapi.check_answer`, which tests/integration/test_openapi.py uses on a
@@ -28,9 +28,10 @@ from aiohttp import web as aioweb
 
 from bucket_app.settings import BUCKET_COLUMNS, SQLITE_TYPES, Settings, load
 from bucket_app.snapshot.reader import SnapshotStore
-from bucket_app.web import dashboard, openapi
-from bucket_app.web import views as web
-from tests.support.openapi import CASES, check_answer, operations, resolve, validator
+from bucket_app.web import dashboard, openapi, schemas
+from bucket_app.web.middleware import make_runner
+from bucket_app.web.service import Service
+from tests.support.openapi import CASES, check_answer, document_of, operations, resolve, validator
 from tests.support.settings import SEED_INI, replace_line, write_config
 from tests.support.web import build_app, make_settings
 
@@ -53,16 +54,16 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def built(settings: Settings) -> Iterator[tuple[Any, web.Service]]:
+def built(settings: Settings) -> Iterator[tuple[Any, Service]]:
     app, service = build_app(settings)
     yield app, service
     service.threads.shutdown(wait=False, cancel_futures=True)
 
 
 def test_every_registered_route_is_described_and_nothing_else(
-        built: tuple[Any, web.Service], settings: Settings) -> None:
+        built: tuple[Any, Service], settings: Settings) -> None:
     app, _ = built
-    document = openapi.build(settings, dashboard.load_assets())
+    document = document_of(settings)
     registered = router_routes(app)
     assert (("GET", openapi.PATH)) in registered
     assert operations(document) == registered
@@ -73,7 +74,7 @@ def test_every_registered_route_is_described_and_nothing_else(
 
 
 def test_the_document_is_valid_openapi_3_1(settings: Settings) -> None:
-    document = openapi.build(settings, dashboard.load_assets())
+    document = document_of(settings)
     assert document["openapi"].startswith("3.1")
     schemathesis.openapi.from_dict(document).validate()  # the OpenAPI 3.1 meta-schema
     for name, schema in document["components"]["schemas"].items():
@@ -88,15 +89,15 @@ def test_the_document_is_valid_openapi_3_1(settings: Settings) -> None:
 
 
 def test_every_buckets_option_the_view_takes_is_described(settings: Settings) -> None:
-    document = openapi.build(settings)
+    document = document_of(settings)
     params = [resolve(document, p) for p in document["paths"]["/api/v1/buckets"]["get"][
         "parameters"]]
     names = [p["name"] for p in params]
     assert len(names) == len(set(names))
-    for name in web.BUCKETS_OPTIONS:
-        [param] = [p for p in params if p["name"] == name]
-        assert param["description"] != openapi.UNDOCUMENTED, name
-    assert {"from", "to", *settings.sqlite_schema, "RST_ID"} <= set(names)
+    assert all(p["description"] for p in params)
+    assert {"from", "to", *settings.sqlite_schema, "RST_ID", "late", "final", "limit",
+            "format", "granularity", "tz", "group_by", "min_offsets", "wait_ms",
+            "X-Min-Offsets", "X-Wait-Ms"} == set(names)
 
 
 def test_rows_and_tables_are_the_configured_ones(tmp_path: Path) -> None:
@@ -105,7 +106,7 @@ def test_rows_and_tables_are_the_configured_ones(tmp_path: Path) -> None:
               "bucket_start": "INTEGER", "bucket_end": "INTEGER", "count": "BIGINT"}
     ini = replace_line(SEED_INI, "sqlite_table", "hits per host")
     settings = load(write_config(tmp_path, ini, msg_map=msg_map, schema=schema), {})
-    document = openapi.build(settings)
+    document = document_of(settings)
     row = document["components"]["schemas"]["Row"]
     assert list(row["properties"]) == [*schema, "RST_ID", "late", "final"]
     assert row["required"] == list(row["properties"])
@@ -132,7 +133,7 @@ def test_rows_and_tables_are_the_configured_ones(tmp_path: Path) -> None:
 
 
 def test_without_a_token_no_route_declares_security(settings: Settings) -> None:
-    document = openapi.build(settings)
+    document = document_of(settings)
     assert "security" not in document
     assert "securitySchemes" not in document["components"]
     for path, methods in document["paths"].items():
@@ -142,7 +143,7 @@ def test_without_a_token_no_route_declares_security(settings: Settings) -> None:
 
 def test_the_affinity_rules_of_sqlite() -> None:
     # sqlite.org/datatype3.html 3.1, with its own surprises: POINT is INTEGER, STRING NUMERIC
-    assert [openapi.affinity(t) for t in (
+    assert [schemas.affinity(t) for t in (
         "INT", "BIGINT", "TEXT", "VARCHAR(9)", "CLOB", "BLOB", "", "REAL", "FLOAT", "DOUBLE",
         "NUMERIC", "DECIMAL(5)", "POINT", "STRING")] == [
         "INTEGER", "INTEGER", "TEXT", "TEXT", "TEXT", "BLOB", "BLOB", "REAL", "REAL", "REAL",
@@ -154,7 +155,7 @@ def test_the_affinity_rules_of_sqlite() -> None:
             kinds = [k for (k,) in conn.execute("SELECT typeof(v) FROM t")]
         expected = {"TEXT": ["text", "text", "text"], "BLOB": ["text", "integer", "text"],
                     "REAL": ["real", "real", "text"]}.get(
-            openapi.affinity(sql_type), ["integer", "integer", "text"])
+            schemas.affinity(sql_type), ["integer", "integer", "text"])
         assert kinds == expected, sql_type
 
 
@@ -167,7 +168,7 @@ PARTITIONS = 2  # as build_app's reader has
 class Served:
     url: str
     document: dict[str, Any]
-    service: web.Service
+    service: Service
 
 
 def make_snapshot(settings: Settings) -> None:
@@ -187,7 +188,7 @@ async def serve(settings: Settings) -> tuple[aioweb.AppRunner, Served]:
     make_snapshot(settings)
     app, service = build_app(settings)
     service.sql.start()
-    runner = web.make_runner(app.web.web_app)  # type: ignore[attr-defined]
+    runner = make_runner(app.web.web_app)  # type: ignore[attr-defined]
     await runner.setup()
     site = aioweb.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -244,8 +245,7 @@ async def test_the_stream_answers_as_documented(served: Served) -> None:
 
 
 async def test_the_document_is_the_settings_one(served: Served) -> None:
-    assert served.document == json.loads(json.dumps(openapi.build(
-        served.service.settings, dashboard.load_assets())))
+    assert served.document == json.loads(json.dumps(document_of(served.service.settings)))
 
 
 TOKEN = "openapi-test-token"
@@ -281,7 +281,7 @@ async def test_with_a_token_401_is_documented_exactly_where_it_is_answered(
 
 
 def test_health_documents_degraded_with_its_reason(settings: Settings) -> None:
-    health = openapi.build(settings)["components"]["schemas"]["Health"]
+    health = document_of(settings)["components"]["schemas"]["Health"]
     assert health["properties"]["status"]["enum"] == ["ok", "degraded"]
     assert health["properties"]["reason"]["type"] == "string"
     assert "reason" not in health["required"]  # only while degraded

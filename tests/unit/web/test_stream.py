@@ -22,7 +22,8 @@ from aiohttp import web as aioweb
 
 from bucket_app.snapshot.reader import Progress
 from bucket_app.web import stream as stream_mod
-from bucket_app.web import views as web
+from bucket_app.web.params import encode_token
+from bucket_app.web.service import Service
 from bucket_app.web.stream import Positions
 from tests.support.sqlite import make_db
 from tests.support.web import assert_error_shape, build_app, make_settings, running
@@ -38,7 +39,7 @@ def as_dicts(rows: list[tuple]) -> list[dict[str, Any]]:
 @dataclass
 class Served:
     url: str
-    service: web.Service
+    service: Service
     runner: aioweb.AppRunner
     writer: Any  # sqlite3.Connection
 
@@ -59,7 +60,7 @@ class Served:
         state.progress = {**state.progress, 0: Progress(offset=offset)}
 
     def token(self) -> str:
-        return web.encode_token(self.service.reader.state.position())
+        return encode_token(self.service.reader.state.position())
 
 
 @pytest.fixture
@@ -245,8 +246,9 @@ async def test_bad_filter_is_a_json_400(served: Served) -> None:
                 assert_error_shape(await response.json(), 400)
 
 
-async def test_streams_are_bounded_and_a_closed_one_frees_its_place(served: Served) -> None:
-    served.service.streams.limit = 1  # type: ignore[attr-defined]
+async def test_streams_are_bounded_and_a_closed_one_frees_its_place(
+        served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stream_mod, "MAX_STREAMS", 1)
     async with session() as client:
         first = await client.get(served.url + "/api/v1/stream")
         assert first.status == 200
@@ -257,11 +259,13 @@ async def test_streams_are_bounded_and_a_closed_one_frees_its_place(served: Serv
             assert_error_shape(await refused.json(), 429)
         first.close()
         deadline = time.monotonic() + 3
-        while served.service.streams.active:  # type: ignore[attr-defined]
+        while True:
+            async with client.get(served.url + "/api/v1/stream") as again:
+                if again.status == 200:
+                    break
+                assert again.status == 429
             assert time.monotonic() < deadline, "the stream outlived its client"
             await asyncio.sleep(0.05)
-        async with client.get(served.url + "/api/v1/stream") as again:
-            assert again.status == 200
 
 
 async def test_idle_streams_get_keep_alive_comments(served: Served,

@@ -1,9 +1,9 @@
 """Web limits: SQL admission (429 / 503, fair order), the bearer token, and one JSON error shape
 even for what aiohttp's parser refuses.
 
-The HTTP tests run the real views (``web.register`` on a Faust app that is never started) on a
-real aiohttp server built by ``web.make_runner``, the runner the worker serves with, over a real
-SQLite snapshot and real SQL child processes. Clients with different addresses bind to
+The HTTP tests run the real routes (``routes.register`` on a Faust app that is never started) on
+a real aiohttp server built by ``middleware.make_runner``, the runner the worker serves with,
+over a real SQLite snapshot and real SQL child processes. Clients with different addresses bind to
 127.0.0.1 and 127.0.0.2 (the whole loopback range answers on Linux).
 """
 
@@ -25,8 +25,8 @@ import pytest
 from aiohttp import web as aioweb
 
 from bucket_app.errors import HttpError
-from bucket_app.web import views as web
-from bucket_app.web.views import SqlAdmission
+from bucket_app.web import middleware
+from bucket_app.web.admission import SqlAdmission
 from tests.support.web import (
     TIME_LIMIT_S,
     Served,
@@ -273,7 +273,7 @@ async def test_a_long_url_within_the_limit_still_reaches_the_view(served: Served
 def test_warning_when_listening_beyond_loopback_without_a_token(
         tmp_path: Path, db: Path, caplog: pytest.LogCaptureFixture, extra: dict[str, str],
         warned: bool) -> None:
-    with caplog.at_level(logging.WARNING, logger="bucket_app.web.views"):
+    with caplog.at_level(logging.WARNING, logger="bucket_app.web.routes"):
         _, service = build_app(make_settings(tmp_path, **extra))
     service.sql.close()
     warnings = [r for r in caplog.records if "http_token" in r.getMessage()]
@@ -287,9 +287,9 @@ def test_private_names_the_json_errors_rely_on() -> None:
     assert inspect.iscoroutinefunction(aioweb.AppRunner._make_server)
     params = list(inspect.signature(aioweb.RequestHandler.handle_error).parameters)
     assert params == ["self", "request", "status", "exc", "message"]
-    assert aioweb.RequestHandler.__slots__ and web.JsonErrorRequestHandler.__slots__ == ()
-    web.use_json_error_runner(app.web)
-    assert isinstance(app.web._runner, web.JsonErrorAppRunner)  # type: ignore[attr-defined]
+    assert aioweb.RequestHandler.__slots__ and middleware.JsonErrorRequestHandler.__slots__ == ()
+    middleware.use_json_error_runner(app.web)
+    assert isinstance(app.web._runner, middleware.JsonErrorAppRunner)  # type: ignore[attr-defined]
 
 
 async def test_a_snapshot_not_loaded_is_503_at_once_unless_wait_ms_is_given(
