@@ -11,7 +11,7 @@ KERNEL_SOURCES := native/Cargo.toml native/Cargo.lock native/pyproject.toml \
 	$(wildcard native/src/*.rs native/python/bucket_app_kernel/*)
 export BUCKET_APP_SETTINGS ?= $(CURDIR)/settings.ini
 
-.PHONY: setup kafka kafka-stop kafka-cluster kafka-cluster-stop kafka-secure kafka-secure-stop schema-registry schema-registry-stop run test test-unit lint bench clean
+.PHONY: setup kafka kafka-stop kafka-cluster kafka-cluster-stop kafka-secure kafka-secure-stop schema-registry schema-registry-stop run test test-unit lint bench soak clean
 
 setup: $(STAMP) $(KERNEL)
 
@@ -94,5 +94,12 @@ bench: setup
 	  touch .bench-venv/.installed; fi
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
+# One worker for SOAK_MINUTES (20) at 70% of its measured capacity, with SQL, SSE and dashboard
+# clients; per-minute RSS, descriptors, threads, SQL and visibility p99 (bench/soak.py). Needs
+# a broker on 127.0.0.1:9092 (make kafka); SOAK_ARGS passes more (--rate, --out).
+SOAK_MINUTES ?= 20
+soak: setup
+	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
+
 clean: kafka-stop kafka-secure-stop schema-registry-stop
-	rm -rf data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf data .soak .pytest_cache .mypy_cache .ruff_cache

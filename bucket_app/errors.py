@@ -81,6 +81,16 @@ class SnapshotError(BucketAppError):
     """The snapshot process could not apply a refresh, or ended."""
 
 
+class SnapshotFull(SnapshotError):
+    """A refresh was rolled back for lack of disk space: the files are as before it, and the
+    same refresh (or a later one including it) can be applied again."""
+
+
+class SnapshotDiverged(SnapshotError):
+    """The disk filled between the commits of the snapshot's two files: one reflects the
+    refresh, the other does not, so the snapshot is rebuilt from the changelog."""
+
+
 class QueryError(BucketAppError):
     """``bucket-app query``: the worker answered with an error, or did not answer."""
 

@@ -26,6 +26,7 @@ import faust
 from faust.types import TP
 
 from bucket_app import identity
+from bucket_app.counting.decode import WriterSchema
 from bucket_app.counting.kernel import KernelFetch, NativeKernel
 from bucket_app.errors import SettingsError
 from bucket_app.kafka import brokerlog, codecs
@@ -34,7 +35,7 @@ from bucket_app.kafka.changelog import ChangelogSender
 from bucket_app.kafka.deadletter import DeadLetterSender
 from bucket_app.kafka.intake import BatchIntake
 from bucket_app.kafka.recovery import RecoveryProgress
-from bucket_app.kafka.registry import RegistryClient, WriterSchemas, wait_for_reader
+from bucket_app.kafka.registry import Reader, RegistryClient, WriterSchemas, wait_for_reader
 from bucket_app.kafka.restore import restore_changelog
 from bucket_app.kafka.topics import source_partitions
 from bucket_app.localstate import guard_local_state
@@ -52,7 +53,7 @@ from bucket_app.web.starting import StartingServer
 log = logging.getLogger(__name__)
 
 #: Which code counts the source topic's records: ``python`` (the default) or ``native``, the
-#: compiled kernel (bucket_app.counting.kernel; JSON only, Avro is counted in Python either way).
+#: compiled kernel (bucket_app.counting.kernel: JSON and Avro, with or without a schema registry).
 KERNEL_ENV = "BUCKET_APP_KERNEL"
 KERNELS = ("python", "native")
 
@@ -120,20 +121,27 @@ class CountsTable(UnexpiringTable):
 
 
 def counting_kernel(settings: Settings, environ: Mapping[str, str] = os.environ,
+                    schemas: Mapping[int, WriterSchema] | None = None,
+                    reader: Reader | None = None,
                     ) -> tuple[NativeKernel | None, str]:
-    """The native kernel when ``BUCKET_APP_KERNEL=native`` and the messages are JSON, else
-    None; and a line saying which kernel counts. A value other than python or native is a
+    """The native kernel when ``BUCKET_APP_KERNEL=native``, else None; and a line saying
+    which kernel counts. With a schema registry, ``schemas`` is the writer schema cache and
+    ``reader`` the schema they resolve to. A value other than python or native is a
     SettingsError."""
     choice = environ.get(KERNEL_ENV, "python").strip().lower() or "python"
     if choice not in KERNELS:
         raise SettingsError(f"{KERNEL_ENV}={choice!r}: must be one of {', '.join(KERNELS)}")
-    if choice == "native" and (settings.avro_schema is not None
-                               or settings.schema_registry_url is not None):
-        return None, (f"counting kernel: python ({KERNEL_ENV}=native reads plain JSON; "
-                      "messages are Avro or registry-framed)")
-    if choice == "native":
-        return NativeKernel(settings), "counting kernel: native (native/, Rust)"
-    return None, "counting kernel: python"
+    if choice != "native":
+        return None, "counting kernel: python"
+    if schemas is not None:
+        kernel = NativeKernel(settings, reader=None if reader is None else reader.schema,
+                              writers=schemas)
+        values = "Avro" if kernel.reads_avro else "JSON"
+        return kernel, (f"counting kernel: native (native/, Rust; {values} values, writer "
+                        "schemas from the registry)")
+    kernel = NativeKernel(settings)
+    values = "Avro" if kernel.reads_avro else "JSON"
+    return kernel, f"counting kernel: native (native/, Rust; {values} values)"
 
 
 def native_reader(kernel: NativeKernel) -> NativeReader:
@@ -211,7 +219,7 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
         # Faust has not set up logging yet at this point of start-up: say it on stderr.
         print(f"bucket_app: {value_reader.describe()}; writer schemas from "
               f"{settings.schema_registry_url}", file=sys.stderr, flush=True)
-    kernel, kernel_line = counting_kernel(settings)
+    kernel, kernel_line = counting_kernel(settings, schemas=schemas, reader=value_reader)
     n_partitions = partitions if partitions is not None else source_partitions(
         settings, holder=lambda: StartingServer(settings.web_host, settings.web_port))
     settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -3,23 +3,33 @@
 :class:`NativeKernel` counts one fetched partition's raw bytes - its Kafka record batches as the
 broker sent them - into window-keys. The kernel reads the batches as aiokafka's consumer does
 (CRC, codecs, control batches, aborted transactions, records below the fetch offset) and counts
-the JSON records it is sure of without the interpreter lock and without a Python object per
+the records it is sure of without the interpreter lock and without a Python object per
 record. Every other record, each one Python would skip included, comes back as a
 :class:`FetchedRecord` and is located here by :meth:`Classifier.locate`, the one definition of
 what a record means; so a :class:`FetchCount` is what locating every record would give
-(tests/unit/counting/test_kernel.py checks that on generated batches of every codec). The
-kernel reads JSON only; Avro stays on the Python path.
+(tests/unit/counting/test_kernel.py checks that on generated batches of every codec, and
+test_kernel_avro.py for Avro).
+
+Values are JSON, or Avro: with the settings' schema (schemaless or Confluent-framed, as
+:class:`~bucket_app.counting.decode.AvroDecoder` reads them), or with a schema registry's
+writer schemas by id resolved against the reader (as
+:class:`~bucket_app.counting.decode.RegistryDecoder`). The kernel runs, for each schema, a plan
+:mod:`bucket_app.counting.avro_plan` compiled from it; a registry id gets its plan before the
+first fetch read after the registry gave its schema, and until then its records go to Python.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
 from bucket_app_kernel import Kernel, Refused, unpack
 
+from bucket_app.counting.avro_plan import UNSURE, compile_plan, slot_paths
 from bucket_app.counting.buckets import MAX_TS_S
 from bucket_app.counting.classify import Classifier, Grouped
+from bucket_app.counting.decode import AVRO, RegistryDecoder, WriterSchema
 from bucket_app.counting.keys import WindowKey, group_identity, window
 from bucket_app.errors import BadInput, KernelRefused
 from bucket_app.settings import Settings
@@ -110,14 +120,30 @@ class NativeKernel:
     """Count fetched partitions' bytes with the kernel, under one settings' mapping."""
 
     def __init__(self, settings: Settings, classifier: Classifier | None = None, *,
-                 max_batch_bytes: int = MAX_BATCH_BYTES) -> None:
-        """Raises ``ValueError`` for settings the kernel does not read (Avro)."""
-        if settings.avro_schema is not None:
-            raise ValueError("the native kernel reads JSON messages; Avro is counted in Python")
-        self._kernel = Kernel(list(settings.msg_map), settings.bucket_field,
+                 max_batch_bytes: int = MAX_BATCH_BYTES, reader: dict[str, Any] | None = None,
+                 writers: Mapping[int, WriterSchema] | None = None) -> None:
+        """Values are JSON, or Avro with ``settings.avro_schema``. With a schema registry,
+        ``writers`` holds the writer schemas by id (filled as the registry answers; each new one
+        is compiled into a plan before the next fetch is read) and ``reader`` is the schema
+        they resolve to (None: values are JSON); ``classifier`` then decodes as they do."""
+        columns = list(settings.msg_map)
+        self._paths = slot_paths(columns, settings.bucket_field)
+        self._reader = reader if writers is not None else settings.avro_schema
+        self._writers = writers if self._reader is not None else None
+        self._planned: set[int] = set()
+        plain = None
+        if self._reader is not None:  # Avro: a plan, or one that leaves every value to Python
+            plain = compile_plan(self._reader, None, self._paths) or [UNSURE]
+        self._kernel = Kernel(columns, settings.bucket_field,
                               settings.bucket_type, settings.bucket_interval_s,
-                              float(settings.max_future_skew_s), max_batch_bytes)
-        self._classifier = classifier or Classifier(settings)
+                              float(settings.max_future_skew_s), max_batch_bytes,
+                              avro=plain, registry=self._writers is not None)
+        if classifier is None:
+            classifier = Classifier(settings, decoder=None if writers is None
+                                    else RegistryDecoder(reader, writers))
+        self._classifier = classifier
+        #: whether values are read as Avro (else JSON)
+        self.reads_avro = self._reader is not None
         self._interval_s = settings.bucket_interval_s
         self._max_batch_bytes = max_batch_bytes
 
@@ -130,6 +156,8 @@ class NativeKernel:
         first offset)) and count what the kernel is sure of at ``now_s``. Raises
         :class:`KernelRefused` for a fetch the kernel does not read, as aiokafka would raise for
         most of them. Needs no interpreter lock for the reading, so any thread may call it."""
+        if self._writers is not None and len(self._writers) != len(self._planned):
+            self._plan_writers()
         try:
             (groups, unsure, records, first, last, next_offset, partial, min_start, max_time,
              native_trace, native_offsets) = self._kernel.count(
@@ -145,6 +173,19 @@ class NativeKernel:
             first_offset=first, last_offset=last, next_offset=next_offset,
             partial_bytes=partial, min_start_s=min_start, max_time_s=max_time,
             trace=native_trace, offsets=native_offsets, kernel_now_s=now_s)
+
+    def _plan_writers(self) -> None:
+        """Hand the kernel a plan for each writer schema id it has none for (None: its values
+        go to Python, as those of an id not fetched yet do)."""
+        assert self._writers is not None
+        for schema_id, writer in list(self._writers.items()):
+            if schema_id in self._planned:
+                continue
+            plan = None
+            if writer.kind == AVRO and writer.schema is not None:
+                plan = compile_plan(writer.schema, self._reader, self._paths)
+            self._kernel.add_writer(schema_id, plan)
+            self._planned.add(schema_id)
 
     def count(self, data: bytes, partition: int, fetch_offset: int, now_s: float, *,
               aborted: list[tuple[int, int]] | None = None, read_committed: bool = False,

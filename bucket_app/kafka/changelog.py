@@ -18,6 +18,11 @@ included, the store is the changelog up to its persisted offset (or a prefix of 
 acknowledged batch, which the changelog repeats), and Faust's recovery, which reads the
 changelog from that offset, brings it to the changelog's end: the local tables are kept, and
 a restart reads only the tail (Kafka Streams' ``.checkpoint`` plays the same part).
+
+A full disk keeps that invariant: a write RocksDB refuses for lack of space leaves its batch
+staged (reads still see it, later acknowledged batches queue behind it), :attr:`Unacked.stalled`
+tells the intake to stop fetching, and :meth:`Unacked.retry` writes them in order once there is
+room. A crash at any point meanwhile leaves the store a prefix of the changelog, as above.
 """
 
 from __future__ import annotations
@@ -33,12 +38,15 @@ from aiokafka import AIOKafkaProducer
 from faust.utils.json import on_default
 from rocksdict import WriteBatch
 
+from bucket_app import diskspace
 from bucket_app.seam import clients
 from bucket_app.seam import store as table_store
 
 ChangelogRecord = tuple[bytes, bytes | None]  # (key, value); None is a tombstone
 
 _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
+#: what the tables' writes are called in the log and /health (bucket_app.diskspace)
+TABLES = "the counts table (RocksDB)"
 # keys per RocksDB write: the web server's thread waits for the GIL at most one write
 WRITE_CHUNK = 1000
 
@@ -122,6 +130,8 @@ class Unacked:
     def __init__(self, store: Any) -> None:
         self.store = store
         self._partitions: dict[int, _Partition] = {}
+        #: partitions whose next acknowledged batch the disk had no room for
+        self.stalled: set[int] = set()
 
     def view(self, partition: int) -> dict[bytes, bytes | None]:
         """The newest staged value of each key of ``partition`` not yet in RocksDB."""
@@ -145,14 +155,48 @@ class Unacked:
                 break
         else:
             return
+        self._flush(partition, part)
+
+    def _flush(self, partition: int, part: _Partition) -> bool:
+        """Write the acknowledged batches at the head of ``part``'s queue, in send order;
+        False when the disk has no room for one (it stays staged, reads still see it, and
+        :meth:`retry` writes it later)."""
         while part.queue and part.queue[0].acked_through is not None:
-            staged = part.queue.popleft()
-            self._write(partition, staged)
+            staged = part.queue[0]
+            try:
+                self._write(partition, staged)
+            except Exception as exc:
+                if not diskspace.is_full(exc):
+                    raise
+                self.stalled.add(partition)
+                diskspace.FULL.failed(TABLES, str(self.store.partition_path(partition)), exc,
+                                      "counting stops fetching, queries answer from the "
+                                      "snapshot")
+                return False
+            part.queue.popleft()
             values = part.values
             for raw_key, raw_value in staged.records:
                 # a later batch may have staged a newer value of the key since
                 if raw_key in values and values[raw_key] is raw_value:
                     del values[raw_key]
+        if partition in self.stalled:
+            self.stalled.discard(partition)
+            if not self.stalled:  # an acknowledgement's write may be the one that got room
+                diskspace.FULL.recovered(TABLES)
+        return True
+
+    def retry(self) -> bool:
+        """Try the writes a full disk refused again, in send order (RocksDB recovers from a
+        full disk by itself once there is room); True once nothing waits for one."""
+        for partition in sorted(self.stalled):
+            part = self._partitions.get(partition)
+            if part is not None:
+                self._flush(partition, part)
+            elif partition in self.stalled:  # revoked since: nothing of it to write
+                self.stalled.discard(partition)
+        if not self.stalled:
+            diskspace.FULL.recovered(TABLES)
+        return not self.stalled
 
     def forget(self, partitions: set[int]) -> None:
         """Drop what waits for ``partitions``' acknowledgements: they were revoked, and Faust's
@@ -160,6 +204,9 @@ class Unacked:
         acknowledgement must not write over what that recovery restored."""
         for partition in partitions:
             self._partitions.pop(partition, None)
+            self.stalled.discard(partition)
+        if not self.stalled:
+            diskspace.FULL.recovered(TABLES)
 
     def pending(self) -> int:
         """Staged batches not yet written to RocksDB."""

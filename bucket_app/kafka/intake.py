@@ -27,6 +27,12 @@ and resumed once the registry gives the ids, so its records come again and are c
 none skipped for the outage. The ``degraded`` attribute says which partitions wait and why, for
 ``/health``.
 
+A full disk pauses every source partition the same way: once RocksDB refuses an acknowledged
+batch for lack of space (:attr:`~bucket_app.kafka.changelog.Unacked.stalled`), the partitions
+are paused after the fetch being counted, the write is retried every
+:data:`~bucket_app.diskspace.RETRY_S`, and they resume once it is written (``/health`` says
+why meanwhile, from :data:`bucket_app.diskspace.FULL`).
+
 The callback counts a batch synchronously (RocksDB written) and returns the batch's changelog
 records; the intake sends them as whole Kafka batches and acknowledges the batch's offsets only
 once the brokers have acknowledged those changelog batches, so a committed source offset always
@@ -56,6 +62,7 @@ from aiokafka.structs import ConsumerRecord
 from faust.events import Event
 from faust.types import TP
 
+from bucket_app import diskspace
 from bucket_app.counting.kernel import KernelFetch
 from bucket_app.kafka.changelog import ChangelogRecord, ChangelogSender
 from bucket_app.kafka.deadletter import DeadLetter, DeadLetterSender
@@ -121,6 +128,9 @@ class BatchIntake:
         self.held: dict[TP, set[int]] = {}
         #: why counting waits, while partitions are held (read by /health's thread)
         self.degraded: str | None = None
+        #: source partitions paused while the tables' writes wait for disk space
+        self.disk_held: set[TP] = set()
+        self._disk_retry_at = 0.0
 
     def install(self) -> None:
         """Make the consumer's Fetcher run :meth:`drain` instead of Faust's per-message loop."""
@@ -137,6 +147,8 @@ class BatchIntake:
                 positions = consumer.take_positions()
                 if self.held:
                     await self._release_held()
+                if self.disk_held or self.sender.unacked.stalled:
+                    self._retry_disk()
                 if not (records or positions) or consumer.should_stop:
                     continue
                 if not consumer.flow_active:
@@ -158,6 +170,8 @@ class BatchIntake:
                     if not await self._deliver(tp, other, generation):
                         break
                 await self._ebb()
+                if self.sender.unacked.stalled:
+                    self._pause_for_disk()
                 await consumer.commit_if_due()
         except consumer.consumer_stopped_errors:
             if self.app.should_stop:
@@ -254,10 +268,19 @@ class BatchIntake:
         for tp, batch in records.items():
             if tp.topic != self.topic or tp not in countable:
                 continue
-            fresh = self._after_read_offset(tp, batch)
-            ids = self.schemas.missing(map(_VALUE, fresh)) if fresh else set()
+            native = batch[0] if len(batch) == 1 and isinstance(batch[0], KernelFetch) else None
+            if native is not None:
+                # the kernel counted only values whose ids it has plans for, all fetched: the
+                # ids to fetch are among those it left to Python
+                ids = self.schemas.missing(record.value for record in native.unsure)
+                read = consumer.read_offset(tp)
+                first = max(native.first_offset or 0, read or 0)
+            else:
+                fresh = self._after_read_offset(tp, batch)
+                ids = self.schemas.missing(map(_VALUE, fresh)) if fresh else set()
+                first = fresh[0].offset if fresh else 0
             if ids:
-                wanted[tp] = (fresh[0].offset, ids)
+                wanted[tp] = (first, ids)
         if not wanted:
             return records
         await self.schemas.fetch(set().union(*(ids for _, ids in wanted.values())),
@@ -306,6 +329,44 @@ class BatchIntake:
         self.held.clear()
         self.degraded = None
 
+    def _pause_for_disk(self) -> None:
+        """Stop fetching the source while RocksDB has no room for acknowledged writes.
+
+        Called after a fetch was counted: what aiokafka had not yet handed over is fetched
+        again from its position on resume, so pausing loses nothing, and counting what was
+        handed over is safe (it waits in memory, staged, like any unwritten batch)."""
+        consumer = self.consumer
+        source = {TP(tp.topic, tp.partition) for tp in consumer.active_partitions()
+                  if tp.topic == self.topic}
+        if source:
+            consumer.pause_partitions(source)
+            self.disk_held |= source
+            self._disk_retry_at = monotonic() + diskspace.RETRY_S
+
+    def _retry_disk(self) -> None:
+        """Retry the writes a full disk refused (every RETRY_S); resume the source partitions
+        once they are all written."""
+        unacked = self.sender.unacked
+        if unacked.stalled:
+            if monotonic() < self._disk_retry_at:
+                return
+            self._disk_retry_at = monotonic() + diskspace.RETRY_S
+            # Faust's stall detector would report a paused partition as a hung stream
+            monitor = self.app.monitor
+            if monitor is not None:
+                monitor.stream_inbound_time.update(dict.fromkeys(self.disk_held, monotonic()))
+            if not unacked.retry():
+                return
+        if not self.disk_held:
+            return
+        tables: Any = self.app.tables  # recovery is not in TableManagerT
+        if tables.recovery.completed.is_set():  # else recovery resumes them when done
+            assigned = self.consumer.assignment()
+            self.consumer.resume_partitions({tp for tp in self.disk_held if tp in assigned})
+        log.info("tables written again; source partitions %s resume",
+                 sorted(tp.partition for tp in self.disk_held))
+        self.disk_held.clear()
+
     def _say_degraded(self) -> None:
         assert self.schemas is not None
         partitions = ", ".join(str(tp.partition) for tp in sorted(self.held))
@@ -331,6 +392,8 @@ class BatchIntake:
         def done(result: asyncio.Future[Any]) -> None:
             if result.cancelled() or result.exception() is not None:
                 self._release(batch)
+                if self.app.should_stop:
+                    return  # sends failed as the worker stops: the consumer says what
                 error = result.exception() if not result.cancelled() else "cancelled"
                 log.error("changelog write for %s failed, its offsets stay uncommitted: %r",
                           batch.tp, error)

@@ -136,3 +136,12 @@ async def topic_ids(consumer: AIOKafkaConsumer, topics: Sequence[str]) -> dict[s
         if error_code == 0 and name is not None:
             found[name] = topic_id
     return found
+
+def fail_sends(producer: AIOKafkaProducer, exc: Exception) -> int:
+    """Fail every batch ``producer`` holds or has in flight with ``exc`` (so its flush and
+    stop return); the number of batches failed."""
+    accumulator = producer._message_accumulator
+    pending = sum(len(batches) for batches in accumulator._batches.values()) + len(
+        accumulator._pending_batches)
+    accumulator.fail_all(exc)
+    return pending

@@ -21,8 +21,9 @@ from types import CodeType, ModuleType
 import faust
 import faust.streams
 from aiohttp.web_runner import BaseRunner
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.consumer.fetcher import Fetcher, FetchResult, PartitionRecords
+from aiokafka.producer.message_accumulator import MessageAccumulator
 from faust.stores.rocksdb import Store
 from faust.tables.base import Collection
 from faust.transport.consumer import Consumer as FaustConsumer
@@ -107,6 +108,12 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
                _INTAKE + "a batch stays unacknowledged until its changelog is written"),
     _attribute(FaustConsumer, "_waiting_for_ack", _INTAKE + "woken when a batch is released"),
     _attribute(Service, "_stopped", _INTAKE + "the fetch loop's stop condition, as Faust's"),
+    _method(faust_aiokafka.Consumer, "_commit", ("self", "offsets"),
+            "consumer: what the brokers confirmed committed, for the line on stopping"),
+    _method(FaustConsumer, "_clean_unacked_messages", ("self",),
+            "consumer: a stopping worker's bounded wait for its batches' acknowledgements"),
+    _method(faust.App, "_producer_flush", ("self", "logger"),
+            "app: a stopping worker's producer flush, bounded"),
     PrivateName(faust.streams, "_current_event", OBJECT,
                 "consumer: Faust routes table writes by the current event's partition"),
     # --- faust: windowed table (seam.table)
@@ -148,6 +155,13 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
             "fetch: unpack_batches, aborted transactions"),
     _method(PartitionRecords, "_contains_abort_marker", ("self", "next_batch"),
             "fetch: unpack_batches, aborted transactions"),
+    _attribute(AIOKafkaProducer, "_message_accumulator",
+               "clients: a stopping worker fails the batches unreachable brokers never take"),
+    _method(MessageAccumulator, "fail_all", ("self", "exception"),
+            "clients: a stopping worker fails the batches unreachable brokers never take"),
+    _attribute(MessageAccumulator, "_batches", "clients: the batches failed on stopping"),
+    _attribute(MessageAccumulator, "_pending_batches",
+               "clients: the batches failed on stopping"),
     # --- aiokafka: the snapshot's changelog reader (seam.clients)
     _attribute(AIOKafkaConsumer, "_client",
                "clients: a metadata refresh on demand; connections closed on stop; topic ids"),

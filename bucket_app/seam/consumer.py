@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import Token
@@ -33,6 +34,10 @@ from mode.utils.futures import notify
 from bucket_app.seam import clients, fetch
 
 log = logging.getLogger(__name__)
+
+#: how long a stopping worker waits for its counted batches' changelog acknowledgements and its
+#: last commit, all waits together (SIGTERM must exit within 10 s, brokers reachable or not)
+STOP_WAIT_S = 4.0
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,103 @@ class SeamConsumer(faust_aiokafka.Consumer):
     #: source partitions' fetch positions past their last record (set by the thread)
     positions: fetch.Positions | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: per partition, the offset the group's commit holds (the next to read), as the
+        #: brokers confirmed it: Faust's ``_committed_offset`` also takes a failed commit's
+        self.durable: dict[TP, int] = {}
+        #: per source partition, the last offset counted, and the last whose changelog
+        #: records the brokers acknowledged (the intake's set_read_offset and ack_offsets)
+        self.counted: dict[TP, int] = {}
+        self.acked_through: dict[TP, int] = {}
+        self._stop_deadline: float | None = None
+        self._told_unacked = False
+
+    async def seek_to_committed(self) -> Any:
+        committed = await super().seek_to_committed()
+        self.durable.update({TP(tp.topic, tp.partition): offset
+                             for tp, offset in committed.items() if offset is not None})
+        return committed
+
+    async def _commit(self, offsets: Any) -> bool:
+        done = bool(await super()._commit(offsets))
+        if done:
+            self.durable.update({TP(tp.topic, tp.partition): offset
+                                 for tp, offset in offsets.items()})
+        return done
+
+    async def wait_empty(self) -> None:
+        """Faust's wait for the messages in flight to be acknowledged, bounded while the app
+        stops: with the brokers unreachable a counted batch's changelog records are never
+        acknowledged, and Faust waited for them (and for its commit's producer flush) for
+        ever. What it gives up on is neither committed nor lost: the next worker reads it
+        again (:meth:`say_uncommitted` says what). In a rebalance it is not bounded: a
+        partition is given up only once its counted batches are in the changelog."""
+        if not self.app.should_stop:
+            await super().wait_empty()
+            return
+        # Not Faust's loop under a timeout: it swallows the cancellation (_wait_for_ack).
+        if self._stop_deadline is None:
+            self._stop_deadline = time.monotonic() + STOP_WAIT_S
+        deadline = self._stop_deadline
+        while self._unacked_messages and time.monotonic() < deadline:
+            self._clean_unacked_messages()
+            if self._unacked_messages:
+                await asyncio.sleep(0.05)
+        if self._unacked_messages and not self._told_unacked:
+            self._told_unacked = True
+            log.warning("bucket_app: stopping without the changelog acknowledgements of %d "
+                        "counted batches (brokers unreachable?)", len(self._unacked_messages))
+        # Faust's last commit, as its wait_empty ends it, within what is left
+        commit = asyncio.ensure_future(self.commit_and_end_transactions())
+        done, _ = await asyncio.wait({commit}, timeout=max(0.1, deadline - time.monotonic()))
+        if not done:
+            commit.cancel()
+
+    async def on_stop(self) -> None:
+        """Faust's last commit; then, if it could not commit everything counted (the brokers
+        unreachable, say), one line saying what, per source partition."""
+        try:
+            await super().on_stop()
+        finally:
+            self.say_uncommitted()
+
+    def uncommitted(self) -> dict[int, tuple[int, int | None, int | None]]:
+        """Source partitions counted past their committed offset: partition -> (the last
+        offset counted, the last whose changelog records the brokers acknowledged, the last
+        committed; None for none)."""
+        try:
+            assigned = set(self.assignment())
+        except Exception:  # noqa: BLE001 - the consumer may be gone by now
+            assigned = set()
+        left = {}
+        for tp, counted in list(self.counted.items()):
+            if assigned and tp not in assigned:
+                continue  # revoked: its next owner commits it
+            committed = self.durable.get(tp)  # the next offset to read
+            if committed is None or counted >= committed:
+                left[tp.partition] = (counted, self.acked_through.get(tp),
+                                      None if committed is None else committed - 1)
+        return left
+
+    def say_uncommitted(self) -> None:
+        left = self.uncommitted()
+        if not left:
+            return
+
+        def offset(value: int | None) -> str:
+            return "none" if value is None else str(value)
+
+        log.warning(
+            "bucket_app: stopping with source offsets counted but not committed (the brokers "
+            "did not take the commit): %s; the next worker reads them again from the "
+            "committed offset and counts only what the changelog does not hold", "; ".join(
+                f"partition {p} counted through {counted} ("
+                + ("no changelog write acknowledged since start" if acked is None else
+                   f"its changelog acknowledged through {acked}")
+                + f"), committed through {offset(committed)}"
+                for p, (counted, acked, committed) in sorted(left.items())))
+
     def _new_consumer_thread(self) -> SeamConsumerThread:
         return SeamConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
@@ -181,7 +283,9 @@ class SeamConsumer(faust_aiokafka.Consumer):
         return self._read_offset[tp]  # type: ignore[no-any-return]
 
     def set_read_offset(self, tp: TP, offset: int) -> None:
+        """``tp`` is counted through ``offset``."""
         self._read_offset[tp] = offset
+        self.counted[TP(tp.topic, tp.partition)] = offset
 
     def to_message(self, tp: TP, record: Any) -> Message:
         """Faust's message for an aiokafka ConsumerRecord of ``tp``."""
@@ -207,6 +311,8 @@ class SeamConsumer(faust_aiokafka.Consumer):
         between two of them, never arrived (transaction markers, compaction) and are recorded
         as gaps, or Faust would never commit past them.
         """
+        key = TP(tp.topic, tp.partition)
+        self.acked_through[key] = max(offsets[-1], self.acked_through.get(key, -1))
         committed = self._committed_offset[tp]
         if committed is not None and offsets[0] < committed:
             offsets = [offset for offset in offsets if offset >= committed]

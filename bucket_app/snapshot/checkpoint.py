@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bucket_app.counting.lifecycle import NEVER
+from bucket_app.snapshot import lineage
 from bucket_app.snapshot.codec import Progress
 
 
@@ -60,3 +61,39 @@ def _finite(value: float) -> float | None:
 
 def _infinite(value: float | None) -> float:
     return NEVER if value is None else float(value)
+
+
+def why_not_resume(doc: Mapping[str, Any] | None, identity: Mapping[str, Any],
+                   topic_id: str | None, changelog: Mapping[int, tuple[int, int]],
+                   max_age_s: float | None, now_s: float) -> str | None:
+    """Why the stored checkpoint ``doc`` may not be resumed by a store of ``identity``
+    reading the changelog of ``topic_id`` (:mod:`bucket_app.snapshot.lineage`) whose
+    partitions hold ``changelog`` (partition -> (beginning, end) offsets), at most
+    ``max_age_s`` old at ``now_s``; None when it may."""
+    if doc is None:
+        return "no snapshot with a checkpoint on disk"
+    if doc.get("identity") != identity:
+        stored = doc.get("identity") or {}
+        changed = sorted(k for k in identity.keys() | stored.keys()
+                         if stored.get(k) != identity.get(k))
+        return f"the snapshot was built for other settings ({', '.join(changed)} differ)"
+    if (doc["file_nonce"], doc["file_commit"]) != (doc["nonce"], doc["commit"]):
+        return (f"the snapshot file (commit {doc['file_commit']}) and its side file (commit "
+                f"{doc['commit']}) do not reflect the same refresh")
+    if (recreated := lineage.mismatch(doc, topic_id, identity["changelog"])):
+        return recreated
+    offsets = {int(p): int(o) for p, o in doc["offsets"].items()}
+    if set(offsets) != set(changelog):
+        return (f"the snapshot reflects changelog partitions {sorted(offsets)}, the "
+                f"changelog has {sorted(changelog)}")
+    for partition, offset in sorted(offsets.items()):
+        beginning, end = changelog[partition]
+        if not beginning <= offset <= end:
+            return (f"changelog partition {partition} holds offsets [{beginning}, {end}], "
+                    f"the snapshot stopped at {offset} (the changelog was recreated, or "
+                    "records it had not read were deleted)")
+    age_s = now_s - float(doc["refreshed_at_s"])
+    if max_age_s is not None and age_s > max_age_s:
+        return (f"the snapshot is {age_s:.0f} s old: the changelog may have dropped "
+                f"tombstones it has not read (resumed only within {max_age_s:.0f} s)")
+    return None

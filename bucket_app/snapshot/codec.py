@@ -67,6 +67,12 @@ class Pending:
         else:
             self.records[key] = value
 
+    def then(self, later: Pending) -> Pending:
+        """These records, and ``later``'s over them (read after them)."""
+        self.records.update(later.records)
+        self.progress.update(later.progress)
+        return self
+
 
 def decode_records(records: Iterable[tuple[bytes, bytes | None]]) -> dict[PartKey, PartValue]:
     """Count records (raw changelog key and value) as per-partition counts, None = deleted."""

@@ -18,7 +18,9 @@ snapshot may have to be resumed; it is answered with the
 :class:`~bucket_app.snapshot.checkpoint.Checkpoint` as JSON. ``A`` is followed by the closing
 time, the length and JSON of the checkpoint's offsets and progress, then each record as key length,
 value length (-1 for a tombstone), key and value. ``C`` and ``A`` are answered with JSON: the
-generation and the table's rows. Any request may be answered with an error instead. The child
+generation and the table's rows. Any request may be answered with an error instead (with its
+kind: ``full`` when a full disk rolled the refresh back, ``diverged`` when only one file took
+it). The child
 exits when its stdin closes: a worker killed mid-refresh leaves the refresh to finish, and its
 successor's child waits for that (the store's lock) before it opens the files.
 """
@@ -36,7 +38,7 @@ from typing import IO, Any
 import orjson
 
 from bucket_app.counting.lifecycle import NEVER
-from bucket_app.errors import ChildGone, SnapshotError
+from bucket_app.errors import ChildGone, SnapshotDiverged, SnapshotError, SnapshotFull
 from bucket_app.snapshot.checkpoint import Checkpoint
 from bucket_app.snapshot.codec import Progress, decode_records
 from bucket_app.snapshot.store import SnapshotStore
@@ -52,6 +54,9 @@ _CREATE, _OPEN, _APPLY, _MODULES = b"C", b"O", b"A", b"M"
 _RECORD = struct.Struct(">Ii")  # key length, value length or -1
 # an apply request's closing time and the length of its checkpoint JSON, before its records
 _HEAD = struct.Struct(">dI")
+# the errors the worker tells apart (a full disk is retried), by the name in an error answer
+_KINDS: dict[type[SnapshotError], str] = {SnapshotFull: "full", SnapshotDiverged: "diverged"}
+_ERRORS: dict[str, type[SnapshotError]] = {kind: error for error, kind in _KINDS.items()}
 
 
 class SnapshotProcess:
@@ -135,7 +140,7 @@ class SnapshotProcess:
             raise SnapshotError(f"the snapshot process ended ({exc})") from None
         reply: dict[str, Any] = orjson.loads(answer)
         if "error" in reply:
-            raise SnapshotError(reply["error"])
+            raise _ERRORS.get(reply.get("kind", "error"), SnapshotError)(reply["error"])
         return reply
 
     def _answer(self, reply: Mapping[str, Any]) -> int:
@@ -164,7 +169,9 @@ def serve(store: SnapshotStore, requests: IO[bytes], answers: IO[bytes]) -> None
         try:
             answer = _serve_one(store, frame)
         except Exception as exc:  # noqa: BLE001 - the worker gets it as SnapshotError
-            answer = {"error": f"{type(exc).__name__}: {exc}"}
+            answer = {"error": f"{type(exc).__name__}: {exc}",
+                      "kind": next((kind for error, kind in _KINDS.items()
+                                    if isinstance(exc, error)), "error")}
         write_frame(answers, orjson.dumps(answer))
 
 

@@ -38,8 +38,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import IncompatibleBrokerVersion, KafkaError
 
-from bucket_app import identity
+from bucket_app import diskspace, identity
 from bucket_app.counting.lifecycle import Lifecycle
+from bucket_app.errors import SnapshotFull
 from bucket_app.identity import COUNTS_TABLE
 from bucket_app.kafka import security as kafka_security
 from bucket_app.seam import clients
@@ -57,6 +58,8 @@ log = logging.getLogger(__name__)
 
 # changes held before a refresh is due anyway: bounds the reader's memory while it catches up
 MAX_PENDING = 50_000
+#: what the snapshot's writes are called in the log and /health (bucket_app.diskspace)
+SNAPSHOT = "the SQLite snapshot"
 # Kafka's default delete.retention.ms, used when the changelog's own cannot be read.
 DEFAULT_TOMBSTONE_RETENTION_S = 86_400.0
 
@@ -245,6 +248,7 @@ class SnapshotReader:
         last_refresh = time.monotonic()
         positions: dict[int, tuple[int, int]] = {}
         started, read, told = time.monotonic(), 0, False
+        retry_at = 0.0  # after a refresh the disk had no room for
         while not self._stopping.is_set():
             batches = await consumer.getmany(timeout_ms=100, max_records=50_000)
             for records in batches.values():
@@ -257,12 +261,21 @@ class SnapshotReader:
                 high = consumer.highwater(tp)
                 positions[tp.partition] = (position, high if high is not None else 0)
             due = (time.monotonic() - last_refresh >= interval_s or self._refresh_now.is_set()
-                   or len(pending.records) >= MAX_PENDING)
+                   or len(pending.records) >= MAX_PENDING) and time.monotonic() >= retry_at
             if due:
                 self._refresh_now.clear()
                 last_refresh = time.monotonic()
                 batch, pending = pending, Pending()
-                await self._refresh(consumer, batch, positions)
+                try:
+                    await self._refresh(consumer, batch, positions)
+                    diskspace.FULL.recovered(SNAPSHOT)
+                except SnapshotFull as exc:
+                    # rolled back: the files and their checkpoint are as before it, queries
+                    # answer from them; the same records, and any read since, go in the next
+                    pending = batch.then(pending)
+                    retry_at = time.monotonic() + diskspace.RETRY_S
+                    diskspace.FULL.failed(SNAPSHOT, str(self.store.path), exc,
+                                          "queries answer from the snapshot as it is")
                 if not told and self.state.caught_up:
                     told = True
                     log.info("snapshot: caught up with the changelog, %d records read in %.1f s "

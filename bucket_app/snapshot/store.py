@@ -22,12 +22,12 @@ from typing import Any
 
 import orjson
 
-from bucket_app import identity
+from bucket_app import diskspace, identity
 from bucket_app.counting.lifecycle import NEVER, Lifecycle
-from bucket_app.errors import SnapshotError
+from bucket_app.errors import SnapshotDiverged, SnapshotError, SnapshotFull
 from bucket_app.settings import Settings
 from bucket_app.snapshot import lineage
-from bucket_app.snapshot.checkpoint import Checkpoint
+from bucket_app.snapshot.checkpoint import Checkpoint, why_not_resume
 from bucket_app.snapshot.codec import PartKey, PartValue, Progress, decode_records
 from bucket_app.snapshot.table import (
     DELTAS,
@@ -151,7 +151,8 @@ class SnapshotStore:
         previous: dict[str, Any] | None = None
         try:
             previous = self._connect_existing()
-            reason = self._why_not_resume(previous, changelog, max_age_s, now)
+            reason = why_not_resume(previous, self.identity, self.topic_id, changelog,
+                                    max_age_s, now)
         except (sqlite3.Error, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             reason = f"the snapshot files cannot be read ({type(exc).__name__}: {exc})"
         if reason is None and previous is not None:
@@ -178,37 +179,6 @@ class SnapshotStore:
             doc["file_commit"] = conn.execute("PRAGMA main.user_version").fetchone()[0]
             doc["file_nonce"] = conn.execute("PRAGMA main.application_id").fetchone()[0]
         return doc
-
-    def _why_not_resume(self, doc: Mapping[str, Any] | None,
-                        changelog: Mapping[int, tuple[int, int]], max_age_s: float | None,
-                        now_s: float) -> str | None:
-        if doc is None:
-            return "no snapshot with a checkpoint on disk"
-        if doc.get("identity") != self.identity:
-            stored = doc.get("identity") or {}
-            changed = sorted(k for k in self.identity.keys() | stored.keys()
-                             if stored.get(k) != self.identity.get(k))
-            return f"the snapshot was built for other settings ({', '.join(changed)} differ)"
-        if (doc["file_nonce"], doc["file_commit"]) != (doc["nonce"], doc["commit"]):
-            return (f"the snapshot file (commit {doc['file_commit']}) and its side file (commit "
-                    f"{doc['commit']}) do not reflect the same refresh")
-        if (recreated := lineage.mismatch(doc, self.topic_id, self.identity["changelog"])):
-            return recreated
-        offsets = {int(p): int(o) for p, o in doc["offsets"].items()}
-        if set(offsets) != set(changelog):
-            return (f"the snapshot reflects changelog partitions {sorted(offsets)}, the "
-                    f"changelog has {sorted(changelog)}")
-        for partition, offset in sorted(offsets.items()):
-            beginning, end = changelog[partition]
-            if not beginning <= offset <= end:
-                return (f"changelog partition {partition} holds offsets [{beginning}, {end}], "
-                        f"the snapshot stopped at {offset} (the changelog was recreated, or "
-                        "records it had not read were deleted)")
-        age_s = now_s - float(doc["refreshed_at_s"])
-        if max_age_s is not None and age_s > max_age_s:
-            return (f"the snapshot is {age_s:.0f} s old: the changelog may have dropped "
-                    f"tombstones it has not read (resumed only within {max_age_s:.0f} s)")
-        return None
 
     def _acquire(self) -> None:
         """Become the one writer of these files, waiting for a previous one to finish."""
@@ -298,7 +268,8 @@ class SnapshotStore:
         try:
             yield
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # a COMMIT that failed (disk full) may have rolled back
+                conn.execute("ROLLBACK")
             raise
 
     def _commit_checkpoint(self, conn: sqlite3.Connection, stored: Checkpoint) -> None:
@@ -329,6 +300,24 @@ class SnapshotStore:
             return before.generation
         assert self._conn is not None, "create() or open() first"
         conn = self._conn
+        try:
+            return self._apply(conn, changes, before, (closing_s, final_through), offsets,
+                               progress)
+        except sqlite3.Error as exc:
+            if not diskspace.is_full(exc):
+                raise
+            # Each file commits on its own (WAL): the snapshot's may have taken the refresh
+            # before the side file's failed, and then a retry would count it twice.
+            with contextlib.suppress(sqlite3.Error):
+                committed = conn.execute("PRAGMA main.user_version").fetchone()[0]
+                if committed == self._commit:
+                    raise SnapshotFull(f"{self.path}: {exc}") from None
+            raise SnapshotDiverged(f"{self.path}: {exc}") from None
+
+    def _apply(self, conn: sqlite3.Connection, changes: Mapping[PartKey, PartValue],
+               before: Checkpoint, closing: tuple[float, float], offsets: dict[int, int],
+               progress: dict[int, Progress]) -> int:
+        closing_s, final_through = closing
         generation = before.generation + 1
         with self._transaction(conn):
             conn.execute("DELETE FROM temp.change")

@@ -12,6 +12,7 @@ from urllib.parse import unquote
 
 from aiohttp import web as aioweb
 
+from bucket_app import diskspace
 from bucket_app.errors import HttpError
 from bucket_app.kafka import brokerlog
 from bucket_app.sql.sandbox import quote_identifier
@@ -37,7 +38,8 @@ HEALTH: Schema = envelope({
                "description": "degraded: counting waits for something (reason)"},
     "reason": {"type": "string", "description": "with degraded: why, e.g. the schema registry "
                "is unavailable and which partitions wait for it, or which brokers refuse "
-               "connections and for how long"}}, ["status"])
+               "connections and for how long, or which path a full disk refuses (then the "
+               "answer is a 503)"}}, ["status"])
 # what web.starting answers while the worker waits for its brokers
 STARTING: Schema = {
     "type": "object", "required": ["status", "reason"],
@@ -82,9 +84,12 @@ def group(service: Service) -> Group:
             reasons.append("brokers unreachable: " + ", ".join(
                 f"node {broker} for {seconds:.0f} s" for broker, seconds in sorted(
                     gone.items())))
+        full = diskspace.FULL.reasons()  # counting waits for space: 503
+        reasons += full
         head: dict[str, Any] = {"status": "degraded", "reason": "; ".join(reasons)} if (
             reasons) else {"status": "ok"}
-        return json_response(head | service.status())
+        return json_response(head | service.status(), status=503 if full else 200,
+                             headers={"Retry-After": "1"} if full else None)
 
     return Group([
         Route("GET", "/a/{table}", "every row of the snapshot table (seed route)", all_rows, {
@@ -108,6 +113,8 @@ def group(service: Service) -> Group:
                                   SNAPSHOT_HEADERS)}),
         Route("GET", "/health", "status, freshness and the worker's counters", health, {
             "200": json_answer("the status", ref("Health")),
-            "503": json_answer("the worker is starting: its brokers are not reachable yet",
-                               ref("Starting"), ["Retry-After"])}, public=True),
+            "503": json_answer("the worker is starting (its brokers are not reachable yet), "
+                               "or degraded by a full disk (counting waits for space)",
+                               {"anyOf": [ref("Starting"), ref("Health")]}, ["Retry-After"])},
+              public=True),
     ], {"Row": row_schema(settings), "AnyRow": ANY_ROW, "Health": HEALTH, "Starting": STARTING})

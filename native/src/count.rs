@@ -1,10 +1,11 @@
-//! Counting a fetch's JSON records by (mapped values, bucket start), for the records the
-//! kernel is sure of; every other record's index is returned for the Python path.
+//! Counting a fetch's JSON or Avro records by (mapped values, bucket start), for the records
+//! the kernel is sure of; every other record's index is returned for the Python path.
 //!
 //! A record is answered here only when `Classifier.locate` would count it and the kernel can
-//! say exactly where: the value is a JSON object the reader accepts, the time field is a number
-//! in range, a numeric string or an ISO time in the spellings `time` reads (or missing or null,
-//! when the record's Kafka time stands in), not past `now + max_future_skew`, and no mapped
+//! say exactly where: the value is a JSON object the reader accepts (or Avro a plan reads
+//! exactly, `crate::avro`), the time field is a number in range, a numeric string or an ISO
+//! time in the spellings `time` reads (or missing or null, when the record's Kafka time stands
+//! in), not past `now + max_future_skew`, and no mapped
 //! value is an object or array. Everything else, every record Python would skip included, is
 //! `unsure`: Python says what it means, and is the one place that names skip reasons.
 
@@ -29,6 +30,8 @@ pub struct Mapping {
     pub time_kind: TimeKind,
     pub interval_s: i64,
     pub max_future_skew_s: f64,
+    /// how values are read when they are Avro (None: JSON)
+    pub avro: Option<crate::avro::Avro>,
 }
 
 /// A group value as Python sees it: type and value (`true`, `1` and `1.0` differ).
@@ -194,8 +197,9 @@ impl Mapping {
         let mut max_time: Option<f64> = None;
         let latest = now_s + self.max_future_skew_s;
         let mut captures = Captures::new(self.paths.slots());
+        let avro = self.avro.as_ref().map(crate::avro::Avro::reading);
         for (index, record) in fetch.records.iter().enumerate() {
-            let answer = self.locate(fetch, record, latest, &mut captures);
+            let answer = self.locate(fetch, record, latest, &mut captures, avro.as_ref());
             let Some((ts, start)) = answer else {
                 unsure.push(index as u32);
                 if let Some(t) = traced.as_mut() {
@@ -250,13 +254,18 @@ impl Mapping {
         record: &Record,
         latest: f64,
         captures: &mut Captures<'f>,
+        avro: Option<&crate::avro::Reading<'_>>,
     ) -> Option<(f64, i64)> {
         let raw = fetch.bytes(record.value?);
         if raw.is_empty() {
             return None;
         }
-        let text = std::str::from_utf8(raw).ok()?;
-        self.paths.read(text, captures).ok()?;
+        if let Some(avro) = avro {
+            avro.read(raw, captures).ok()?;
+        } else {
+            let text = std::str::from_utf8(raw).ok()?;
+            self.paths.read(text, captures).ok()?;
+        }
         let ts = self.event_time(captures.get(self.time_slot), record)?;
         if ts > latest {
             return None; // future_time is Python's to report

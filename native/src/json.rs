@@ -63,9 +63,13 @@ impl<'a> Captures<'a> {
     pub fn new(slots: usize) -> Self {
         Captures { literal: vec![None; slots], nested: vec![None; slots] }
     }
-    fn clear(&mut self) {
+    pub fn clear(&mut self) {
         self.literal.iter_mut().for_each(|v| *v = None);
         self.nested.iter_mut().for_each(|v| *v = None);
+    }
+    /// Set a slot's value as a walk through nested objects finds it (Avro's records).
+    pub fn set(&mut self, slot: usize, value: Val<'a>) {
+        self.nested[slot] = Some(value);
     }
     /// The value at slot `slot` as lookup() reads it; `None` when missing.
     pub fn get(&self, slot: usize) -> Option<&Val<'a>> {

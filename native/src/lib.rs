@@ -2,7 +2,7 @@
 //!
 //! The Python API is two calls. `unpack` reads a fetch's record batches as aiokafka's
 //! consumer does and returns its records; `Kernel.count` reads them too and counts the JSON
-//! records it is sure of by (mapped values, bucket start), returning every other record for
+//! or Avro records it is sure of by (mapped values, bucket start), returning every other record for
 //! `bucket_app.counting.classify.Classifier.locate`, which stays the definition of what a record
 //! means. Both work without the interpreter lock, on the bytes the caller keeps alive, and build
 //! Python objects only once done: one per group and per record left to Python.
@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+mod avro;
 mod batch;
 mod codec;
 mod count;
@@ -128,8 +129,14 @@ impl Kernel {
     /// `columns`: the mapped field paths in column order; `time_field` and `time_type`
     /// (`"epoch"` or `"iso"`) the bucket field; `max_batch_bytes` the most a compressed batch
     /// may decompress to.
+    ///
+    /// Avro: `avro` is the plan of values without a registry frame (None: JSON values, or with
+    /// `registry` Avro values all left to Python until plans are added); `registry`: framed
+    /// values are read with the plan of their schema id (`add_writer`). Plans are compiled by
+    /// `bucket_app.counting.avro_plan`.
     #[new]
-    #[pyo3(signature = (columns, time_field, time_type, interval_s, max_future_skew_s, max_batch_bytes))]
+    #[pyo3(signature = (columns, time_field, time_type, interval_s, max_future_skew_s, max_batch_bytes, *, avro=None, registry=false))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         columns: Vec<String>,
         time_field: String,
@@ -137,7 +144,10 @@ impl Kernel {
         interval_s: i64,
         max_future_skew_s: f64,
         max_batch_bytes: usize,
+        avro: Option<Bound<'_, PyAny>>,
+        registry: bool,
     ) -> PyResult<Self> {
+        let avro_mode = avro.as_ref().is_some_and(|plan| !plan.is_none()) || registry;
         let time_kind = match time_type {
             "epoch" => TimeKind::Epoch,
             "iso" => TimeKind::Iso,
@@ -157,6 +167,10 @@ impl Kernel {
         let column_slots: Vec<usize> = columns.iter().map(&mut slot_of).collect();
         let time_slot = slot_of(&time_field);
         let tree = json::Paths::new(&paths).map_err(PyValueError::new_err)?;
+        let avro = match avro {
+            Some(plan) if !plan.is_none() => Some(plan_ops(&plan, paths.len())?),
+            _ => None,
+        };
         Ok(Kernel {
             mapping: Mapping {
                 paths: tree,
@@ -165,9 +179,26 @@ impl Kernel {
                 time_kind,
                 interval_s,
                 max_future_skew_s,
+                avro: avro_mode.then(|| avro::Avro::new(avro, registry)),
             },
             max_batch_bytes,
         })
+    }
+
+    /// The plan of registry schema id `id` (None: its values are left to Python).
+    #[pyo3(signature = (id, plan))]
+    fn add_writer(&self, id: u32, plan: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let ops = match plan {
+            Some(plan) if !plan.is_none() => Some(plan_ops(&plan, self.mapping.paths.slots())?),
+            _ => None,
+        };
+        match &self.mapping.avro {
+            Some(avro) => {
+                avro.add_writer(id, ops);
+                Ok(())
+            }
+            None => Err(PyValueError::new_err("this kernel reads JSON: no writer schemas")),
+        }
     }
 
     /// Read a fetched partition's bytes and count its records: a tuple of
@@ -239,6 +270,60 @@ impl Kernel {
         )
             .into_pyobject(py)
     }
+}
+
+/// A plan as `bucket_app.counting.avro_plan` writes it: a list of `(kind, slot or -1, arg)`.
+fn plan_ops(plan: &Bound<'_, PyAny>, slots: usize) -> PyResult<Vec<avro::Op>> {
+    plan_at(plan, slots, 0)
+}
+
+fn plan_at(plan: &Bound<'_, PyAny>, slots: usize, depth: u32) -> PyResult<Vec<avro::Op>> {
+    use avro::{Constant, Op};
+    if depth > 256 {
+        return Err(PyValueError::new_err("Avro plan nested too deep"));
+    }
+    let items: Vec<(String, i64, Bound<'_, PyAny>)> = plan.extract()?;
+    let mut ops = Vec::with_capacity(items.len());
+    for (kind, slot, arg) in items {
+        let slot = usize::try_from(slot).ok();
+        if slot.is_some_and(|slot| slot >= slots) {
+            return Err(PyValueError::new_err(format!("Avro plan slot {slot:?} past {slots} slots")));
+        }
+        let op = match kind.as_str() {
+            "null" => Op::Null,
+            "bool" => Op::Bool(slot),
+            "long" => Op::Long { slot, float: arg.extract()? },
+            "float" => Op::Float(slot),
+            "double" => Op::Double(slot),
+            "string" => Op::Str(slot),
+            "bytes" => Op::Bytes,
+            "fixed" => Op::Fixed(arg.extract()?),
+            "enum" => Op::Enum { slot, symbols: arg.extract()? },
+            "union" => {
+                let branches: Vec<Bound<'_, PyAny>> = arg.extract()?;
+                Op::Union(branches.iter().map(|b| plan_at(b, slots, depth + 1)).collect::<PyResult<_>>()?)
+            }
+            "array" => Op::Array(plan_at(&arg, slots, depth + 1)?),
+            "map" => Op::Map(plan_at(&arg, slots, depth + 1)?),
+            "const" => {
+                let slot = slot.ok_or_else(|| PyValueError::new_err("a constant needs a slot"))?;
+                let (tag, value): (String, Bound<'_, PyAny>) = arg.extract()?;
+                let value = match tag.as_str() {
+                    "null" => Constant::Null,
+                    "bool" => Constant::Bool(value.extract()?),
+                    "int" => Constant::Int(value.extract()?),
+                    "float" => Constant::Float(value.extract()?),
+                    "str" => Constant::Str(value.extract()?),
+                    other => return Err(PyValueError::new_err(format!("bad constant tag {other:?}"))),
+                };
+                Op::Const { slot, value }
+            }
+            "unsure" => Op::Unsure,
+            other => return Err(PyValueError::new_err(format!("bad Avro plan op {other:?}"))),
+        };
+        ops.push(op);
+    }
+    Ok(ops)
 }
 
 #[pymodule]

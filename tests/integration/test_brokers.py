@@ -6,10 +6,8 @@ ports, so stopping brokers never disturbs the shared test broker.
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -138,15 +136,6 @@ def test_worker_gives_up_after_startup_timeout(make_worker):
     assert "startup_timeout = 4 s" in last, last
 
 
-def stop_timed(worker: Any) -> float:
-    """SIGTERM ``worker`` and return the seconds until it exited (status 0)."""
-    assert worker.proc is not None
-    started = time.monotonic()
-    worker.proc.send_signal(signal.SIGTERM)
-    assert worker.proc.wait(90) == 0, worker.tail()
-    return time.monotonic() - started
-
-
 def test_a_broker_outage_logs_a_line_per_30_s_and_sigterm_still_exits_in_10_s(
         own_broker, make_worker):
     """While its broker is gone a worker says so once, then once every 30 s per kind of error
@@ -157,7 +146,7 @@ def test_a_broker_outage_logs_a_line_per_30_s_and_sigterm_still_exits_in_10_s(
     worker = make_worker(topic, partitions=2, brokers=own_broker).start()
     records, expected = bulk_records(3_000, 2, seed=31)
     worker.wait_caught_up(produce(topic, records, brokers=own_broker))
-    up_s = stop_timed(worker)
+    up_s = worker.stop_timed(90)
     assert up_s < 10, up_s
     worker.start()
 
@@ -169,7 +158,7 @@ def test_a_broker_outage_logs_a_line_per_30_s_and_sigterm_still_exits_in_10_s(
     assert "brokers unreachable: node 1 for" in health["reason"], health
     scraped = worker.get("/metrics").body.decode()
     assert 'bucket_app_broker_unreachable_seconds{broker="1"}' in scraped
-    down_s = stop_timed(worker)
+    down_s = worker.stop_timed(90)
     lines = worker.log_path.read_text(errors="replace").splitlines()[before:]
     shutdown = next(i for i, line in enumerate(lines) if "Signal received" in line)
     errors = [line for line in lines[:shutdown] if "[ERROR]" in line]

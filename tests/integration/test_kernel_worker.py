@@ -1,4 +1,5 @@
-"""A worker counting with the native kernel (``BUCKET_APP_KERNEL=native``) counts exactly.
+"""A worker counting with the native kernel (``BUCKET_APP_KERNEL=native``) counts exactly:
+JSON, Avro with a schema registry, and Avro with a local schema.
 
 One topic holds what producers write: JSON from kcat (librdkafka) compressed with each codec,
 bad messages among it, and a transactional producer's committed and aborted transactions. A
@@ -9,15 +10,23 @@ are not counted, and every partition is read to its end.
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import time
 from collections import Counter
 
 import pytest
+from fastavro import parse_schema, schemaless_writer
 
-from tests.support.kafka import create_topic, unique
+from tests.support.kafka import Record, create_topic, produce, unique
 from tests.support.producers import CODECS, TransactionalProducer, kcat_produce
+from tests.support.registry import REGISTRY_URL, registry_error
+from tests.support.registry_records import MSG_MAP as REGISTRY_MAP
+from tests.support.registry_records import PARTITIONS as REGISTRY_PARTITIONS
+from tests.support.registry_records import SQLITE_SCHEMA as REGISTRY_SQLITE
+from tests.support.registry_records import counted, mixed
+from tests.support.settings import AVRO_SCHEMA_PATH
 from tests.support.worker import counts_of
 
 pytestmark = pytest.mark.integration
@@ -73,3 +82,61 @@ def test_a_worker_with_the_native_kernel_counts_exactly(make_worker):
     log = worker.log_path.read_text()
     assert "counting kernel: native" in log
     assert "counting kernel: first fetch read natively" in log
+
+
+def test_a_worker_with_the_native_kernel_counts_avro_from_a_registry_exactly(make_worker):
+    """Four writer versions (a field added with a default, an optional one dropped, int to
+    long, a rename with an alias) read with the subject's latest, interleaved, plus an
+    incompatible writer and ids the registry does not know: counted by the kernel, exact, and
+    skipped by reason; the ids fetched as their records arrive (the first fetch of a new id
+    waits for the registry, its records counted once it answers)."""
+    exc = registry_error(REGISTRY_URL)
+    if exc is not None:
+        pytest.fail(f"no schema registry at {REGISTRY_URL} ({exc}); run `make schema-registry`")
+    topic = unique("kernel-avro")
+    create_topic(topic, REGISTRY_PARTITIONS)
+    mix = mixed(topic, 4000, seed=41)
+    last = produce(topic, mix.records[:2000])
+    worker = make_worker(topic, partitions=REGISTRY_PARTITIONS, msg_map=dict(REGISTRY_MAP),
+                         schema=dict(REGISTRY_SQLITE), env={"BUCKET_APP_KERNEL": "native"},
+                         extra={"bucket_field": "ts", "schema_registry_url": REGISTRY_URL})
+    worker.start()
+    worker.wait_caught_up(last, timeout_s=180)
+    worker.wait_caught_up(produce(topic, mix.records[2000:]), timeout_s=180)
+    assert counted(worker) == dict(mix.expected)
+    health = worker.health()["worker"]
+    assert health["skipped"] == {"avro_mismatch": 30, "unknown_schema": 20}
+    assert health["counted"] == 4000
+    log = worker.log_path.read_text()
+    assert "counting kernel: native" in log and "Avro values" in log
+    assert "counting kernel: first fetch read natively" in log
+
+
+def test_a_worker_with_the_native_kernel_counts_schemaless_avro_exactly(make_worker, tmp_path):
+    """Avro with the avro_val_schema file and no registry: schemaless values and values behind
+    a Confluent header (its id ignored), and values that are not the schema's."""
+    schema = json.loads(AVRO_SCHEMA_PATH.read_text())
+    parsed = parse_schema(schema)
+    rng = random.Random(43)
+    start = (int(time.time()) - 7200) // 20 * 20
+    expected: Counter = Counter()
+    records = []
+    for i in range(3000):
+        server, topic_ = f"n-{rng.randrange(4)}", rng.choice(["t0", "", "é\"😀"])
+        ts = start + rng.randrange(3600)
+        expected[(server, topic_, ts // 20 * 20)] += 1
+        out = io.BytesIO()
+        if i % 3 == 0:
+            out.write(b"\x00\x00\x00\x00\x07")
+        schemaless_writer(out, parsed, {"origin_server": server, "topic": topic_,
+                                        "timestamp": ts, "meta": {"host": "h"}})
+        records.append(Record(out.getvalue(), rng.randrange(PARTITIONS)))
+    records += [Record(b"", 0), Record(b"\x02x", 1), Record(b"\x00\x00\x00\x00\x07\x02x", 0)]
+    topic = unique("kernel-avro-local")
+    create_topic(topic, PARTITIONS)
+    worker = make_worker(topic, partitions=PARTITIONS, env={"BUCKET_APP_KERNEL": "native"},
+                         extra={"avro_val_schema": str(AVRO_SCHEMA_PATH)}).start()
+    worker.wait_caught_up(produce(topic, records), timeout_s=180)
+    assert counts_of(worker) == expected
+    assert worker.health()["worker"]["skipped"] == {"empty": 1, "avro_mismatch": 2}
+    assert "Avro values" in worker.log_path.read_text()

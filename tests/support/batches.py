@@ -10,6 +10,7 @@ fetch against it and ``Classifier.locate``, record by record.
 
 from __future__ import annotations
 
+import random
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -149,3 +150,28 @@ def counts_as_locate(kernel: NativeKernel, classifier: Classifier, data: bytes,
     assert got.min_start_s == min(starts, default=None)
     assert got.max_time_s == max(times, default=None)
     return got
+
+
+def mutate(rng: random.Random, data: bytes) -> bytes:
+    """``data`` with a few random edits: bytes changed, inserted, deleted, lengths and varints
+    made to lie, cut short; the first batch's CRC made to match half of the time."""
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        at = rng.randrange(len(out)) if out else 0
+        edit = rng.randrange(6)
+        if edit == 0 and out:
+            out[at] = rng.randrange(256)
+        elif edit == 1:
+            out[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+        elif edit == 2:
+            del out[at:at + rng.randint(1, 8)]
+        elif edit == 3 and out:
+            out[at:at + 1] = rng.choice([b"\xff" * 10, b"\x80" * 3, b"\x01", b"\x7f\xff\xff\xff"])
+        elif edit == 4 and len(out) >= 12:
+            struct.pack_into(">i", out, 8, rng.choice([-1, 0, 49, 2**31 - 1, len(out) - 12]))
+        else:
+            out = out[:at]
+    if len(out) >= 61 and rng.random() < 0.5:
+        end = 12 + max(0, min(struct.unpack_from(">i", out, 8)[0], len(out) - 12))
+        out[:end] = with_crc(out[:end]) if end >= 21 else out[:end]
+    return bytes(out)

@@ -285,3 +285,13 @@ def topic_counts(topic: str, partitions: int, brokers: str = BROKERS,
         key = (msg["origin_server"], msg["topic"], ts - ts % 20)
         expected[key] = expected.get(key, 0) + 1
     return expected
+
+
+def own_broker_script(action: str, port: int) -> None:
+    """``scripts/kafka.sh ACTION`` for a broker of the test's own on ``port`` (never the
+    shared one): start, stop, clean."""
+    import subprocess  # noqa: PLC0415 - only the tests that run their own broker need it
+
+    subprocess.run([str(REPO / "scripts" / "kafka.sh"), action], check=True, cwd=REPO,
+                   env=dict(os.environ, KAFKA_PORT=str(port)), timeout=240,
+                   stdout=subprocess.DEVNULL)

@@ -132,6 +132,14 @@ class Worker:
             self.proc.kill()
             self.proc.wait(10)
 
+    def stop_timed(self, timeout_s: float = 60) -> float:
+        """SIGTERM the worker; the seconds until it exited, which it must do with status 0."""
+        assert self.proc is not None
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(timeout_s) == 0, self.tail()
+        return time.monotonic() - started
+
     def tail(self, lines: int = 60) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

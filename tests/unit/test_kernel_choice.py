@@ -8,6 +8,7 @@ import pytest
 
 from bucket_app.counting.kernel import NativeKernel
 from bucket_app.errors import SettingsError
+from bucket_app.kafka.registry import Reader
 from bucket_app.worker import KERNEL_ENV, counting_kernel
 from tests.support.settings import AVRO_SCHEMA_PATH, make_settings
 
@@ -23,10 +24,18 @@ def test_native_counts_json_with_the_kernel(tmp_path: Path) -> None:
     assert isinstance(kernel, NativeKernel) and line.startswith("counting kernel: native")
 
 
-def test_native_leaves_avro_to_python_and_says_so(tmp_path: Path) -> None:
+def test_native_counts_avro_with_the_kernel_and_says_so(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, avro_val_schema=str(AVRO_SCHEMA_PATH))
     kernel, line = counting_kernel(settings, {KERNEL_ENV: "native"})
-    assert kernel is None and "python" in line and "Avro" in line
+    assert isinstance(kernel, NativeKernel) and kernel.reads_avro
+    assert line.startswith("counting kernel: native") and "Avro" in line
+
+
+def test_native_with_a_registry_reads_writer_schemas_by_id(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, avro_val_schema=str(AVRO_SCHEMA_PATH))
+    kernel, line = counting_kernel(settings, {KERNEL_ENV: "native"}, schemas={},
+                                   reader=Reader(settings.avro_schema))
+    assert isinstance(kernel, NativeKernel) and kernel.reads_avro and "registry" in line
 
 
 def test_another_value_is_a_settings_error(tmp_path: Path) -> None:

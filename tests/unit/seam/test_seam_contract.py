@@ -11,8 +11,9 @@ import re
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.consumer.fetcher import READ_COMMITTED, FetchResult, PartitionRecords
+from aiokafka.producer.message_accumulator import MessageAccumulator
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
 from faust.stores.rocksdb import Store
@@ -47,6 +48,7 @@ async def test_instance_attributes_are_on_real_objects(tmp_path: Path) -> None:
     app = create_app(make_settings(tmp_path), partitions=4)
     store = app.processor.counts.data
     aiokafka_consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")
+    aiokafka_producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")
     tp = TopicPartition("t", 0)
     records = PartitionRecords(tp, MemoryRecords(b""), [], 0, None, None, True, READ_COMMITTED)
     objects = {
@@ -54,6 +56,8 @@ async def test_instance_attributes_are_on_real_objects(tmp_path: Path) -> None:
         Collection: app.processor.counts, faust_aiokafka.Producer: app.producer,
         Web: app.web, AIOKafkaConsumer: aiokafka_consumer, PartitionRecords: records,
         FetchResult: FetchResult(tp, assignment=None, partition_records=records, backoff=0),
+        AIOKafkaProducer: aiokafka_producer,
+        MessageAccumulator: aiokafka_producer._message_accumulator,
     }
     unchecked = []
     for entry in compat.PRIVATE_NAMES:
