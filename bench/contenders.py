@@ -207,6 +207,32 @@ def kstreams(job: Job, name: str, expected: dict[Key, int], shape: Shape = FLAT_
     return result
 
 
+def kcat(job: Job) -> Result:
+    """kcat (librdkafka) draining the topic to /dev/null, no parsing: the rate at which this
+    machine's broker hands the topic to one consumer, the ceiling of every contender. Timed
+    from its start to its exit (``-e``: at the end of every partition), start-up and metadata
+    included; exact when it exits 0 (it counts nothing)."""
+    binary = shutil.which("kcat") or shutil.which("kafkacat")
+    if binary is None:
+        return Result("kcat", job.messages, None, 0.0,
+                      note="no kcat on PATH (scripts/test-tools.sh installs it)")
+    command = [binary, "-C", "-b", job.brokers, "-t", job.topic, "-e", "-o", "beginning", "-q"]
+    started = time.monotonic()
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _, err = proc.communicate(timeout=job.timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    seconds = time.monotonic() - started
+    if proc.returncode != 0:
+        return Result("kcat", job.messages, None, 0.0,
+                      note=f"kcat exited {proc.returncode}: {err.decode(errors='replace')[-500:]}")
+    # peak RSS not measured (0): kcat exits as soon as it is done
+    return Result("kcat", job.messages, seconds, 0.0, exact=True,
+                  note=f"{' '.join(command[1:])} > /dev/null")
+
+
 def quix(job: Job) -> Result:
     if not BENCH_PYTHON.exists():
         return Result("quix", job.messages, None, 0.0, note="no .bench-venv (see Makefile)")
@@ -261,18 +287,18 @@ def bucket_app(job: Job, workers: int, expected: dict[Key, int], load: float,
                bucket_type: str = "epoch", label: str = "",
                msg_map: dict[str, str] | None = None, avro_schema: dict[str, Any] | None = None,
                skipped: dict[str, int] | None = None, sql: bool = True,
-               registry: str | None = None) -> Result:
+               registry: str | None = None, kernel: str | None = None) -> Result:
     """``workers`` bucket_app workers from the beginning of the topic: msg/s, then the live
     and latency phases (``live_s``, ``probe_s``; 0 skips them), exact against ``expected``
     (and, given ``skipped``, the first worker's skipped records by reason). ``sql``: the SQL
-    queries during ingestion. ``msg_map``, ``avro_schema``, ``registry``: see
+    queries during ingestion. ``msg_map``, ``avro_schema``, ``registry``, ``kernel``: see
     :func:`bucket_worker`."""
     name = f"bucket_app x{workers}" + (f" {bucket_type}" if bucket_type != "epoch" else "") + (
-        f" {label}" if label else "")
+        f" {label}" if label else "") + (f" [{kernel}]" if kernel else "")
     app_id = f"bench-app-{uuid.uuid4().hex[:8]}"
     procs = [bucket_worker(job.workdir / f"{app_id}-{i}", job.brokers, job.topic, app_id,
                            len(job.ends), bucket_type, msg_map, avro_schema,
-                           registry).start(wait=False)
+                           registry, kernel).start(wait=False)
              for i in range(workers)]
     try:
         result = _measure_bucket_app(name, procs, job, expected, load, probe_s, live_s,

@@ -40,8 +40,9 @@ from tests.support.registry import REGISTRY_URL, register
 
 LOCAL_PORT = 9492
 SAME_AS_X2 = "bucket_app-1-again"
-ALL = ["bare", "quix", "faust-naive", "kstreams-alos", "kstreams-eos", "bucket_app-1",
-       "bucket_app-2", "shapes", "sql", "sweep"]
+ALL = ["kcat", "bare", "quix", "faust-naive", "kstreams-alos", "kstreams-eos", "bucket_app-1",
+       "bucket_app-1-python", "bucket_app-2", "shapes", "sql", "sweep"]
+KERNELS = ("native", "python")  # BUCKET_APP_KERNEL; the first is the worker's default
 OWN_TOPIC = {"shapes", "sql"}  # contenders that pre-load topics of their own
 KSTREAMS = contenders.KSTREAMS_GUARANTEES  # contender -> processing.guarantee
 
@@ -72,6 +73,9 @@ def main() -> None:
     parser.add_argument("--registry", default=REGISTRY_URL,
                         help="shapes: the schema registry of avro-registry (default: "
                              "`make schema-registry`'s)")
+    parser.add_argument("--kernels", default=",".join(KERNELS),
+                        help="shapes: one bucket_app worker per BUCKET_APP_KERNEL on each shape "
+                        f"({','.join(KERNELS)}; the first is the table's bucket_app)")
     parser.add_argument("--shapes-no-kstreams", action="store_true",
                         help="shapes: leave Kafka Streams (at_least_once) out of each shape")
     parser.add_argument("--sql-rows", type=int, default=1_000_000,
@@ -88,6 +92,9 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown contenders {sorted(unknown)}; choose from {ALL}")
     args.shape_list = [c.strip() for c in args.shapes.split(",") if c.strip()]
+    args.kernel_list = [c.strip() for c in args.kernels.split(",") if c.strip()]
+    if not args.kernel_list or set(args.kernel_list) - set(KERNELS):
+        parser.error(f"--kernels: choose from {list(KERNELS)}")
     if set(args.shape_list) - set(SHAPES):
         parser.error(f"unknown shapes {sorted(set(args.shape_list) - set(SHAPES))}; "
                      f"choose from {list(SHAPES)}")
@@ -148,6 +155,7 @@ def run(args: argparse.Namespace, brokers: str, chosen: list[str],
                                                preloaded)
 
     runners: dict[str, Callable[[Job], Result]] = {
+        "kcat": contenders.kcat,
         "bare": lambda job: contenders.bare(job, expected),
         **{name: kstreams(name) for name in KSTREAMS},
         "quix": contenders.quix,
@@ -158,6 +166,9 @@ def run(args: argparse.Namespace, brokers: str, chosen: list[str],
         "bucket_app-2": lambda job: contenders.bucket_app(
             job, 2, expected, args.load, args.probe_seconds, args.live_seconds, sql_from,
             args.sql_pause),
+        # throughput only, the pure-Python path beside the default kernel
+        "bucket_app-1-python": lambda job: contenders.bucket_app(
+            job, 1, expected, args.load, 0, 0, sql_from, args.sql_pause, kernel="python"),
         # throughput only, on the messages bucket_app-2 then counts (the 1-worker run's live
         # and latency phases have added some millions to the topic): the scaling ratio
         SAME_AS_X2: lambda job: contenders.bucket_app(
@@ -200,10 +211,10 @@ def run_shapes(args: argparse.Namespace, brokers: str, topic: str,
 def run_shape(args: argparse.Namespace, brokers: str, topic: str, workdir: Path,
               name: str) -> dict[str, Any]:
     """One payload shape: a topic of its own, then the bare loop for that shape, one
-    bucket_app worker and Kafka Streams at_least_once (its flat configuration, warmed up; not
-    with ``--shapes-no-kstreams``) on it, ``--shape-rounds`` times, the order alternated; all
-    checked against the counts computed while producing (bad records by reason for bucket_app
-    and Kafka Streams)."""
+    bucket_app worker per kernel (``--kernels``), kcat's drain of the topic and Kafka Streams
+    at_least_once (its flat configuration, warmed up; not with ``--shapes-no-kstreams``) on it,
+    ``--shape-rounds`` times, the order alternated; all checked against the counts computed
+    while producing (bad records by reason for bucket_app and Kafka Streams)."""
     shape = SHAPES[name]
     create_topic(topic, args.partitions, brokers=brokers)
     registry = args.registry if shape.registry else None
@@ -216,8 +227,9 @@ def run_shape(args: argparse.Namespace, brokers: str, topic: str, workdir: Path,
     print(f"shape {name}: pre-loaded {args.shape_messages} messages ({shape.what}; "
           f"{sum(skipped.values())} bad) in {time.monotonic() - t0:.1f}s", flush=True)
     bares: list[Result] = []
-    apps: list[Result] = []
+    apps: dict[str, list[Result]] = {kernel: [] for kernel in args.kernel_list}
     streams: list[Result] = []
+    drains: list[Result] = []
 
     def job(n: int) -> Job:
         return Job(brokers, topic, dict(ends), workdir / f"shape-{name}-{n}", args.timeout)
@@ -225,31 +237,42 @@ def run_shape(args: argparse.Namespace, brokers: str, topic: str, workdir: Path,
     def run_bare(n: int) -> None:
         bares.append(contenders.bare(job(n), expected, name, registry))
 
-    def run_app(n: int) -> None:
-        apps.append(contenders.bucket_app(
-            job(n), 1, expected, args.load, 0, 0, 0, args.sql_pause,
-            bucket_type=shape.bucket_type, label=name, msg_map=shape.msg_map,
-            avro_schema=AVRO_SCHEMA if shape.avro and not shape.registry else None,
-            skipped=skipped if shape.bad else None, sql=False, registry=registry))
+    def run_app(kernel: str) -> Callable[[int], None]:
+        def run(n: int) -> None:
+            apps[kernel].append(contenders.bucket_app(
+                job(n), 1, expected, args.load, 0, 0, 0, args.sql_pause,
+                bucket_type=shape.bucket_type, label=name, msg_map=shape.msg_map,
+                avro_schema=AVRO_SCHEMA if shape.avro and not shape.registry else None,
+                skipped=skipped if shape.bad else None, sql=False, registry=registry,
+                kernel=kernel))
+        return run
+
+    def run_kcat(n: int) -> None:
+        drains.append(contenders.kcat(job(n)))
 
     def run_kstreams(n: int) -> None:
         streams.append(contenders.kstreams(job(n), "kstreams-alos", expected, shape, skipped))
 
     # Kafka Streams' bench app reads one local schema: no registry shape for it
-    steps = [run_bare, run_app] + ([] if args.shapes_no_kstreams or shape.registry
-                                   else [run_kstreams])
+    steps = [run_kcat, run_bare, *map(run_app, args.kernel_list)] + (
+        [] if args.shapes_no_kstreams or shape.registry else [run_kstreams])
     for n in range(args.shape_rounds):
         for step in steps if n % 2 == 0 else steps[::-1]:
             step(n)
         ks = ("" if not streams else f", Kafka Streams alos {fmt(streams[-1].rate, '.0f')} "
               f"msg/s ({yes(streams[-1].exact)})")
-        print(f"  {name} round {n + 1}: bare {fmt(bares[-1].rate, '.0f')} msg/s "
-              f"({yes(bares[-1].exact)}), bucket_app {fmt(apps[-1].rate, '.0f')} msg/s "
-              f"({yes(apps[-1].exact)}; counted {fmt(apps[-1].counted_rate, '.0f')}){ks}",
-              flush=True)
-        if streams and streams[-1].rate is None:
-            print(f"  kstreams-alos {name}: {streams[-1].note}", flush=True)
-    return shape_row(name, args.shape_messages, skipped, bares, apps, streams)
+        workers = ", ".join(
+            f"bucket_app [{kernel}] {fmt(runs[-1].rate, '.0f')} msg/s ({yes(runs[-1].exact)}; "
+            f"counted {fmt(runs[-1].counted_rate, '.0f')})" for kernel, runs in apps.items())
+        print(f"  {name} round {n + 1}: kcat {fmt(drains[-1].rate, '.0f')} msg/s, "
+              f"bare {fmt(bares[-1].rate, '.0f')} msg/s ({yes(bares[-1].exact)}), "
+              f"{workers}{ks}", flush=True)
+        for failed in [streams[-1]] if streams else []:
+            if failed.rate is None:
+                print(f"  kstreams-alos {name}: {failed.note}", flush=True)
+        if drains[-1].rate is None:
+            print(f"  kcat {name}: {drains[-1].note}", flush=True)
+    return shape_row(name, args.shape_messages, skipped, bares, apps, streams, drains)
 
 
 def median(values: list[float | None]) -> float | None:
@@ -269,15 +292,31 @@ def yes(exact: bool | None) -> str:
 
 
 def shape_row(name: str, messages: int, skipped: dict[str, int], bares: list[Result],
-              apps: list[Result], streams: list[Result]) -> dict[str, Any]:
+              by_kernel: dict[str, list[Result]], streams: list[Result],
+              drains: list[Result]) -> dict[str, Any]:
     """One shape's figures: the median msg/s of each contender over the rounds and the ratios,
     with each round's, so the noise shows. Kafka Streams runs one stream thread and bucket_app
-    one worker: their msg/s are per thread and per worker as they stand."""
+    one worker: their msg/s are per thread and per worker as they stand. ``bucket_app_*`` keys
+    are the first kernel's (the default), ``kernels`` has each kernel's."""
+    first = next(iter(by_kernel))
+    apps = by_kernel[first]
     bare_rate = median([r.rate for r in bares])
     app_rate = median([r.rate for r in apps])
     counted_rate = median([r.counted_rate for r in apps])
     ks_rate = median([r.rate for r in streams])
+    kcat_rate = median([r.rate for r in drains])
     ks_rounds: list[Result | None] = [*streams] + [None] * (len(apps) - len(streams))
+    kernels = {}
+    for kernel, runs in by_kernel.items():
+        rate = median([r.rate for r in runs])
+        kernels[kernel] = {
+            "msg_per_s": rate, "counted_msg_per_s": median([r.counted_rate for r in runs]),
+            "ratio_to_bare": ratio(rate, bare_rate),
+            "ratio_to_kstreams_alos_per_thread": ratio(rate, ks_rate),
+            "fraction_of_kcat": ratio(rate, kcat_rate),
+            "rounds": [r.rate for r in runs], "exact": all(r.exact for r in runs),
+            "peak_rss_mb": max(r.peak_rss_mb for r in runs),
+            "notes": [r.note for r in runs]}
     return {
         "shape": name,
         "what": SHAPES[name].what,
@@ -294,6 +333,13 @@ def shape_row(name: str, messages: int, skipped: dict[str, int], bares: list[Res
         "ratio_bucket_app_to_kstreams_alos_per_thread": ratio(app_rate, ks_rate),
         "ratio_counted_to_kstreams_alos_per_thread": ratio(counted_rate, ks_rate),
         "ratio_bare_to_kstreams_alos": ratio(bare_rate, ks_rate),
+        # kcat (librdkafka) draining the topic to /dev/null: the machine's ceiling
+        "kcat_msg_per_s": kcat_rate,
+        "kcat_rounds": [r.rate for r in drains],
+        "bucket_app_fraction_of_kcat": ratio(app_rate, kcat_rate),
+        "bare_fraction_of_kcat": ratio(bare_rate, kcat_rate),
+        "bucket_app_kernel": first,
+        "kernels": kernels,
         "rounds": [{"bare_msg_per_s": b.rate, "bucket_app_msg_per_s": a.rate,
                     "ratio": ratio(a.rate, b.rate),
                     "bucket_app_counted_msg_per_s": a.counted_rate,
@@ -310,34 +356,34 @@ def shape_row(name: str, messages: int, skipped: dict[str, int], bares: list[Res
         "bare_exact": all(r.exact for r in bares),
         "bucket_app_exact": all(r.exact for r in apps),
         "kstreams_alos_exact": all(r.exact for r in streams) if streams else None,
-        "exact": all(r.exact for r in bares + apps + streams),
+        "exact": all(r.exact for r in bares + streams + [
+            r for runs in by_kernel.values() for r in runs]),
     }
 
 
 def print_shapes(shape_rows: list[dict[str, Any]], messages: int) -> None:
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    header = (f"{'shape':<16} {'bare msg/s':>11} {'bucket_app':>11} {'x bare':>7} "
-              f"{'counted':>9} {'x bare':>7} {'x bare by round':>16} {'KS alos':>9} "
-              f"{'x KS':>6} {'exact b/a/KS':>13}")
-    print(f"\npayload shapes: {messages} messages each, bare loop, 1 bucket_app worker and "
-          f"Kafka Streams at_least_once (1 stream thread), load average {load}"
-          f"\n{header}\n{'-' * len(header)}")
+    kernels = list(shape_rows[0]["kernels"]) if shape_rows else []
+    header = (f"{'shape':<15} {'kcat':>9} {'bare':>8} {'KS alos':>8}" + "".join(
+        f" {'[' + k + ']':>9} {'x bare':>6} {'x KS':>5} {'/kcat':>5}" for k in kernels)
+        + f" {'exact':>6}")
+    print(f"\npayload shapes: {messages} messages each, msg/s: kcat's drain, the bare loop, "
+          f"Kafka Streams at_least_once (1 stream thread) and 1 bucket_app worker per "
+          f"BUCKET_APP_KERNEL; load average {load}\n{header}\n{'-' * len(header)}")
     for row in shape_rows:
-        rounds = " ".join(fmt(r["ratio"], ".2f") for r in row["rounds"])
-        exact = "/".join(yes(row[f"{who}_exact"]) for who in ("bare", "bucket_app",
-                                                              "kstreams_alos"))
-        print(f"{row['shape']:<16} {fmt(row['bare_msg_per_s'], '.0f'):>11} "
-              f"{fmt(row['bucket_app_msg_per_s'], '.0f'):>11} "
-              f"{fmt(row['ratio_bucket_app_to_bare'], '.3f'):>7} "
-              f"{fmt(row['bucket_app_counted_msg_per_s'], '.0f'):>9} "
-              f"{fmt(row['ratio_counted_to_bare'], '.3f'):>7} {rounds:>16} "
-              f"{fmt(row['kstreams_alos_msg_per_s'], '.0f'):>9} "
-              f"{fmt(row['ratio_bucket_app_to_kstreams_alos_per_thread'], '.2f'):>6} "
-              f"{exact:>13}")
-    print("bucket_app: msg/s until its snapshot shows the last message; counted: until its "
-          "counters have every record (the end point bare's msg/s has); KS alos: Kafka Streams "
-          "msg/s from its first record to the last, after its JIT warm-up; x KS: bucket_app "
-          "per worker over Kafka Streams per stream thread; medians over rounds")
+        line = (f"{row['shape']:<15} {fmt(row['kcat_msg_per_s'], '.0f'):>9} "
+                f"{fmt(row['bare_msg_per_s'], '.0f'):>8} "
+                f"{fmt(row['kstreams_alos_msg_per_s'], '.0f'):>8}")
+        for kernel in kernels:
+            k = row["kernels"][kernel]
+            line += (f" {fmt(k['msg_per_s'], '.0f'):>9} {fmt(k['ratio_to_bare'], '.2f'):>6} "
+                     f"{fmt(k['ratio_to_kstreams_alos_per_thread'], '.2f'):>5} "
+                     f"{fmt(k['fraction_of_kcat'], '.2f'):>5}")
+        print(f"{line} {yes(row['exact']):>6}")
+    print("bucket_app: msg/s until its snapshot shows the last message; kcat: start to exit, no "
+          "parsing (the ceiling); KS alos: from its first record to the last, after its JIT "
+          "warm-up; x KS: bucket_app per worker over Kafka Streams per stream thread; exact: "
+          "every contender's counts (kcat counts nothing); medians over rounds")
 
 
 def fmt(value: float | None, spec: str) -> str:

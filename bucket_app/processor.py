@@ -31,7 +31,7 @@ class Processor:
                  kernel: NativeKernel | None = None) -> None:
         """With a schema registry, ``schemas`` caches the writer schemas (the intake fills it)
         and ``reader`` is the schema they are resolved against; ``kernel`` reads fetches of
-        messages natively (BUCKET_APP_KERNEL=native)."""
+        messages natively (the default; not with BUCKET_APP_KERNEL=python)."""
         self.app = app
         self.settings = settings
         self.counts = counts

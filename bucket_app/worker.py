@@ -52,10 +52,11 @@ from bucket_app.web.starting import StartingServer
 
 log = logging.getLogger(__name__)
 
-#: Which code counts the source topic's records: ``python`` (the default) or ``native``, the
-#: compiled kernel (bucket_app.counting.kernel: JSON and Avro, with or without a schema registry).
+#: Which code counts the source topic's records: ``native`` (the default), the compiled kernel
+#: (bucket_app.counting.kernel: JSON and Avro, with or without a schema registry), or ``python``,
+#: the pure-Python path end to end.
 KERNEL_ENV = "BUCKET_APP_KERNEL"
-KERNELS = ("python", "native")
+KERNELS = ("native", "python")
 
 # The web server's thread waits for the GIL while the main loop counts; CPython hands it over
 # after this long (default 5 ms), and an HTTP answer needs several hand-overs, so a shorter
@@ -124,15 +125,17 @@ def counting_kernel(settings: Settings, environ: Mapping[str, str] = os.environ,
                     schemas: Mapping[int, WriterSchema] | None = None,
                     reader: Reader | None = None,
                     ) -> tuple[NativeKernel | None, str]:
-    """The native kernel when ``BUCKET_APP_KERNEL=native``, else None; and a line saying
+    """The native kernel unless ``BUCKET_APP_KERNEL=python``, else None; and a line saying
     which kernel counts. With a schema registry, ``schemas`` is the writer schema cache and
-    ``reader`` the schema they resolve to. A value other than python or native is a
-    SettingsError."""
-    choice = environ.get(KERNEL_ENV, "python").strip().lower() or "python"
+    ``reader`` the schema they resolve to. A value other than native or python is a
+    SettingsError. Native is the default because it counts exactly as the Python path does
+    (the Python path is its definition, tests/unit/counting/test_kernel.py and
+    test_kernel_avro.py) with no Python object per record."""
+    choice = environ.get(KERNEL_ENV, KERNELS[0]).strip().lower() or KERNELS[0]
     if choice not in KERNELS:
         raise SettingsError(f"{KERNEL_ENV}={choice!r}: must be one of {', '.join(KERNELS)}")
     if choice != "native":
-        return None, "counting kernel: python"
+        return None, f"counting kernel: python ({KERNEL_ENV}=python)"
     if schemas is not None:
         kernel = NativeKernel(settings, reader=None if reader is None else reader.schema,
                               writers=schemas)

@@ -98,6 +98,8 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
     _attribute(FaustConsumer, "_buffered_partitions", _INTAKE + "partitions Faust buffers"),
     _attribute(FaustConsumer, "_paused_partitions", _INTAKE + "paused partitions (/health)"),
     _attribute(FaustConsumer, "_read_offset", _INTAKE + "records below it are dropped"),
+    _method(FaustConsumer, "_new_offset", ("self", "tp"),
+            _INTAKE + "the offset to commit, found without a Python step per offset"),
     _attribute(FaustConsumer, "_committed_offset", _INTAKE + "acks below it are dropped"),
     _attribute(FaustConsumer, "_acked", _INTAKE + "acknowledged offsets, as Consumer.ack"),
     _attribute(FaustConsumer, "_acked_index", _INTAKE + "acknowledged offsets (set)"),

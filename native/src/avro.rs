@@ -4,13 +4,13 @@
 //! The kernel does not resolve schemas. `bucket_app.counting.avro_plan` compiles each (writer,
 //! reader) pair, as fastavro would resolve it, into a flat plan of operations on the writer's
 //! bytes: read or skip a value of a writer type, store what the reader would see (promoted,
-//! defaulted, an enum symbol renamed) into a slot, or give up (`Unsure`). The plan decides
-//! nothing about a record's meaning: a record whose bytes it does not read exactly - truncated,
-//! a lying or negative length, a varint past 64 bits, a union or enum index out of range, a
-//! string that is not UTF-8, a boolean byte other than 0 or 1, a NaN where a value is kept,
-//! bytes left over - is `Unsure`, and Python (`Classifier.locate`, fastavro) says what it
-//! means. Every loop is bounded by the bytes left: a block count larger than them is `Unsure`,
-//! and an item that takes no bytes stops the reading.
+//! defaulted, an enum symbol renamed) into a slot, or give up (`Unsure`). The plan decides nothing
+//! about a record's meaning: a record whose bytes it does not read exactly - truncated, a lying or
+//! negative length, a negative block count, a varint past 64 bits, a union or enum index out of
+//! range, a string that is not UTF-8, a boolean byte other than 0 or 1, a NaN where a value is
+//! kept, bytes left over - is `Unsure`, and Python (`Classifier.locate`, fastavro) says what it
+//! means. Every loop is bounded by the bytes left: a block count larger than them is `Unsure`, and
+//! an item that takes no bytes stops the reading.
 //!
 //! Framing follows `bucket_app.counting.decode`. Without a registry (`AvroDecoder`) a value
 //! starting with byte 0 and longer than the 5-byte Confluent header is read after the header
@@ -195,12 +195,12 @@ impl<'a> Cursor<'a> {
     }
 
     /// The item count of the next block of an array or map (0 at the end).
+    ///
+    /// A negative count (a block that also states its size in bytes) is `Unsure`: fastavro
+    /// reads such a block item by item but skips one by its stated size, so when the size
+    /// lies the two disagree, and which applies depends on the reader schema; Python decides.
     fn block(&mut self) -> Result<usize, Unsure> {
-        let mut n = self.long()?;
-        if n < 0 {
-            self.long()?; // the block's size in bytes
-            n = n.checked_neg().ok_or(Unsure)?;
-        }
+        let n = self.long()?;
         let n = usize::try_from(n).map_err(|_| Unsure)?;
         if n > self.left() {
             return Err(Unsure); // every item takes a byte at least

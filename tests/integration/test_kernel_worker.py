@@ -1,9 +1,11 @@
-"""A worker counting with the native kernel (``BUCKET_APP_KERNEL=native``) counts exactly:
-JSON, Avro with a schema registry, and Avro with a local schema.
+"""A worker counting with the native kernel (the default) counts exactly: JSON, Avro with a
+schema registry, and Avro with a local schema; and so does one with ``BUCKET_APP_KERNEL=python``,
+the pure-Python path end to end.
 
 One topic holds what producers write: JSON from kcat (librdkafka) compressed with each codec,
 bad messages among it, and a transactional producer's committed and aborted transactions. A
-worker with the native kernel counts it: its log says the kernel runs and read fetches, every
+worker with each kernel counts it: its log says which kernel runs (and, native, that it read
+fetches), every
 row equals the count computed here, every bad message is skipped by its reason, aborted records
 are not counted, and every partition is read to its end.
 """
@@ -45,7 +47,8 @@ def message(rng: random.Random, start: int, i: int, expected: Counter) -> bytes:
                        "i": i}).encode()
 
 
-def test_a_worker_with_the_native_kernel_counts_exactly(make_worker):
+@pytest.mark.parametrize("kernel", ["native", "python"])
+def test_a_worker_with_either_kernel_counts_exactly(make_worker, kernel):
     rng = random.Random(22)
     start = (int(time.time()) - 7200) // 20 * 20
     expected: Counter = Counter()
@@ -74,14 +77,15 @@ def test_a_worker_with_the_native_kernel_counts_exactly(make_worker):
     finally:
         producer.close()
 
+    # native: the default, so the variable is not set
     worker = make_worker(topic, partitions=PARTITIONS,
-                         env={"BUCKET_APP_KERNEL": "native"}).start()
+                         env={} if kernel == "native" else {"BUCKET_APP_KERNEL": kernel}).start()
     health = worker.wait_read_to_end(topic, PARTITIONS)
     assert counts_of(worker) == expected
     assert health["worker"]["skipped"] == dict(skipped)
     log = worker.log_path.read_text()
-    assert "counting kernel: native" in log
-    assert "counting kernel: first fetch read natively" in log
+    assert f"counting kernel: {kernel}" in log
+    assert ("counting kernel: first fetch read natively" in log) == (kernel == "native")
 
 
 def test_a_worker_with_the_native_kernel_counts_avro_from_a_registry_exactly(make_worker):

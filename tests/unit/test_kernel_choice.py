@@ -1,4 +1,5 @@
-"""BUCKET_APP_KERNEL: which code counts, said once at start-up; a bad value stops it."""
+"""BUCKET_APP_KERNEL: which code counts (native for JSON unless set to python), said once at
+start-up; a bad value stops it."""
 
 from __future__ import annotations
 
@@ -13,20 +14,20 @@ from bucket_app.worker import KERNEL_ENV, counting_kernel
 from tests.support.settings import AVRO_SCHEMA_PATH, make_settings
 
 
-def test_python_is_the_default(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path)
-    assert counting_kernel(settings, {}) == (None, "counting kernel: python")
-    assert counting_kernel(settings, {KERNEL_ENV: " Python "})[0] is None
+def test_native_is_the_default_for_json(tmp_path: Path) -> None:
+    for environ in ({}, {KERNEL_ENV: ""}, {KERNEL_ENV: " Native "}):
+        kernel, line = counting_kernel(make_settings(tmp_path), environ)
+        assert isinstance(kernel, NativeKernel) and line.startswith("counting kernel: native")
 
 
-def test_native_counts_json_with_the_kernel(tmp_path: Path) -> None:
-    kernel, line = counting_kernel(make_settings(tmp_path), {KERNEL_ENV: "native"})
-    assert isinstance(kernel, NativeKernel) and line.startswith("counting kernel: native")
+def test_python_runs_the_pure_python_path(tmp_path: Path) -> None:
+    kernel, line = counting_kernel(make_settings(tmp_path), {KERNEL_ENV: " Python "})
+    assert kernel is None and line == "counting kernel: python (BUCKET_APP_KERNEL=python)"
 
 
 def test_native_counts_avro_with_the_kernel_and_says_so(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, avro_val_schema=str(AVRO_SCHEMA_PATH))
-    kernel, line = counting_kernel(settings, {KERNEL_ENV: "native"})
+    kernel, line = counting_kernel(settings, {})
     assert isinstance(kernel, NativeKernel) and kernel.reads_avro
     assert line.startswith("counting kernel: native") and "Avro" in line
 

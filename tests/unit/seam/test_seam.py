@@ -19,7 +19,12 @@ from aiokafka.consumer.fetcher import READ_COMMITTED, FetchResult, PartitionReco
 from aiokafka.consumer.subscription_state import SubscriptionState
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
+from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.types import TP
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from intervaltree import Interval, IntervalTree
 
 import bucket_app
 from bucket_app import worker as agent
@@ -208,3 +213,27 @@ def private_uses_outside_the_seam() -> list[str]:
 def test_only_the_seam_names_library_internals():
     assert private_uses_outside_the_seam() == []
 
+
+
+@settings(max_examples=300, deadline=None)
+@given(acked=st.sets(st.integers(0, 60), max_size=40), committed=st.none() | st.integers(0, 30),
+       gaps=st.lists(st.tuples(st.integers(0, 60), st.integers(1, 5)), max_size=2))
+def test_the_offset_to_commit_is_fausts(acked, committed, gaps):
+    """SeamConsumer._new_offset (a bisection) answers as Faust's consecutive_numbers scan,
+    and leaves the acknowledged offsets and their index as Faust does."""
+    def consumer(cls):
+        tp = TP("t", 0)
+        each = object.__new__(cls) if cls is SeamConsumer else SimpleNamespace()
+        order = sorted(acked, key=lambda o: (o * 7919) % 61)  # acknowledged out of order
+        each._acked = {tp: list(order)}
+        each._acked_index = {tp: set(acked)}
+        each._committed_offset = {tp: committed}
+        each._gap = {tp: IntervalTree(Interval(b, b + n) for b, n in gaps)}
+        return each, tp
+
+    seam, tp = consumer(SeamConsumer)
+    theirs, _ = consumer(None)
+    for _ in range(2):  # twice: the second commit sees what the first left
+        assert seam._new_offset(tp) == FaustConsumer._new_offset(theirs, tp)
+        assert sorted(seam._acked[tp]) == sorted(theirs._acked[tp])
+        assert seam._acked_index[tp] == theirs._acked_index[tp]
