@@ -81,7 +81,7 @@ test: setup
 	rc=0; \
 	$(MAKE) --no-print-directory lint || rc=$$?; \
 	if [ $$rc -eq 0 ]; then scripts/test-tools.sh || rc=$$?; fi; \
-	if [ $$rc -eq 0 ]; then $(BIN)/pytest -q -p no:cacheprovider tests || rc=$$?; fi; \
+	if [ $$rc -eq 0 ]; then $(BIN)/pytest -q -p no:cacheprovider --durations=25 tests || rc=$$?; fi; \
 	if [ $$registry_started -eq 1 ]; then scripts/schema-registry.sh stop; fi; \
 	if [ $$secure_started -eq 1 ]; then scripts/kafka-secure.sh stop; fi; \
 	if [ $$started -eq 1 ]; then scripts/kafka.sh stop; fi; \

@@ -33,7 +33,7 @@ from bucket_app.counting.kernel import NativeKernel
 from bucket_app.counting.keys import group_identity
 from bucket_app.settings import Settings
 from tests.support.batches import Rec, batch, consumer_reads
-from tests.unit.test_fuzz_common import make_settings
+from tests.support.settings import make_settings
 
 NOW = 1_800_000_000
 BATCH = 1000

@@ -1,10 +1,10 @@
 """Browser fixtures: Debian's headless Chromium driven by Selenium, against real workers.
 
-The worker and broker fixtures are the integration tests' own (real broker, ``faust -A
-bucket_app worker`` subprocesses). Chromium and chromedriver come from Debian
-(``scripts/test-tools.sh``, which ``make test`` runs first); both paths are given to Selenium, so
-Selenium Manager never looks for, or downloads, a browser or a driver. A missing browser fails
-the tests, it never skips them.
+The worker and broker fixtures are the integration tests' own (``tests/support/fixtures.py``:
+real broker, ``faust -A bucket_app worker`` subprocesses). Chromium and chromedriver come from
+Debian (``scripts/test-tools.sh``, which ``make test`` runs first); both paths are given to
+Selenium, so Selenium Manager never looks for, or downloads, a browser or a driver. A missing
+browser fails the tests, it never skips them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
-from tests.integration.conftest import kafka_broker, make_worker  # noqa: F401 - fixtures
+from tests.support.fixtures import kafka_broker, make_worker
+
+__all__ = ["browser", "kafka_broker", "make_worker"]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

@@ -13,14 +13,7 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 
-from tests.browser.test_dashboard import (
-    bucket,
-    by,
-    console_errors,
-    make_messages,
-    plotted,
-    wait_until,
-)
+from tests.support.browser import bucket, by, console_errors, make_messages, plotted, wait_until
 from tests.support.kafka import create_topic, produce, unique
 
 pytestmark = pytest.mark.integration

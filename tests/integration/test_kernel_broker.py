@@ -25,7 +25,7 @@ from bucket_app.counting.kernel import MAX_BATCH_BYTES, NativeKernel
 from tests.support.batches import consumer_reads, counts_as_locate
 from tests.support.kafka import BROKERS, create_topic, unique
 from tests.support.producers import CODECS, TransactionalProducer, kcat_produce
-from tests.unit.test_fuzz_common import make_settings
+from tests.support.settings import make_settings
 
 pytestmark = pytest.mark.integration
 

@@ -21,15 +21,15 @@ from collections import Counter
 import pytest
 from fastavro import parse_schema, schemaless_writer
 
-from tests.integration.test_schema_registry import MSG_MAP as REGISTRY_MAP
-from tests.integration.test_schema_registry import PARTITIONS as REGISTRY_PARTITIONS
-from tests.integration.test_schema_registry import SQLITE_SCHEMA as REGISTRY_SQLITE
-from tests.integration.test_schema_registry import counted, mixed
 from tests.support.kafka import Record, create_topic, produce, unique
 from tests.support.producers import CODECS, TransactionalProducer, kcat_produce
 from tests.support.registry import REGISTRY_URL, registry_error
+from tests.support.registry_records import MSG_MAP as REGISTRY_MAP
+from tests.support.registry_records import PARTITIONS as REGISTRY_PARTITIONS
+from tests.support.registry_records import SQLITE_SCHEMA as REGISTRY_SQLITE
+from tests.support.registry_records import counted, mixed
+from tests.support.settings import AVRO_SCHEMA_PATH
 from tests.support.worker import counts_of
-from tests.unit.test_fuzz_common import AVRO_SCHEMA_PATH
 
 pytestmark = pytest.mark.integration
 

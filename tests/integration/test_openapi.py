@@ -30,8 +30,8 @@ from bucket_app.settings import load
 from bucket_app.web import openapi, params, stream
 from tests.support.http import http
 from tests.support.kafka import Record, create_topic, produce, unique
+from tests.support.openapi import CASES, check_answer, document_of, operations
 from tests.support.worker import Worker
-from tests.unit.web.test_openapi import CASES, check_answer, document_of, operations
 
 CASES_OPERATIONS = {(method, template) for method, template, *_ in CASES}
 

@@ -25,7 +25,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from bucket_app.snapshot.output import row_key
 from tests.support import REPO
 from tests.support.kafka import BROKERS, Record, create_topic, produce, unique
-from tests.unit.snapshot.test_output import latest, read_all
+from tests.support.output import latest, read_all
 
 pytestmark = pytest.mark.integration
 

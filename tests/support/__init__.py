@@ -1,10 +1,15 @@
-"""The harness the integration tests and the benchmark share: real Kafka, real workers.
+"""What tests share: helpers here, never imported from another test module.
 
-``kafka`` creates topics, produces, reads end offsets and ground truth, and holds the security
-arguments of the SASL_SSL broker; ``worker`` starts ``faust -A bucket_app worker`` processes
-with a written settings file; ``http`` is the plain HTTP client both use. Nothing here imports
-pytest: ``tests/integration/conftest.py`` turns it into fixtures, and ``bench`` (run as
-``python -m bench.run`` from the repository root) imports it directly.
+The harness the integration tests and the benchmark share - real Kafka, real workers - is
+``kafka`` (topics, producing, end offsets and ground truth, the SASL_SSL broker's arguments),
+``worker`` (``faust -A bucket_app worker`` processes with a written settings file) and ``http``
+(the plain HTTP client both use); those import no pytest, and ``bench`` (run as ``python -m
+bench.run`` from the repository root) imports them directly; ``cluster`` drives the three
+brokers of ``make kafka-cluster``. ``fixtures`` makes pytest
+fixtures of them for the integration and browser conftests. The rest are the unit tests'
+helpers: ``settings`` (the seed's settings files), ``fuzz`` and ``counting`` (strategies,
+oracles, shared configurations), ``batches``, ``sqlite``, ``web``, ``openapi``, ``output``,
+``browser``. ``tests/unit/test_layout.py`` fails if a test module imports another.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ fetch against it and ``Classifier.locate``, record by record.
 
 from __future__ import annotations
 
+import random
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -60,6 +61,18 @@ def batch(base_offset: int, records: Sequence[Rec], *, codec: int = 0,
 
 def with_base_offset(data: bytes, base_offset: int) -> bytes:
     return struct.pack(">q", base_offset) + data[8:]
+
+
+def record_batch(base: int, values: list[bytes], producer_id: int = -1) -> bytes:
+    """One Kafka record batch (format v2) starting at offset ``base``; transactional when it
+    has a producer id."""
+    builder = DefaultRecordBatchBuilder(2, 0, int(producer_id >= 0), producer_id, 0,
+                                        0 if producer_id >= 0 else -1, 1 << 20)
+    for i, value in enumerate(values):
+        builder.append(i, timestamp=1000 + i, key=None, value=value, headers=[])
+    raw = bytearray(builder.build())
+    raw[0:8] = struct.pack(">q", base)  # the base offset (outside the CRC)
+    return bytes(raw)
 
 
 def with_crc(data: bytearray | bytes) -> bytes:
@@ -137,3 +150,28 @@ def counts_as_locate(kernel: NativeKernel, classifier: Classifier, data: bytes,
     assert got.min_start_s == min(starts, default=None)
     assert got.max_time_s == max(times, default=None)
     return got
+
+
+def mutate(rng: random.Random, data: bytes) -> bytes:
+    """``data`` with a few random edits: bytes changed, inserted, deleted, lengths and varints
+    made to lie, cut short; the first batch's CRC made to match half of the time."""
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        at = rng.randrange(len(out)) if out else 0
+        edit = rng.randrange(6)
+        if edit == 0 and out:
+            out[at] = rng.randrange(256)
+        elif edit == 1:
+            out[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+        elif edit == 2:
+            del out[at:at + rng.randint(1, 8)]
+        elif edit == 3 and out:
+            out[at:at + 1] = rng.choice([b"\xff" * 10, b"\x80" * 3, b"\x01", b"\x7f\xff\xff\xff"])
+        elif edit == 4 and len(out) >= 12:
+            struct.pack_into(">i", out, 8, rng.choice([-1, 0, 49, 2**31 - 1, len(out) - 12]))
+        else:
+            out = out[:at]
+    if len(out) >= 61 and rng.random() < 0.5:
+        end = 12 + max(0, min(struct.unpack_from(">i", out, 8)[0], len(out) - 12))
+        out[:end] = with_crc(out[:end]) if end >= 21 else out[:end]
+    return bytes(out)

@@ -22,12 +22,7 @@ from typing import Any
 from tests.support import REPO
 from tests.support.http import HttpAnswer, http, http_json
 from tests.support.kafka import BROKERS, end_offsets
-
-MSG_MAP = {"origin_server": "server_name", "topic": "topic"}
-SQLITE_SCHEMA = {
-    "server_name": "TEXT", "topic": "TEXT", "bucket_start": "INTEGER",
-    "bucket_end": "INTEGER", "count": "INTEGER",
-}
+from tests.support.settings import MSG_MAP, SQLITE_SCHEMA
 
 
 def free_port() -> int:

@@ -17,7 +17,8 @@ import pytest
 from bucket_app import cli
 from bucket_app.counting.buckets import FieldMap, TimeField, bucket_start
 from bucket_app.counting.decode import AvroDecoder, JsonDecoder, load_avro_schema
-from tests.unit.test_settings import REPO, SEED_INI, replace_line, write_config
+from tests.support import REPO
+from tests.support.settings import SEED_INI, replace_line, write_config
 
 NOW = 1_796_000_000.0
 

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from bucket_app.settings import KEYS
-from tests.unit.web.test_web_limits import build_app, make_settings
+from tests.support.web import build_app, make_settings
 
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()

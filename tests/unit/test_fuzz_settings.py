@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from bucket_app.counting.classify import Classifier
 from bucket_app.errors import SettingsError
 from bucket_app.settings import KEYS, SECRET_KEYS, Settings, load
-from tests.unit.test_fuzz_common import awkward_text, json_values, scratch_dir
-from tests.unit.test_settings import SEED_INI, write_config
+from tests.support.fuzz import awkward_text, json_values
+from tests.support.settings import SEED_INI, scratch_dir, write_config
 
 KEY_NAMES = [key.name for key in KEYS]
 KEYS_BY_NAME = {key.name: key for key in KEYS}

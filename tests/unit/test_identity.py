@@ -12,7 +12,7 @@ import pytest
 from bucket_app import identity
 from bucket_app.settings import load
 from bucket_app.snapshot.reader import changelog_topic
-from tests.unit.test_settings import SEED_INI, write_config
+from tests.support.settings import SEED_INI, write_config
 
 SCHEMA = {"type": "record", "name": "Msg", "fields": [
     {"name": "origin_server", "type": "string"}, {"name": "topic", "type": "string"},

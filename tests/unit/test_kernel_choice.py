@@ -11,7 +11,7 @@ from bucket_app.counting.kernel import NativeKernel
 from bucket_app.errors import SettingsError
 from bucket_app.kafka.registry import Reader
 from bucket_app.worker import KERNEL_ENV, counting_kernel
-from tests.unit.test_fuzz_common import AVRO_SCHEMA_PATH, make_settings
+from tests.support.settings import AVRO_SCHEMA_PATH, make_settings
 
 
 def test_native_is_the_default_for_json(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,49 +11,8 @@ import pytest
 from bucket_app import settings as settings_module
 from bucket_app.errors import SettingsError
 from bucket_app.settings import load, parse_duration_s
-
-REPO = Path(__file__).resolve().parents[2]
-
-SEED_INI = """\
-[KafkaSettings]
-brokers = 127.0.0.1:9092
-topic = test
-avro_val_schema = None
-
-[MsgSettings]
-bucket_interval = 20
-bucket_field = timestamp
-bucket_type = epoch
-msg_map_schema = msg_map_schema.json
-
-[HTTPEndpointSetting]
-sqlite_schema = sqlite_schema.json
-sqlite_db = :memory:
-sqlite_table = default
-clean_interval = 10
-clean_freq = 10
-"""
-
-MSG_MAP = {"origin_server": "server_name", "topic": "topic"}
-SQLITE_SCHEMA = {
-    "server_name": "TEXT", "topic": "TEXT", "bucket_start": "INTEGER",
-    "bucket_end": "INTEGER", "count": "INTEGER",
-}
-
-
-def write_config(tmp_path: Path, ini: str = SEED_INI, msg_map: object = MSG_MAP,
-                 schema: object = SQLITE_SCHEMA) -> Path:
-    (tmp_path / "msg_map_schema.json").write_text(json.dumps(msg_map))
-    (tmp_path / "sqlite_schema.json").write_text(json.dumps(schema))
-    path = tmp_path / "settings.ini"
-    path.write_text(ini)
-    return path
-
-
-def replace_line(ini: str, key: str, new_value: str) -> str:
-    lines = [f"{key} = {new_value}" if line.split("=")[0].strip() == key else line
-             for line in ini.splitlines()]
-    return "\n".join(lines) + "\n"
+from tests.support import REPO
+from tests.support.settings import MSG_MAP, SEED_INI, SQLITE_SCHEMA, replace_line, write_config
 
 
 def load_error(path: Path, environ: dict[str, str] | None = None) -> str:

@@ -11,7 +11,7 @@ from bucket_app.counting.classify import Classifier
 from bucket_app.counting.counter import Counter
 from bucket_app.errors import BadInput, DecodeError, TimeError
 from bucket_app.settings import load
-from tests.unit.test_settings import SEED_INI, replace_line, write_config
+from tests.support.settings import SEED_INI, replace_line, write_config
 
 NOW = 1_795_828_000.0
 

@@ -27,14 +27,17 @@ from bucket_app.counting.buckets import (
     parse_iso,
 )
 from bucket_app.errors import BadInput, TimeError
-from tests.unit.test_fuzz_common import (
+from tests.support.fuzz import (
     awkward_text,
     decodable_text,
     decodable_values,
     deeply_nested,
     edge_numbers,
+    epoch_oracle,
     floor_start,
+    iso_oracle,
     json_values,
+    lookup_oracle,
 )
 
 DAY_DIVISORS = [d for d in range(1, 86_401) if 86_400 % d == 0]
@@ -83,25 +86,6 @@ def test_bucket_edges_are_half_open(day: int, interval_s: int) -> None:
 # --- epoch times -----------------------------------------------------------------------------
 
 
-def epoch_oracle(value: Any) -> float | str:
-    """What an epoch time is: an int or float (not bool), or a number spelled as text
-    (Python's float() spelling without "_"), finite and within years 1..9999."""
-    if isinstance(value, datetime):
-        return "datetime"  # checked by the ISO oracle below
-    if type(value) in (int, float):
-        number = value
-    elif isinstance(value, str) and "_" not in value:
-        try:
-            number = float(value)
-        except ValueError:
-            return "bad_time"
-    else:
-        return "bad_time"
-    if not MIN_TS_S <= number <= MAX_TS_S:  # False for NaN
-        return "bad_time"
-    return float(number)
-
-
 @given(any_value)
 @example(True)
 @example("1_440_179_085")
@@ -137,18 +121,6 @@ def test_deeply_nested_times_are_bad_time(parse: Any, depth: int) -> None:
 
 offsets = st.integers(min_value=-(24 * 60 - 1), max_value=24 * 60 - 1).map(
     lambda minutes: timezone(timedelta(minutes=minutes)))
-
-
-def iso_oracle(dt: datetime) -> Fraction:
-    """Seconds since the epoch, exactly, from the fields of ``dt`` (naive = UTC)."""
-    days = dt.toordinal() - datetime(1970, 1, 1).toordinal()
-    seconds = Fraction(days * 86_400 + dt.hour * 3600 + dt.minute * 60 + dt.second)
-    seconds += Fraction(dt.microsecond, 10**6)
-    offset = dt.utcoffset()
-    if offset is not None:
-        seconds -= Fraction(offset.days * 86_400 + offset.seconds) + Fraction(
-            offset.microseconds, 10**6)
-    return seconds
 
 
 @given(st.datetimes(timezones=st.one_of(st.none(), st.just(UTC), offsets)),
@@ -207,20 +179,6 @@ def test_record_time_fallback_is_range_checked_like_a_message_time(
 
 
 # --- field mapping -------------------------------------------------------------------------
-
-
-def lookup_oracle(msg: Any, path: str) -> Any:
-    """A literal key wins; else a dotted path walks nested objects; missing is None."""
-    if path in msg:
-        return msg[path]
-    if "." not in path:
-        return None
-    node = msg
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 def valid_path(path: str) -> bool:

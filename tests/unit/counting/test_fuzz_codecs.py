@@ -14,19 +14,18 @@ from hypothesis import strategies as st
 
 from bucket_app.counting.decode import AvroDecoder, JsonDecoder, load_avro_schema
 from bucket_app.errors import DecodeError
-from tests.unit.test_fuzz_common import (
-    AVRO_SCHEMA_PATH,
+from tests.support.fuzz import (
     INT64,
+    SCHEMA,
     awkward_text,
     deeply_nested,
     dumps,
-    has_surrogate,
     json_values,
+    strict_json,
 )
 
 JSON_REASONS = {"empty", "not_json", "not_object"}
 AVRO_REASONS = {"empty", "avro_mismatch", "not_object"}
-SCHEMA = load_avro_schema(AVRO_SCHEMA_PATH)
 AVRO = AvroDecoder(SCHEMA)
 JSON = JsonDecoder()
 
@@ -96,18 +95,6 @@ def test_json_deep_nesting_decodes_or_is_not_json(depth: int) -> None:
     assert isinstance(answer, dict) or answer == "not_json"
     assert isinstance(decode_or_reason(JSON, json.dumps({"a": deeply_nested(min(depth, 900))})
                                        .encode()), dict | str)
-
-
-def strict_json(data: bytes) -> Any:
-    """The oracle: the standard library's reading of strict JSON (RFC 8259: UTF-8, no NaN or
-    Infinity tokens); ValueError for anything else."""
-    if has_surrogate(data):
-        raise ValueError("not UTF-8")
-    return json.loads(data, parse_constant=_refuse)
-
-
-def _refuse(token: str) -> None:
-    raise ValueError(token)
 
 
 def _fits_int64(value: Any) -> bool:

@@ -28,33 +28,34 @@ from bucket_app.counting.classify import Classifier
 from bucket_app.counting.keys import PROGRESS_KEY, WINDOW_END_EPSILON_S
 from bucket_app.errors import BadInput
 from bucket_app.settings import Settings
-from tests.unit.counting.test_fuzz_buckets import epoch_oracle, iso_oracle, lookup_oracle
-from tests.unit.counting.test_fuzz_codecs import SCHEMA, strict_json
-from tests.unit.test_fuzz_common import (
-    AVRO_SCHEMA_PATH,
+from tests.support.counting import (
+    AVRO,
+    BASE,
+    FLAT,
+    ISO,
+    NESTED,
+    NOW,
+    RETENTION,
+    JsonKeyed,
+    aliased_values,
+    batch_values,
+)
+from tests.support.fuzz import (
     INT64,
+    SCHEMA,
     decodable_text,
     decodable_values,
     deeply_nested,
     dumps,
     edge_numbers,
+    epoch_oracle,
     floor_start,
-    make_settings,
-    scratch_dir,
+    iso_oracle,
+    lookup_oracle,
+    strict_json,
 )
+from tests.support.settings import make_settings
 
-NOW = 1_795_828_000.0
-BASE = scratch_dir("fuzz-counting")
-COLUMNS_3 = {"server_name": "TEXT", "host": "TEXT", "bucket_start": "INTEGER",
-             "bucket_end": "INTEGER", "count": "INTEGER"}
-FLAT = make_settings(BASE / "flat")
-NESTED = make_settings(BASE / "nested", msg_map={"origin_server": "server_name",
-                                                 "meta.host": "host"},
-                       schema=COLUMNS_3, bucket_field="meta.ts", bucket_interval="60")
-ISO = make_settings(BASE / "iso", bucket_type="iso", bucket_interval="3600", clean_interval="1d")
-AVRO = make_settings(BASE / "avro", msg_map={"origin_server": "server_name",
-                                             "meta.host": "host"},
-                     schema=COLUMNS_3, avro_val_schema=str(AVRO_SCHEMA_PATH))
 CLASSIFIERS = {id(s): Classifier(s) for s in (FLAT, NESTED, ISO, AVRO)}
 
 
@@ -254,27 +255,6 @@ def test_avro_messages_classify_as_the_oracle_says(record: dict[str, Any], frame
 
 # --- the worker's per-batch counting, without Kafka --------------------------------------------
 
-RETENTION = make_settings(BASE / "batches", clean_interval="300s", clean_freq="1d")
-
-
-def batch_values(now: int) -> st.SearchStrategy[bytes | None]:
-    """Mostly well-formed records within and just past retention, some of every bad kind."""
-    good = st.builds(
-        lambda server, topic, ago, frac: json.dumps(
-            {"origin_server": server, "topic": topic,
-             "timestamp": now - ago - frac}).encode(),
-        st.sampled_from(["a", "b", None, "é\x00"]), st.sampled_from(["t", 7]),
-        st.integers(0, 700), st.sampled_from([0, 0.0, 0.5]))
-    bad = st.one_of(
-        st.sampled_from([b"not json", b"[1]", b"", None, b'{"timestamp": true}',
-                         b'{"timestamp": "x"}', b'{"origin_server": "a"}',
-                         json.dumps({"timestamp": now + 7200}).encode(),
-                         json.dumps({"timestamp": now, "topic": {"b": 1, "a": [2]}}).encode(),
-                         dumps({"timestamp": now, "topic": deeply_nested(300)})]),
-        st.binary(max_size=10))
-    return st.one_of(good, good, good, bad)
-
-
 @given(st.data(), st.integers(0, 3))
 def test_batches_count_what_the_oracle_counts_and_skip_the_rest_by_reason(
         data: Any, partition: int) -> None:
@@ -352,28 +332,6 @@ def test_an_event_ahead_within_the_skew_does_not_expire_live_events(whole_batch:
     assert processor.counter.skipped == {}
     assert processor.counter.counted == 4
     assert processor.counter.partition(0).watermark_s <= time.time()
-
-
-class JsonKeyed(dict):  # type: ignore[type-arg]
-    """A table keyed as Faust's store is, by the key's JSON: ``True``, ``1`` and ``1.0`` are
-    three keys here, as they are in RocksDB and the changelog (one in a plain dict)."""
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        return super().get(dumps(key), default)
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        super().__setitem__(dumps(key), value)
-
-    def __delitem__(self, key: Any) -> None:
-        super().__delitem__(dumps(key))
-
-
-def aliased_values(now: int) -> st.SearchStrategy[bytes | None]:
-    """Records whose mapped values are equal in Python but not in JSON (True, 1, 1.0)."""
-    return st.builds(
-        lambda server, ago: json.dumps({"origin_server": server, "topic": "t",
-                                        "timestamp": now - ago}).encode(),
-        st.sampled_from([True, 1, 1.0, False, 0, 0.0, "1"]), st.integers(0, 100))
 
 
 @given(st.data(), st.integers(0, 3))

@@ -42,9 +42,10 @@ from tests.support.batches import (
     consumer_reads,
     control_batch,
     counts_as_locate,
+    mutate,
     with_crc,
 )
-from tests.unit.counting.test_fuzz_counting import (
+from tests.support.counting import (
     FLAT,
     ISO,
     NESTED,
@@ -54,12 +55,8 @@ from tests.unit.counting.test_fuzz_counting import (
     aliased_values,
     batch_values,
 )
-from tests.unit.test_fuzz_common import (
-    decodable_scalars,
-    decodable_text,
-    decodable_values,
-    scratch_dir,
-)
+from tests.support.fuzz import decodable_scalars, decodable_text, decodable_values
+from tests.support.settings import scratch_dir
 
 BASE = scratch_dir("kernel")
 CONFIGS = {"flat": FLAT, "nested": NESTED, "iso": ISO}
@@ -522,31 +519,6 @@ def fuzz_seeds() -> list[bytes]:
     seeds.append(batch(0, recs[:2], producer_id=3, transactional=True) + control_batch(2, 3, ABORT)
                  + batch(3, recs[2:], codec=2) + control_batch(7, 3, COMMIT))
     return seeds
-
-
-def mutate(rng: random.Random, data: bytes) -> bytes:
-    """``data`` with a few random edits: bytes changed, inserted, deleted, lengths and varints
-    made to lie, cut short; the first batch's CRC made to match half of the time."""
-    out = bytearray(data)
-    for _ in range(rng.randint(1, 4)):
-        at = rng.randrange(len(out)) if out else 0
-        edit = rng.randrange(6)
-        if edit == 0 and out:
-            out[at] = rng.randrange(256)
-        elif edit == 1:
-            out[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
-        elif edit == 2:
-            del out[at:at + rng.randint(1, 8)]
-        elif edit == 3 and out:
-            out[at:at + 1] = rng.choice([b"\xff" * 10, b"\x80" * 3, b"\x01", b"\x7f\xff\xff\xff"])
-        elif edit == 4 and len(out) >= 12:
-            struct.pack_into(">i", out, 8, rng.choice([-1, 0, 49, 2**31 - 1, len(out) - 12]))
-        else:
-            out = out[:at]
-    if len(out) >= 61 and rng.random() < 0.5:
-        end = 12 + max(0, min(struct.unpack_from(">i", out, 8)[0], len(out) - 12))
-        out[:end] = with_crc(out[:end]) if end >= 21 else out[:end]
-    return bytes(out)
 
 
 @pytest.mark.slow

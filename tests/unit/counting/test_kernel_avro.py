@@ -39,10 +39,9 @@ from bucket_app.counting.decode import (
 from bucket_app.counting.kernel import NativeKernel
 from bucket_app.errors import BadInput, KernelRefused
 from bucket_app.settings import Settings
-from tests.support.batches import CODECS, Rec, batch, counts_as_locate
-from tests.unit.counting.test_fuzz_counting import NOW
-from tests.unit.counting.test_kernel import mutate
-from tests.unit.test_fuzz_common import make_settings, scratch_dir
+from tests.support.batches import CODECS, Rec, batch, counts_as_locate, mutate
+from tests.support.counting import NOW
+from tests.support.settings import make_settings, scratch_dir
 
 BASE = scratch_dir("kernel-avro")
 

@@ -12,7 +12,7 @@ from bucket_app.counting.batch import BatchCounter
 from bucket_app.counting.classify import Classifier
 from bucket_app.counting.lifecycle import NEVER, Lifecycle
 from bucket_app.settings import load
-from tests.unit.test_fuzz_common import make_settings, scratch_dir
+from tests.support.settings import make_settings, scratch_dir
 
 BASE = scratch_dir("lifecycle")
 NOW = 1_795_828_000.0

@@ -11,7 +11,6 @@ import io
 import json
 import random
 import sqlite3
-import struct
 import time
 from collections import Counter as Tally
 from decimal import Decimal
@@ -23,7 +22,6 @@ from aiokafka.consumer.fetcher import (
     READ_UNCOMMITTED,
     PartitionRecords,
 )
-from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import ConsumerRecord
 from fastavro import parse_schema, schemaless_writer
@@ -39,7 +37,8 @@ from bucket_app.seam import fetch
 from bucket_app.settings import load
 from bucket_app.snapshot.reader import SnapshotStore, store_config
 from bucket_app.worker import create_app, guard_local_state
-from tests.unit.test_settings import SEED_INI, replace_line, write_config
+from tests.support.batches import record_batch
+from tests.support.settings import SEED_INI, replace_line, write_config
 
 TOPIC = "test"
 
@@ -200,18 +199,6 @@ def test_grouped_batches_count_as_record_by_record(settings, monkeypatch, chunk)
     assert grouped_table == each_table
     assert (grouped.counter.counted, grouped.counter.replayed) == (
         each.counter.counted, each.counter.replayed)
-
-
-def record_batch(base: int, values: list[bytes], producer_id: int = -1) -> bytes:
-    """One Kafka record batch (format v2) starting at offset ``base``; transactional when it
-    has a producer id."""
-    builder = DefaultRecordBatchBuilder(2, 0, int(producer_id >= 0), producer_id, 0,
-                                        0 if producer_id >= 0 else -1, 1 << 20)
-    for i, value in enumerate(values):
-        builder.append(i, timestamp=1000 + i, key=None, value=value, headers=[])
-    raw = bytearray(builder.build())
-    raw[0:8] = struct.pack(">q", base)  # the base offset (outside the CRC)
-    return bytes(raw)
 
 
 @pytest.mark.parametrize("chunk", [1000, 2])

@@ -27,7 +27,7 @@ from bucket_app.errors import KafkaAuthError, SettingsError
 from bucket_app.kafka import security as kafka_security
 from bucket_app.kafka.security import client_kwargs, faust_credentials, raise_if_refused
 from bucket_app.settings import Settings, load
-from tests.unit.test_settings import SEED_INI, replace_line
+from tests.support.settings import SEED_INI, replace_line
 
 
 def settings_for(tmp_path: Path, brokers: str = "127.0.0.1:9092", **env: str) -> Settings:

@@ -33,8 +33,8 @@ from bucket_app.seam import compat, fetch
 from bucket_app.seam.consumer import SeamConsumer, SeamConsumerThread
 from bucket_app.settings import load
 from bucket_app.worker import create_app
-from tests.unit.kafka.test_intake import record_batch
-from tests.unit.test_settings import SEED_INI, replace_line, write_config
+from tests.support.batches import record_batch
+from tests.support.settings import SEED_INI, replace_line, write_config
 
 PACKAGE = Path(bucket_app.__file__).parent
 

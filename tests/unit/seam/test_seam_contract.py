@@ -25,7 +25,7 @@ from mode import Service
 
 from bucket_app.seam import compat
 from bucket_app.worker import create_app
-from tests.unit.seam.test_seam import settings_for
+from tests.support.settings import make_settings
 
 DESIGN = Path(__file__).parents[3] / "docs" / "design.md"
 
@@ -45,7 +45,7 @@ def test_the_pinned_versions_are_installed_and_those_of_setup_cfg() -> None:
 
 async def test_instance_attributes_are_on_real_objects(tmp_path: Path) -> None:
     """The attributes, looked up on the objects a worker has (not started)."""
-    app = create_app(settings_for(tmp_path), partitions=4)
+    app = create_app(make_settings(tmp_path), partitions=4)
     store = app.processor.counts.data
     aiokafka_consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")
     aiokafka_producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")

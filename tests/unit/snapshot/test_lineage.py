@@ -18,7 +18,7 @@ from bucket_app.settings import load
 from bucket_app.snapshot import lineage
 from bucket_app.snapshot.process import SnapshotProcess
 from bucket_app.snapshot.store import SnapshotStore, store_config
-from tests.unit.test_settings import SEED_INI, write_config
+from tests.support.settings import SEED_INI, write_config
 
 OLD_ID, NEW_ID = "q0Kc3IVUTx2y0dvRlN1ifw", "bY9Ybq7dQ3CTuo1C0nxe9Q"
 KEY = orjson.dumps([[0, "s-1", "orders"], [0.0, 19.9]])

@@ -22,7 +22,7 @@ from bucket_app.snapshot.codec import PartKey, Pending, Progress, decode_records
 from bucket_app.snapshot.process import SnapshotError, SnapshotProcess
 from bucket_app.snapshot.state import ReaderState
 from bucket_app.snapshot.store import SnapshotStore, store_config
-from tests.unit.test_settings import SEED_INI, replace_line, write_config
+from tests.support.settings import SEED_INI, replace_line, write_config
 
 SERVERS = ["s-1", "s-2", "ünï", None, 'q"uote']
 TOPICS = ["orders", "pay", "7"]

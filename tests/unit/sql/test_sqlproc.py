@@ -19,8 +19,7 @@ from bucket_app.errors import HttpError
 from bucket_app.sql import pool as sqlproc
 from bucket_app.sql.pool import SqlPool
 from bucket_app.sql.sandbox import SqlSandbox, json_default
-
-from .test_sql import make_db
+from tests.support.sqlite import make_db
 
 # a query that runs until the time limit stops it
 ENDLESS = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT max(i) FROM n"

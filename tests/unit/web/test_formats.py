@@ -20,8 +20,7 @@ from bucket_app.errors import HttpError
 from bucket_app.web import formats
 from bucket_app.web.declare import Invalid
 from bucket_app.web.params import parse_format
-from tests.unit.web.test_rollup import dst_rows, serve_snapshot, ts
-from tests.unit.web.test_web_limits import Served, assert_error_shape, client
+from tests.support.web import Served, assert_error_shape, client, dst_rows, serve_snapshot, ts
 
 ROW_LIMIT = 50
 SNAPSHOT_HEADERS = ("X-RST-ID", "X-Snapshot-Caught-Up", "X-Complete", "X-Position-Token",

@@ -18,7 +18,7 @@ from bucket_app.web.params import (
     parse_time,
     parse_wait_ms,
 )
-from tests.unit.test_fuzz_common import awkward_text
+from tests.support.fuzz import awkward_text
 
 params = st.one_of(awkward_text, st.text(max_size=40), st.integers().map(str),
                    st.sampled_from(["0", "-1", "1" * 5000, "1e3", "0:1,1:2", "0:", ":", ",",

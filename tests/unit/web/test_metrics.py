@@ -28,8 +28,8 @@ from bucket_app.kafka.recovery import RecoveryProgress, duration
 from bucket_app.web import metrics
 from bucket_app.web.metrics import ConsumerLag, build_registry
 from bucket_app.web.middleware import make_runner
-from tests.unit.sql.test_sql import make_db
-from tests.unit.web.test_web_limits import build_app, client, make_settings
+from tests.support.sqlite import make_db
+from tests.support.web import build_app, client, make_settings
 
 SOURCE = "source-topic"
 

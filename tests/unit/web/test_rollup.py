@@ -9,8 +9,6 @@ minute by minute through zoneinfo; it shares no code with the module under test.
 from __future__ import annotations
 
 import bisect
-import contextlib
-import random
 import sqlite3
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import datetime
@@ -27,26 +25,23 @@ from bucket_app.sql.sandbox import SqlSandbox, quote_identifier
 from bucket_app.web import rollup
 from bucket_app.web.declare import Invalid
 from bucket_app.web.rollup import Granules, Rollup, parse_rollup
-from tests.unit.web.test_web_limits import (
+from tests.support.web import (
+    INTERVAL,
     Served,
     assert_error_shape,
-    build_app,
     client,
-    make_settings,
-    running,
+    dst_rows,
+    make_snapshot,
+    serve_snapshot,
+    ts,
 )
 
 BERLIN = ZoneInfo("Europe/Berlin")
 KOLKATA = ZoneInfo("Asia/Kolkata")
 UTC = ZoneInfo("UTC")
 DAY, HOUR = 86_400, 3_600
-INTERVAL = 20  # the test settings' bucket_interval
 COLUMNS = ["server_name", "topic", "bucket_start", "bucket_end", "count", "RST_ID", "late",
            "final"]
-
-
-def ts(iso: str) -> int:
-    return int(datetime.fromisoformat(iso).timestamp())
 
 
 def wall(zone: ZoneInfo, t: int) -> int:
@@ -241,32 +236,6 @@ def test_granule_edges_inside_a_bucket_are_refused() -> None:
 
 # --- the SQL, in the real sandbox -----------------------------------------------------------
 
-def make_snapshot(path: Path, rows: Sequence[tuple[Any, ...]]) -> sqlite3.Connection:
-    """A WAL-mode snapshot table as the worker writes it, with the late and final columns."""
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=wal")
-    conn.execute('CREATE TABLE "default" (server_name TEXT, topic TEXT, bucket_start INTEGER, '
-                 "bucket_end INTEGER, count INTEGER, RST_ID INTEGER, late INTEGER, "
-                 "final INTEGER)")
-    conn.executemany('INSERT INTO "default" VALUES (?, ?, ?, ?, ?, ?, ?, ?)', rows)
-    return conn
-
-
-def dst_rows(seed: int, lo: int, hi: int, step: int = 1200) -> list[tuple[Any, ...]]:
-    """Buckets every ``step`` seconds of [lo, hi), for a few servers and topics, random
-    counts, late counts and finality."""
-    rng = random.Random(seed)
-    rows = []
-    for start in range(lo, hi, step):
-        for server in ("s0", "s1", None):
-            if rng.random() < 0.3:
-                continue
-            topic = rng.choice(["t0", "t1"])
-            rows.append((server, topic, start, start + INTERVAL, rng.randrange(1, 9), 1,
-                         rng.randrange(3), int(rng.random() < 0.95)))
-    return rows
-
-
 def expected_rollup(rows: Sequence[tuple[Any, ...]], edges: Sequence[int],
                     group_by: Sequence[str]) -> list[dict[str, Any]]:
     sums: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -337,20 +306,6 @@ def test_sql_rollup_with_a_filter_and_a_limit(
 
 
 # --- the view ------------------------------------------------------------------------------
-
-@contextlib.asynccontextmanager
-async def serve_snapshot(tmp_path: Path, rows: Sequence[tuple[Any, ...]],
-                         **extra: str) -> AsyncIterator[Served]:
-    """The real views, on the worker's runner, over a snapshot of ``rows`` with the late and
-    final columns; 20 s buckets, settings ``extra``."""
-    writer = make_snapshot(tmp_path / "snap.sqlite3", rows)
-    app, service = build_app(make_settings(tmp_path, **extra))
-    try:
-        async with running(app, service) as (url, runner):
-            yield Served(url, service, runner.addresses[0][1])
-    finally:
-        writer.close()
-
 
 @pytest.fixture
 async def served_rollups(tmp_path: Path) -> AsyncIterator[tuple[Served, list[tuple[Any, ...]]]]:

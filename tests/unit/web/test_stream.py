@@ -25,13 +25,8 @@ from bucket_app.web import stream as stream_mod
 from bucket_app.web.params import encode_token
 from bucket_app.web.service import Service
 from bucket_app.web.stream import Positions
-from tests.unit.sql.test_sql import make_db
-from tests.unit.web.test_web_limits import (
-    assert_error_shape,
-    build_app,
-    make_settings,
-    running,
-)
+from tests.support.sqlite import make_db
+from tests.support.web import assert_error_shape, build_app, make_settings, running
 
 ROWS = [(f"s-{i % 3}", "t", i * 20, i * 20 + 20, i + 1, 1) for i in range(50)]
 COLUMNS = ("server_name", "topic", "bucket_start", "bucket_end", "count", "RST_ID")

@@ -10,16 +10,12 @@ over a real SQLite snapshot and real SQL child processes. Clients with different
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote
 
@@ -29,30 +25,19 @@ import pytest
 from aiohttp import web as aioweb
 
 from bucket_app.errors import HttpError
-from bucket_app.kafka.recovery import RecoveryProgress
-from bucket_app.parts import sql_parts
-from bucket_app.settings import Settings, load
-from bucket_app.snapshot.reader import SnapshotReader
-from bucket_app.web import middleware, routes
+from bucket_app.web import middleware
 from bucket_app.web.admission import SqlAdmission
-from bucket_app.web.metrics import ConsumerLag, build_registry
-from bucket_app.web.service import Service
-from tests.unit.sql.test_sql import make_db
-from tests.unit.test_settings import SEED_INI, write_config
+from tests.support.web import (
+    TIME_LIMIT_S,
+    Served,
+    assert_error_shape,
+    build_app,
+    client,
+    make_settings,
+)
 
 # runs until the time limit stops it
 ENDLESS = "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r) SELECT count(*) FROM r"
-TIME_LIMIT_S = 0.5
-PARTITIONS = 2
-
-
-def assert_error_shape(body: Any, status: int) -> None:
-    """The project's one error shape: {"error": <text>, "status": <the HTTP status>, ...}."""
-    assert isinstance(body, dict), body
-    assert isinstance(body["error"], str) and body["error"], body
-    assert body["status"] == status, body
-
-
 # --- SqlAdmission on its own -------------------------------------------------------------------
 
 class Clock:
@@ -149,85 +134,6 @@ async def test_a_cancelled_waiter_gives_its_slot_on() -> None:
 
 
 # --- the real views on the worker's runner -----------------------------------------------------
-
-@dataclass
-class Served:
-    url: str
-    service: Service
-    port: int
-
-
-def make_settings(tmp_path: Path, **extra: str) -> Settings:
-    ini = SEED_INI.replace("sqlite_db = :memory:", f"sqlite_db = {tmp_path}/snap.sqlite3")
-    ini += f"sql_time_limit = {TIME_LIMIT_S}s\n"
-    ini += "".join(f"{key} = {value}\n" for key, value in extra.items())
-    return load(write_config(tmp_path, ini), {})
-
-
-def build_app(settings: Settings) -> tuple[faust.App, Service]:
-    """The worker's web app: routes, middlewares and runner, on a Faust app never started;
-    the service's SQL pool and threads as the worker builds them (not started)."""
-    app = faust.App(f"test-web-{uuid.uuid4().hex[:8]}", web_in_thread=True)
-    reader = SnapshotReader(settings, PARTITIONS, store=None)
-    # a snapshot that has caught up with an empty changelog
-    reader.state.started = True
-    reader.state.generation = 1
-    reader.state.changelog = {p: (0, 0) for p in range(PARTITIONS)}
-    # the agent's counters, which the views only report
-    processor: Any = SimpleNamespace(
-        counter=SimpleNamespace(batches=0, counted=0, replayed=0, late=0, dead_letters=0,
-                                skipped={}),
-        assignment={"ready": True})
-    sql, threads, processes = sql_parts(settings)
-    service = Service(settings, reader, processor, sql, threads, processes)
-    routes.register(app, service, build_registry(
-        service, ConsumerLag(settings.topic), RecoveryProgress()))
-    return app, service
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "snap.sqlite3"
-    rows = [(f"s-{i % 3}", "t", i * 20, i * 20 + 20, 1, 1) for i in range(50)]
-    writer = make_db(path, "default", rows)
-    yield path
-    writer.close()
-
-
-@pytest.fixture
-def settings_extra() -> dict[str, str]:
-    return {}
-
-
-@contextlib.asynccontextmanager
-async def running(app: faust.App, service: Service) -> AsyncIterator[tuple[str, Any]]:
-    """The views of ``build_app`` served on a free loopback port: (base URL, runner)."""
-    service.sql.start()  # as the worker does at start-up
-    runner = middleware.make_runner(app.web.web_app)  # type: ignore[attr-defined]
-    await runner.setup()
-    site = aioweb.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}", runner
-    finally:
-        await runner.cleanup()
-        service.sql.close()
-        service.threads.shutdown(wait=False, cancel_futures=True)
-
-
-@pytest.fixture
-async def served(tmp_path: Path, db: Path, settings_extra: dict[str, str],
-                 ) -> AsyncIterator[Served]:
-    app, service = build_app(make_settings(tmp_path, **settings_extra))
-    async with running(app, service) as (url, runner):
-        yield Served(url, service, runner.addresses[0][1])
-
-
-def client(address: str = "127.0.0.1", **headers: str) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(local_addr=(address, 0), force_close=True),
-        headers=headers, timeout=aiohttp.ClientTimeout(total=30))
-
 
 async def get(session: aiohttp.ClientSession, url: str) -> tuple[int, Any, Any]:
     async with session.get(url) as response:

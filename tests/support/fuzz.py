@@ -1,44 +1,30 @@
-"""Shared pieces of the property (fuzz) tests: the hypothesis profile, strategies, settings.
+"""Shared pieces of the property (fuzz) tests: strategies, careless JSON, and the oracles.
 
 The ``test_fuzz_*`` modules check that nothing a producer or an operator can write escapes as
 an unexpected exception: a bad message becomes a :class:`~bucket_app.errors.BadInput` with a
 stable ``reason``, a bad settings file a one-line :class:`~bucket_app.errors.SettingsError`,
-and a good message lands where an independent, simpler oracle says it should.
+and a good message lands where an independent, simpler oracle says it should. The oracles
+here (:func:`epoch_oracle`, :func:`iso_oracle`, :func:`lookup_oracle`, :func:`strict_json`)
+share no code with the package.
 
-Profiles: ``ci`` (the default, used by ``make test``) is derandomized - the same examples on
-every run and every machine, so a red CI run is reproducible and never flaky - with no example
-database, so nothing is written into the tree. ``explore`` draws new random examples and many
-more of them, for hunting: ``HYPOTHESIS_PROFILE=explore .venv/bin/pytest tests/unit -k fuzz``.
-Any failure found there goes back into the suite as an ``@example``.
+The hypothesis profiles (``ci``, derandomized, the default; ``explore`` for hunting) are
+registered in ``tests/conftest.py``, so every hypothesis test gets them whichever module it
+imports: ``HYPOTHESIS_PROFILE=explore .venv/bin/pytest tests/unit -k fuzz``. Any failure found
+there goes back into the suite as an ``@example``.
 """
 
 from __future__ import annotations
 
-import atexit
 import json
-import os
-import shutil
-import tempfile
+from datetime import datetime
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from bucket_app.settings import Settings, load
-from tests.unit.test_settings import SEED_INI, SQLITE_SCHEMA, replace_line, write_config
-
-settings.register_profile(
-    "ci", max_examples=150, deadline=None, derandomize=True, database=None,
-    suppress_health_check=[HealthCheck.too_slow], print_blob=True)
-settings.register_profile(
-    "explore", max_examples=3000, deadline=None, database=None,
-    suppress_health_check=[HealthCheck.too_slow], print_blob=True)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-
-REPO = Path(__file__).resolve().parents[2]
-AVRO_SCHEMA_PATH = REPO / "schemas" / "example.avsc"
+from bucket_app.counting.buckets import MAX_TS_S, MIN_TS_S
+from bucket_app.counting.decode import load_avro_schema
+from tests.support.settings import AVRO_SCHEMA_PATH
 
 INT64 = 2**63 - 1
 
@@ -112,25 +98,63 @@ def deeply_nested(depth: int) -> Any:
     return value
 
 
-def scratch_dir(prefix: str) -> Path:
-    """A directory for module-level fixtures (hypothesis tests cannot share tmp_path),
-    removed when the test run ends."""
-    path = Path(tempfile.mkdtemp(prefix=f"bucket_app-{prefix}-"))
-    atexit.register(shutil.rmtree, path, ignore_errors=True)
-    return path
+# --- oracles: the plain reading of a message ---------------------------------------------
+
+def epoch_oracle(value: Any) -> float | str:
+    """What an epoch time is: an int or float (not bool), or a number spelled as text
+    (Python's float() spelling without "_"), finite and within years 1..9999."""
+    if isinstance(value, datetime):
+        return "datetime"  # checked by the ISO oracle below
+    if type(value) in (int, float):
+        number = value
+    elif isinstance(value, str) and "_" not in value:
+        try:
+            number = float(value)
+        except ValueError:
+            return "bad_time"
+    else:
+        return "bad_time"
+    if not MIN_TS_S <= number <= MAX_TS_S:  # False for NaN
+        return "bad_time"
+    return float(number)
 
 
-def make_settings(directory: Path, *, ini: str = SEED_INI,
-                  msg_map: dict[str, str] | None = None,
-                  schema: dict[str, str] | None = None, **changes: str) -> Settings:
-    """The seed's settings under ``directory``, with ``key = value`` lines replaced."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for key, value in changes.items():
-        ini = replace_line(ini, key, value)
-    if "data_dir" not in changes:
-        ini = ini.replace("[HTTPEndpointSetting]\n",
-                          f"[HTTPEndpointSetting]\ndata_dir = {directory}/data\n")
-    path = write_config(directory, ini, msg_map or {"origin_server": "server_name",
-                                                    "topic": "topic"},
-                        schema or SQLITE_SCHEMA)
-    return load(path, {})
+def iso_oracle(dt: datetime) -> Fraction:
+    """Seconds since the epoch, exactly, from the fields of ``dt`` (naive = UTC)."""
+    days = dt.toordinal() - datetime(1970, 1, 1).toordinal()
+    seconds = Fraction(days * 86_400 + dt.hour * 3600 + dt.minute * 60 + dt.second)
+    seconds += Fraction(dt.microsecond, 10**6)
+    offset = dt.utcoffset()
+    if offset is not None:
+        seconds -= Fraction(offset.days * 86_400 + offset.seconds) + Fraction(
+            offset.microseconds, 10**6)
+    return seconds
+
+
+def lookup_oracle(msg: Any, path: str) -> Any:
+    """A literal key wins; else a dotted path walks nested objects; missing is None."""
+    if path in msg:
+        return msg[path]
+    if "." not in path:
+        return None
+    node = msg
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+SCHEMA = load_avro_schema(AVRO_SCHEMA_PATH)
+
+
+def strict_json(data: bytes) -> Any:
+    """The oracle: the standard library's reading of strict JSON (RFC 8259: UTF-8, no NaN or
+    Infinity tokens); ValueError for anything else."""
+    if has_surrogate(data):
+        raise ValueError("not UTF-8")
+    return json.loads(data, parse_constant=_refuse)
+
+
+def _refuse(token: str) -> None:
+    raise ValueError(token)
