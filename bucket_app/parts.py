@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -37,8 +38,10 @@ log = logging.getLogger(__name__)
 # child processes running user SQL (at least sql_client_limit + 1), and as many threads
 # waiting on them
 SQL_PROCESSES = 2
-# how long a stop waits for a thread of the reader or the publisher to see it should end
-THREAD_STOP_S = 10.0
+# how long a stop waits for the reader's and the publisher's threads, together: they end at
+# once with the brokers up; with the brokers gone their clients' stop can hang, and SIGTERM must
+# exit within 10 s after Faust's own bounded waits (the threads are daemons: exit ends them)
+THREAD_STOP_S = 1.5
 READER_THREADS = ("bucket_app-snapshot-reader", "bucket_app-output")
 
 
@@ -123,9 +126,10 @@ class Parts:
         await asyncio.to_thread(self._close)
 
     def _close(self) -> None:
+        deadline = time.monotonic() + THREAD_STOP_S
         for thread in threading.enumerate():
             if thread.name in READER_THREADS:
-                thread.join(THREAD_STOP_S)
+                thread.join(max(0.0, deadline - time.monotonic()))
         self.reader.store.close()
         self.reader.executor.shutdown(wait=True, cancel_futures=True)
         self.sql.close()

@@ -2,9 +2,10 @@
 
 One data set (JSON messages and a few bad ones) is produced to one topic per codec, half by kcat
 (librdkafka) and half by Kafka's Java console producer, each compressing with that codec; the
-broker's own dump of the log segments shows every batch stored compressed. A worker per topic
-counts it: every row equals the count computed here from the data set, every bad message is
-skipped by its reason, and the worker is still running.
+broker's own dump of the log segments shows the batches stored compressed (librdkafka leaves a
+batch uncompressed when compressing would not shrink it; Java's are all compressed). A worker
+per topic counts it: every row equals the count computed here from the data set, every bad
+message is skipped by its reason, and the worker is still running.
 """
 
 from __future__ import annotations
@@ -60,7 +61,11 @@ def test_each_codec_is_counted_exactly(codec, make_worker):
 
     batches = [b for p in range(PARTITIONS) for b in batches_of(topic, p)]
     assert sum(b["count"] for b in batches) == len(lines)  # each message written once
-    assert {b["codec"] for b in batches} == {codec}, batches
+    # librdkafka sends a batch uncompressed when compressing does not make it smaller (a small
+    # batch: zstd's frame costs more than it saves); Kafka's Java producer always compresses
+    assert {b["codec"] for b in batches} <= {codec, "none"}, batches
+    compressed = sum(b["count"] for b in batches if b["codec"] == codec)
+    assert compressed >= len(lines) - half, batches
 
     worker = make_worker(topic, partitions=PARTITIONS).start()
     health = worker.wait_read_to_end(topic, PARTITIONS)
