@@ -40,7 +40,7 @@ from aiokafka.errors import IncompatibleBrokerVersion, KafkaError
 
 from bucket_app import diskspace, identity
 from bucket_app.counting.lifecycle import Lifecycle
-from bucket_app.errors import SnapshotFull
+from bucket_app.errors import SnapshotDiverged, SnapshotError, SnapshotFull
 from bucket_app.identity import COUNTS_TABLE
 from bucket_app.kafka import security as kafka_security
 from bucket_app.seam import clients
@@ -160,19 +160,41 @@ class SnapshotReader:
                 return
             consumer.assign(tps)
             topic_id = await read_topic_id(consumer, self.topic, self._stopping)
-            bounds = await self._bounds(consumer, tps)
-            if bounds is None:
-                return
-            open_store = functools.partial(self.store.open, topic_id=topic_id)
-            checkpoint = await self.in_thread(open_store, bounds, await self._max_age_s())
-            self._restore(checkpoint)
-            for tp in tps:
-                if tp.partition in checkpoint.offsets:
-                    consumer.seek(tp, checkpoint.offsets[tp.partition])
-                else:
-                    await consumer.seek_to_beginning(tp)
-            self.state.started = True
-            await self._loop(consumer, tps)
+            diverged = False
+            while not self._stopping.is_set():
+                bounds = await self._bounds(consumer, tps)
+                if bounds is None:
+                    return
+                open_store = functools.partial(self.store.open, topic_id=topic_id)
+                try:
+                    checkpoint = await self.in_thread(open_store, bounds,
+                                                      await self._max_age_s())
+                except SnapshotError as exc:
+                    if not diverged:
+                        raise
+                    # still no room to rebuild in: try again (FULL says it once)
+                    diskspace.FULL.failed(SNAPSHOT, str(self.store.path), exc,
+                                          "the snapshot is rebuilt once there is room")
+                    await asyncio.sleep(diskspace.RETRY_S)
+                    continue
+                self._restore(checkpoint)
+                for tp in tps:
+                    if tp.partition in checkpoint.offsets:
+                        consumer.seek(tp, checkpoint.offsets[tp.partition])
+                    else:
+                        await consumer.seek_to_beginning(tp)
+                self.state.started = True
+                try:
+                    await self._loop(consumer, tps)
+                    return
+                except SnapshotDiverged as exc:
+                    # a full disk took the refresh in one of the two files only: the files
+                    # no longer agree, so the snapshot is rebuilt from the changelog (open
+                    # sees the commit numbers differ) once there is room
+                    diverged = True
+                    diskspace.FULL.failed(SNAPSHOT, str(self.store.path), exc,
+                                          "the snapshot is rebuilt once there is room")
+                    await asyncio.sleep(diskspace.RETRY_S)
         finally:
             await consumer.stop()
 
