@@ -4,8 +4,8 @@ registry has not given yet, and all of them while a full disk refuses the tables
 A held partition is paused with Faust's own pause (as table recovery uses) and, for the
 registry, sought back to its batch's first record, so nothing of it is counted or acknowledged
 until it resumes and its records come again: none is skipped for the outage.
-:class:`Holds` is the part of :class:`bucket_app.kafka.intake.BatchIntake` that does this;
-the intake's docstring says when.
+:class:`Holds` keeps which partitions are held and why; :class:`bucket_app.kafka.intake.BatchIntake`
+owns one and calls it around each fetch (the intake's docstring says when).
 """
 
 from __future__ import annotations
@@ -29,22 +29,24 @@ _VALUE = attrgetter("value")
 
 
 class Holds:
-    """Holding and resuming source partitions, for :class:`~bucket_app.kafka.intake.BatchIntake`."""
+    """The source partitions held back, and the reason counting waits while any are."""
 
-    consumer: SeamConsumer
-    app: Any
-    topic: str
-    sender: ChangelogSender
-    schemas: WriterSchemas | None
-    #: source partitions paused until the registry gives these schema ids
-    held: dict[TP, set[int]]
-    #: why counting waits, while partitions are held (read by /health's thread)
-    degraded: str | None
-    #: source partitions paused while the tables' writes wait for disk space
-    disk_held: set[TP]
-    _disk_retry_at: float
+    def __init__(self, consumer: SeamConsumer, topic: str, sender: ChangelogSender,
+                 schemas: WriterSchemas | None) -> None:
+        self.consumer = consumer
+        self.app = consumer.app
+        self.topic = topic
+        self.sender = sender
+        self.schemas = schemas
+        #: source partitions paused until the registry gives these schema ids
+        self.held: dict[TP, set[int]] = {}
+        #: why counting waits, while partitions are held (read by /health's thread)
+        self.degraded: str | None = None
+        #: source partitions paused while the tables' writes wait for disk space
+        self.disk_held: set[TP] = set()
+        self._disk_retry_at = 0.0
 
-    async def _with_schemas(self, records: dict[TP, list[Any]], generation: int,
+    async def with_schemas(self, records: dict[TP, list[Any]], generation: int,
                             ) -> dict[TP, list[Any]] | None:
         """The fetch without the partitions whose schema ids the registry could not give
         (those are held); None when the flow stopped or the generation changed meanwhile (the
@@ -64,7 +66,7 @@ class Holds:
                 read = consumer.read_offset(tp)
                 first = max(native.first_offset or 0, read or 0)
             else:
-                fresh = self._after_read_offset(tp, batch)
+                fresh = after_read_offset(consumer, tp, batch)
                 ids = self.schemas.missing(map(_VALUE, fresh)) if fresh else set()
                 first = fresh[0].offset if fresh else 0
             if ids:
@@ -74,7 +76,7 @@ class Holds:
         await self.schemas.fetch(set().union(*(ids for _, ids in wanted.values())),
                                  FETCH_WAIT_S)
         if not consumer.flow_active or self.app.consumer_generation_id != generation:
-            await self._seek_back()
+            await seek_back(consumer)
             return None
         kept = dict(records)
         for tp, (first, ids) in wanted.items():
@@ -93,7 +95,7 @@ class Holds:
         self.held.setdefault(tp, set()).update(ids)
         self._say_degraded()
 
-    async def _release_held(self) -> None:
+    async def release_held(self) -> None:
         """Resume the held partitions once the registry gives the ids they wait for."""
         schemas = self.schemas
         assert schemas is not None
@@ -117,7 +119,7 @@ class Holds:
         self.held.clear()
         self.degraded = None
 
-    def _pause_for_disk(self) -> None:
+    def pause_for_disk(self) -> None:
         """Stop fetching the source while RocksDB has no room for acknowledged writes.
 
         Called after a fetch was counted: what aiokafka had not yet handed over is fetched
@@ -131,7 +133,7 @@ class Holds:
             self.disk_held |= source
             self._disk_retry_at = monotonic() + diskspace.RETRY_S
 
-    def _retry_disk(self) -> None:
+    def retry_disk(self) -> None:
         """Retry the writes a full disk refused (every RETRY_S); resume the source partitions
         once they are all written."""
         unacked = self.sender.unacked
@@ -163,15 +165,19 @@ class Holds:
         self.degraded = (f"schema registry unavailable ({why}); source "
                          f"partitions {partitions} wait for schema ids {ids}")
 
-    def _after_read_offset(self, tp: TP, batch: list[Any]) -> list[Any]:
-        # Faust drops records below the partition's read offset (re-fetched after a seek).
-        read = self.consumer.read_offset(tp)
-        if read is None or not batch or batch[0].offset >= read:
-            return batch
-        return [record for record in batch if record.offset >= read]
 
-    async def _seek_back(self) -> None:
-        try:
-            await self.consumer.perform_seek()
-        except Exception as exc:  # noqa: BLE001 - Faust's getmany logs and goes on, as here
-            log.warning("exception performing seek when flow not active %r", exc)
+def after_read_offset(consumer: SeamConsumer, tp: TP, batch: list[Any]) -> list[Any]:
+    """``batch`` without the records below ``tp``'s read offset: Faust drops those (they are
+    fetched again after a seek)."""
+    read = consumer.read_offset(tp)
+    if read is None or not batch or batch[0].offset >= read:
+        return batch
+    return [record for record in batch if record.offset >= read]
+
+
+async def seek_back(consumer: SeamConsumer) -> None:
+    """Faust's seek to the committed offsets, after a fetch returned while the flow stopped."""
+    try:
+        await consumer.perform_seek()
+    except Exception as exc:  # noqa: BLE001 - Faust's getmany logs and goes on, as here
+        log.warning("exception performing seek when flow not active %r", exc)

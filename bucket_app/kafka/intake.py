@@ -65,7 +65,7 @@ from faust.types import TP
 from bucket_app.counting.kernel import KernelFetch
 from bucket_app.kafka.changelog import ChangelogRecord, ChangelogSender
 from bucket_app.kafka.deadletter import DeadLetter, DeadLetterSender
-from bucket_app.kafka.holds import Holds
+from bucket_app.kafka.holds import Holds, after_read_offset, seek_back
 from bucket_app.kafka.registry import WriterSchemas
 from bucket_app.seam.consumer import SeamConsumer, reset_current_event, set_current_event
 
@@ -104,14 +104,14 @@ class Counted:
     """A counted batch whose offsets are acknowledged once its changelog records are durable."""
 
     tp: TP
-    offsets: list[int]
+    offsets: Sequence[int]  # ascending; a range when without a hole
     previous: int | None  # the read offset before this batch (for gap detection)
     sentinel: Any  # Faust message kept in the consumer's unacknowledged set until then
     changes: list[ChangelogRecord]
     dead: list[DeadLetter]
 
 
-class BatchIntake(Holds):
+class BatchIntake:
     """The fetch loop of one Faust consumer, with a batch path for ``topic``."""
 
     def __init__(self, consumer: SeamConsumer, topic: str, handle: BatchHandler,
@@ -124,13 +124,12 @@ class BatchIntake(Holds):
         self.sender = sender
         self.dead_letters = dead_letters
         self.schemas = schemas
-        #: source partitions paused until the registry gives these schema ids
-        self.held: dict[TP, set[int]] = {}
-        #: why counting waits, while partitions are held (read by /health's thread)
-        self.degraded: str | None = None
-        #: source partitions paused while the tables' writes wait for disk space
-        self.disk_held: set[TP] = set()
-        self._disk_retry_at = 0.0
+        self.holds = Holds(consumer, topic, sender, schemas)
+
+    @property
+    def degraded(self) -> str | None:
+        """Why counting waits, while partitions are held (read by /health's thread)."""
+        return self.holds.degraded
 
     def install(self) -> None:
         """Make the consumer's Fetcher run :meth:`drain` instead of Faust's per-message loop."""
@@ -145,18 +144,19 @@ class BatchIntake(Holds):
                 # As in Faust's getmany: the generation is the one the fetch returned in.
                 generation = self.app.consumer_generation_id
                 positions = consumer.take_positions()
-                if self.held:
-                    await self._release_held()
-                if self.disk_held or self.sender.unacked.stalled:
-                    self._retry_disk()
+                holds = self.holds
+                if holds.held:
+                    await holds.release_held()
+                if holds.disk_held or self.sender.unacked.stalled:
+                    holds.retry_disk()
                 if not (records or positions) or consumer.should_stop:
                     continue
                 if not consumer.flow_active:
                     # Returned during a rebalance: Faust seeks back to the committed offsets.
-                    await self._seek_back()
+                    await seek_back(consumer)
                     continue
                 if self.schemas is not None and records:
-                    ready = await self._with_schemas(records, generation)
+                    ready = await holds.with_schemas(records, generation)
                     if ready is None:
                         continue
                     # a held partition is read again from its first record: its position too
@@ -171,7 +171,7 @@ class BatchIntake(Holds):
                         break
                 await self._ebb()
                 if self.sender.unacked.stalled:
-                    self._pause_for_disk()
+                    holds.pause_for_disk()
                 await consumer.commit_if_due()
         except consumer.consumer_stopped_errors:
             if self.app.should_stop:
@@ -230,7 +230,7 @@ class BatchIntake(Holds):
         native = batch[0] if len(batch) == 1 and isinstance(batch[0], KernelFetch) else None
         if native is not None and read is not None and (native.first_offset or 0) < read:
             batch, native = native.unpacked(), None  # fetched again after a seek: rare
-        fresh: Any = native if native is not None else self._after_read_offset(tp, batch)
+        fresh: Any = native if native is not None else after_read_offset(consumer, tp, batch)
         last_record = native.last_offset if native is not None else (
             fresh[-1].offset if fresh else None)
         passed = None
@@ -240,10 +240,11 @@ class BatchIntake(Holds):
                 passed = position - 1
         if last_record is None and passed is None:
             return None
-        # a fetch the kernel read hands over its offsets, not its records
-        offsets = native.record_offsets() if native is not None else list(map(_OFFSET, fresh))
+        # a fetch the kernel read hands over its offsets, not its records; offsets without a
+        # hole go as a range, acknowledged as one run (bucket_app.seam.runs)
+        offsets = native.record_offsets() if native is not None else _offsets(fresh)
         if passed is not None:
-            offsets.append(passed)
+            offsets = _then(offsets, passed)
         event = self._event_for(tp, fresh[-1] if native is None and fresh
                                 else Passed(offsets[-1]))
         consumer.hold(event.message)
@@ -324,3 +325,17 @@ class BatchIntake(Holds):
             return
         while buffer.size > PRODUCER_LOW and not self.consumer.should_stop:
             await buffer.flush_atmost(buffer.size - PRODUCER_LOW)
+
+
+def _offsets(records: Sequence[Any]) -> Sequence[int]:
+    """The records' offsets: a range when they have no hole."""
+    if records and records[-1].offset - records[0].offset == len(records) - 1:
+        return range(records[0].offset, records[-1].offset + 1)
+    return list(map(_OFFSET, records))
+
+
+def _then(offsets: Sequence[int], passed: int) -> Sequence[int]:
+    """``offsets`` and then ``passed`` (above them)."""
+    if isinstance(offsets, range) and offsets and passed == offsets.stop:
+        return range(offsets.start, passed + 1)
+    return [*offsets, passed]

@@ -16,19 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from rocksdict import AccessType, Options, Rdict
 
 from bucket_app import identity
 from bucket_app.settings import load
 from bucket_app.snapshot.reader import COUNTS_TABLE
 from tests.support.kafka import (
-    BROKERS,
     BackgroundProducer,
     bulk_records,
     create_topic,
     end_offsets,
     produce,
+    read_to_end,
     unique,
 )
 from tests.support.worker import Worker, counts_of
@@ -41,28 +40,8 @@ OFFSET_KEY = b"__faust\0offset__"  # where Faust's store keeps its changelog off
 
 def changelog_records(topic: str, partitions: int) -> dict[int, list[tuple[int, bytes, Any]]]:
     """Every record of ``topic``: partition -> [(offset, key, value or None)] in order."""
-    ends = end_offsets(topic, partitions)
-
-    async def run() -> dict[int, list[tuple[int, bytes, Any]]]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=BROKERS, group_id=None,
-                                    enable_auto_commit=False, auto_offset_reset="earliest")
-        await consumer.start()
-        try:
-            tps = [TopicPartition(topic, p) for p in range(partitions)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            found: dict[int, list[tuple[int, bytes, Any]]] = {p: [] for p in range(partitions)}
-            async def behind() -> bool:
-                return any([await consumer.position(tp) < ends[tp.partition] for tp in tps])
-
-            while await behind():
-                for tp, batch in (await consumer.getmany(timeout_ms=500)).items():
-                    found[tp.partition].extend((r.offset, r.key, r.value) for r in batch)
-            return found
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(run())
+    found = asyncio.run(read_to_end(topic, partitions))
+    return {p: [(r.offset, r.key, r.value) for r in records] for p, records in found.items()}
 
 
 def state_of(worker: Worker) -> tuple[Path, str]:

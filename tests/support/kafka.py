@@ -152,6 +152,28 @@ def end_offsets(topic: str, partitions: int, brokers: str = BROKERS,
     return asyncio.run(run())
 
 
+async def read_to_end(topic: str, partitions: int, brokers: str = BROKERS,
+                      security: dict[str, Any] | None = None) -> dict[int, list[Any]]:
+    """Every record of ``topic`` from its beginning to the end offsets it has when called:
+    partition -> aiokafka records in offset order (with key, value, offset and headers)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=brokers, group_id=None,
+                                enable_auto_commit=False, auto_offset_reset="earliest",
+                                **(security or {}))
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        found: dict[int, list[Any]] = {p: [] for p in range(partitions)}
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            for tp, batch in (await consumer.getmany(timeout_ms=500)).items():
+                found[tp.partition].extend(batch)
+        return found
+    finally:
+        await consumer.stop()
+
+
 def read_records(topic: str, partitions: int, expect: int, timeout_s: float = 30,
                  brokers: str = BROKERS) -> list[Any]:
     """The records of ``topic`` from its beginning, once ``expect`` arrived (or after
@@ -257,27 +279,11 @@ def topic_counts(topic: str, partitions: int, brokers: str = BROKERS,
     Also checks that no message (by its ``i`` field) is in the topic twice, so a producer
     retry cannot pass for a double count.
     """
-    async def read() -> list[bytes]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=brokers, group_id=None,
-                                    auto_offset_reset="earliest", enable_auto_commit=False,
-                                    **(security or {}))
-        await consumer.start()
-        try:
-            tps = [TopicPartition(topic, p) for p in range(partitions)]
-            consumer.assign(tps)
-            ends = await consumer.end_offsets(tps)
-            values: list[bytes] = []
-            while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-                batch = await consumer.getmany(timeout_ms=1000)
-                for records in batch.values():
-                    values.extend(r.value for r in records)
-            return values
-        finally:
-            await consumer.stop()
-
+    found = asyncio.run(read_to_end(topic, partitions, brokers, security))
+    values = [r.value for records in found.values() for r in records]
     expected: dict[tuple, int] = {}
     seen: set[int] = set()
-    for value in asyncio.run(read()):
+    for value in values:
         msg = json.loads(value)
         assert msg["i"] not in seen, f"message {msg['i']} is in the topic twice"
         seen.add(msg["i"])

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bucket_app.settings import load
-from tests.support.kafka import BROKERS
+from tests.support.kafka import read_to_end
 from tests.support.settings import MSG_MAP, SEED_INI, SQLITE_SCHEMA, write_config
 
 
@@ -28,23 +27,9 @@ def settings_for(tmp_path: Path, msg_map: dict[str, str] = MSG_MAP,
 
 async def read_all(topic: str, partitions: int = 3) -> list[tuple[bytes, Any]]:
     """Every record of ``topic`` from the beginning, as (key, decoded value or None)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=BROKERS, group_id=None,
-                                enable_auto_commit=False, auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        records: list[tuple[bytes, Any]] = []
-        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-            batches = await consumer.getmany(timeout_ms=500)
-            for batch in batches.values():
-                records.extend((r.key, None if r.value is None else orjson.loads(r.value))
-                               for r in batch)
-        return records
-    finally:
-        await consumer.stop()
+    found = await read_to_end(topic, partitions)
+    return [(r.key, None if r.value is None else orjson.loads(r.value))
+            for records in found.values() for r in records]
 
 
 def latest(records: list[tuple[bytes, Any]]) -> dict[bytes, Any]:
