@@ -13,6 +13,7 @@ is applied once, when this module loads.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import os
@@ -86,14 +87,37 @@ ASSIGNMENT_REFRESH_S = 0.25
 GC_YOUNG_THRESHOLD = 100_000
 # RocksDB per partition database. Faust's defaults (three 64 MiB memtables and a 2 GiB block
 # cache, each per database) let a worker's memory grow with its number of partitions far past
-# what its live window-keys need.
+# what its live window-keys need. The block cache fills for as long as the worker runs (reads
+# of keys flushed from the memtables); the live buckets are in the memtables, and the files'
+# blocks in the OS page cache, so it is kept small.
 ROCKSDB_OPTIONS = {
     "write_buffer_size": 8 * 1024 * 1024,
     "max_write_buffer_number": 2,
-    "block_cache_size": 16 * 1024 * 1024,
+    "block_cache_size": 2 * 1024 * 1024,
 }
+# glibc's malloc serves a request of at least this many bytes with an mmap of its own, returned
+# when freed. By default the threshold rises to the largest block freed (up to 32 MiB), after
+# which the fetches' 2 MiB buffers and a batch's large lists come from the heap and leave it
+# fragmented: the worker's memory crept up for as long as it ran (docs/performance.md, soak).
+# A fixed threshold also stops that rise. An operator's MALLOC_MMAP_THRESHOLD_ is kept.
+MMAP_THRESHOLD = 1024 * 1024
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+
+
+def tune_allocator() -> bool:
+    """Fix glibc's mmap threshold (MMAP_THRESHOLD); False where there is no glibc to tune."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # no C library symbols to reach, or no mallopt
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+
 
 # Process-wide, so once, at load, however many apps a process builds.
+tune_allocator()
 sys.setswitchinterval(SWITCH_INTERVAL_S)
 gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 brokerlog.install()  # aiokafka's retries while a broker is down: a line every 30 s
@@ -148,13 +172,14 @@ def counting_kernel(settings: Settings, environ: Mapping[str, str] = os.environ,
 
 
 def native_reader(kernel: NativeKernel) -> NativeReader:
-    """How the seam has ``kernel`` read a fetch: at the wall clock of the fetch, keeping what
-    the counting needs later (each record's group and offset)."""
+    """How the seam has ``kernel`` read a fetch: at the wall clock of the fetch, keeping each
+    record's offset only when they have holes (else first and last say them all); each
+    record's group is read again in the rare replay that needs it (``Grouped.count_after``)."""
     def read(data: bytes, fetch_offset: int, aborted: list[tuple[int, int]],
              read_committed: bool, check_crcs: bool) -> KernelFetch:
         return kernel.read(data, fetch_offset, time.time(), aborted=aborted,
-                           read_committed=read_committed, check_crcs=check_crcs, trace=True,
-                           offsets=True)
+                           read_committed=read_committed, check_crcs=check_crcs,
+                           offset_gaps=True)
 
     return read
 

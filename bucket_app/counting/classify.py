@@ -58,10 +58,15 @@ class Grouped:
     skipped: list[tuple[int, BadInput]] = field(default_factory=list)
     _groups: list[Any] = field(default_factory=list)  # each counted record's group
     _offsets: list[int] = field(default_factory=list)  # and its offset
+    #: gives ``(_groups, _offsets)`` when they were not kept (a fetch the kernel read)
+    _trace: Callable[[], tuple[list[Any], list[int]]] | None = None
 
     def count_after(self, index: int, offset: int) -> int:
         """Records of key ``index`` above ``offset`` (the rare replay of a partly counted
         batch: the key's stored offset is inside this batch)."""
+        if self._trace is not None:
+            self._groups, self._offsets = self._trace()
+            self._trace = None
         group = self._groups[self._offsets.index(self.lasts[index])]
         return sum(1 for each, at in zip(self._groups, self._offsets, strict=True)
                    if at > offset and each == group)

@@ -20,7 +20,8 @@ first fetch read after the registry gave its schema, and until then its records 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
@@ -97,11 +98,17 @@ class KernelFetch:
     offsets: list[int] | None  # each record's offset
     kernel_now_s: float  # the wall clock the kernel read at
 
-    def record_offsets(self) -> list[int]:
-        """Each record's offset (a fetch read with ``offsets``), for acknowledging them."""
-        if self.offsets is None:
-            raise ValueError("this fetch was read without its offsets")
-        return list(self.offsets)
+    def record_offsets(self) -> Sequence[int]:
+        """Each record's offset, for acknowledging them: a ``range`` when they have no hole (a
+        fetch read with ``offsets`` or ``offset_gaps`` has the list otherwise)."""
+        if self.offsets is not None:
+            return self.offsets
+        first, last = self.first_offset, self.last_offset
+        if first is None or last is None:
+            return []
+        if last - first + 1 == self.records:
+            return range(first, last + 1)
+        raise ValueError("this fetch was read without its offsets")
 
     def unpacked(self) -> list[FetchedRecord]:
         """Every record of the fetch (for the record-by-record path: a replay, retention)."""
@@ -150,7 +157,7 @@ class NativeKernel:
     def read(self, data: bytes, fetch_offset: int, now_s: float, *,
              aborted: list[tuple[int, int]] | None = None, read_committed: bool = False,
              check_crcs: bool = True, trace: bool = False, offsets: bool = False,
-             ) -> KernelFetch:
+             offset_gaps: bool = False) -> KernelFetch:
         """Read ``data`` (a fetch response's record bytes for one partition, fetched from
         ``fetch_offset``; ``aborted``: the response's aborted transactions as (producer id,
         first offset)) and count what the kernel is sure of at ``now_s``. Raises
@@ -162,7 +169,7 @@ class NativeKernel:
             (groups, unsure, records, first, last, next_offset, partial, min_start, max_time,
              native_trace, native_offsets) = self._kernel.count(
                 data, fetch_offset, now_s, aborted=aborted, read_committed=read_committed,
-                check_crcs=check_crcs, trace=trace, offsets=offsets)
+                check_crcs=check_crcs, trace=trace, offsets=offsets, offset_gaps=offset_gaps)
         except Refused as exc:
             reason, offset, message = exc.args
             raise KernelRefused(reason, offset, message) from None
@@ -220,21 +227,42 @@ class NativeKernel:
 
     def grouped(self, fetch: KernelFetch, partition: int, now_s: float,
                 ) -> tuple[Grouped, list[tuple[FetchedRecord, BadInput]]]:
-        """A fetch read with ``trace`` and ``offsets``, located at ``now_s``, as
-        :meth:`Classifier.group` answers for a batch (what ``Counter.add_grouped`` takes), and
-        its skipped records."""
+        """A fetch the kernel read, located at ``now_s``, as :meth:`Classifier.group` answers
+        for a batch (what ``Counter.add_grouped`` takes), and its skipped records. Read
+        without ``trace`` and ``offsets``, it is read again with them if a replay needs them."""
         found = self.locate(fetch, partition, now_s)
-        if found.trace is None or fetch.offsets is None or fetch.first_offset is None:
-            raise ValueError("grouped() needs a fetch read with trace and offsets, not empty")
+        if fetch.first_offset is None:
+            raise ValueError("grouped() needs a fetch with records")
         counted = found.min_start_s is not None and found.max_time_s is not None
+        trace, offsets = found.trace, fetch.offsets
+        kept = trace is not None and offsets is not None
         return Grouped(
             keys=found.keys, counts=found.counts, lasts=found.lasts,
             # as Classifier.group: the earliest start, the latest time capped at the clock
             min_start_s=int(found.min_start_s if found.min_start_s is not None else MAX_TS_S),
             max_time_s=(float(min(found.max_time_s, now_s))
                         if found.max_time_s is not None and counted else float("-inf")),
-            first_offset=fetch.first_offset, _groups=found.trace, _offsets=fetch.offsets,
+            first_offset=fetch.first_offset,
+            _groups=trace if trace is not None and kept else [],
+            _offsets=offsets if offsets is not None and kept else [],
+            _trace=None if kept else functools.partial(self._trace, fetch, partition, now_s,
+                                                       found.keys),
         ), found.skipped
+
+    def _trace(self, fetch: KernelFetch, partition: int, now_s: float,
+               keys: list[WindowKey]) -> tuple[list[int], list[int]]:
+        """Each record's index in ``keys`` (-1: not counted) and its offset, for a fetch read
+        without them: read again with them (the rare replay that needs them). Indexes are
+        mapped by key, so a writer schema planned in between changes nothing."""
+        fetch_offset, aborted, read_committed, check_crcs = fetch.reading
+        again = self.read(fetch.data, fetch_offset, fetch.kernel_now_s, aborted=aborted,
+                          read_committed=read_committed, check_crcs=check_crcs, trace=True,
+                          offsets=True)
+        found = self.locate(again, partition, now_s)
+        assert found.trace is not None and again.offsets is not None
+        where = {group_identity(key): at for at, key in enumerate(keys)}
+        ours = [where[group_identity(key)] for key in found.keys]
+        return [-1 if at < 0 else ours[at] for at in found.trace], list(again.offsets)
 
     def _locate(self, result: FetchCount, records: list[FetchedRecord], partition: int,
                 now_s: float) -> None:

@@ -22,7 +22,7 @@ import logging
 import time
 import weakref
 from bisect import bisect_right
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextvars import Token
 from typing import Any
 
@@ -32,6 +32,7 @@ from faust.types import TP, EventT, Message
 from mode.utils.futures import notify
 
 from bucket_app.seam import fetch
+from bucket_app.seam.runs import Runs
 from bucket_app.seam.thread import ConsumerOptions, SeamConsumerThread, options_of
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,11 @@ class SeamConsumer(faust_aiokafka.Consumer):
         #: records the brokers acknowledged (the intake's set_read_offset and ack_offsets)
         self.counted: dict[TP, int] = {}
         self.acked_through: dict[TP, int] = {}
+        #: per partition, acknowledged offsets that Faust's ``_acked`` does not hold: a batch
+        #: acknowledged without a hole is one run here, not an int per offset in ``_acked`` and
+        #: ``_acked_index``; anything else (a gap to record, an overlap, Faust's own ``ack``)
+        #: moves the runs into Faust's structures first, which stay the definition
+        self._runs: dict[TP, Runs] = {}
         self._stop_deadline: float | None = None
         self._told_unacked = False
 
@@ -223,8 +229,9 @@ class SeamConsumer(faust_aiokafka.Consumer):
 
     # --- acknowledgement ----------------------------------------------------------------
 
-    def ack_offsets(self, tp: TP, offsets: list[int], previous: int | None) -> None:
-        """Acknowledge ``offsets`` as Faust's ``Consumer.ack`` would, one offset at a time.
+    def ack_offsets(self, tp: TP, offsets: Sequence[int], previous: int | None) -> None:
+        """Acknowledge ``offsets`` (ascending) as Faust's ``Consumer.ack`` would, one offset at
+        a time.
 
         ``previous`` is the read offset before them: offsets between it and the first one, or
         between two of them, never arrived (transaction markers, compaction) and are recorded
@@ -235,6 +242,17 @@ class SeamConsumer(faust_aiokafka.Consumer):
         committed = self._committed_offset[tp]
         if committed is not None and offsets[0] < committed:
             offsets = [offset for offset in offsets if offset >= committed]
+            if not offsets:
+                return
+        first, last = offsets[0], offsets[-1]
+        contiguous = last - first == len(offsets) - 1 and (not previous or first - previous <= 1)
+        # _acked[tp] also marks tp as having acknowledgements to commit (Faust lists its keys)
+        if contiguous and not self._acked[tp] and not self._gap[tp]:
+            runs = self._runs.setdefault(tp, Runs())
+            if runs.add(first, last):
+                self._n_acked += len(offsets)
+                return
+        self._unrun(tp)
         index = self._acked_index[tp]
         if index and not index.isdisjoint(offsets):
             offsets = [offset for offset in offsets if offset not in index]
@@ -257,10 +275,24 @@ class SeamConsumer(faust_aiokafka.Consumer):
             gaps.merge_overlaps()
         self._acked_now(tp, offsets)
 
-    def _acked_now(self, tp: TP, offsets: list[int]) -> None:
+    def _acked_now(self, tp: TP, offsets: Sequence[int]) -> None:
         self._acked[tp].extend(offsets)
         self._acked_index[tp].update(offsets)
         self._n_acked += len(offsets)
+
+    def _unrun(self, tp: TP) -> None:
+        """Move ``tp``'s runs into Faust's ``_acked`` and ``_acked_index``."""
+        runs = self._runs.pop(tp, None)
+        if runs:
+            acked, index = self._acked[tp], self._acked_index[tp]
+            for span in runs.offsets():
+                acked.extend(span)
+                index.update(span)
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        await super().on_partitions_revoked(revoked)  # Faust drops their _acked and _gap
+        for tp in revoked:
+            self._runs.pop(tp, None)
 
     def _new_offset(self, tp: TP) -> int | None:
         """Faust's ``Consumer._new_offset`` (the offset to commit: one past the first run of
@@ -273,7 +305,20 @@ class SeamConsumer(faust_aiokafka.Consumer):
         The acknowledged offsets are unique (``ack_offsets`` and Faust's ``ack`` skip those in
         the index), so once sorted ``acked[i] - i`` never decreases, and the run is the prefix
         where it equals ``acked[0]``: a bisection. With gaps recorded, Faust's own method.
+        Runs (:class:`~bucket_app.seam.runs.Runs`) are kept only while Faust's structures hold
+        nothing for ``tp``; then the first run is the answer.
         """
+        runs = self._runs.get(tp)
+        if runs:
+            if self._acked[tp] or self._gap[tp]:  # Faust's own ack added some: one structure
+                self._unrun(tp)
+            else:
+                first, last = runs.head()
+                committed = self._committed_offset[tp]
+                if committed and first - committed > 1:  # as Faust: a gap at the head
+                    return None
+                runs.drop_head()
+                return last + 1
         acked = self._acked[tp]
         index = self._acked_index[tp]
         if not acked or self._gap[tp] or len(index) != len(acked):  # not unique: Faust's

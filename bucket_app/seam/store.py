@@ -40,3 +40,8 @@ def partition_keys(store: Any, partition: int) -> Iterator[tuple[bytes, Any]]:
     decode = store._decode_key
     for raw_key in store._visible_keys(partition_db(store, partition)):
         yield raw_key, decode(raw_key)
+
+
+def open_dbs(store: Any) -> dict[int, Any]:
+    """The partitions' RocksDB databases (rocksdict ``Rdict``) the store has open now."""
+    return dict(store._dbs)

@@ -209,8 +209,10 @@ impl Kernel {
     /// - first and last offset of those (None without one), next fetch offset, partial bytes;
     /// - earliest bucket start and latest event time of a counted record (None without one);
     /// - with `trace`, each record's group index (-1: left to Python), else None;
-    /// - with `offsets`, each record's offset, else None.
-    #[pyo3(signature = (data, fetch_offset, now_s, *, aborted=None, read_committed=false, check_crcs=true, trace=false, offsets=false))]
+    /// - with `offsets`, each record's offset, else None; with `offset_gaps`, the same only
+    ///   when the records' offsets are not first..=last without a hole (else first and last
+    ///   say them all).
+    #[pyo3(signature = (data, fetch_offset, now_s, *, aborted=None, read_committed=false, check_crcs=true, trace=false, offsets=false, offset_gaps=false))]
     #[allow(clippy::too_many_arguments)]
     fn count<'py>(
         &self,
@@ -223,6 +225,7 @@ impl Kernel {
         check_crcs: bool,
         trace: bool,
         offsets: bool,
+        offset_gaps: bool,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let bytes = data.as_bytes();
         let reading = Reading {
@@ -255,6 +258,13 @@ impl Kernel {
             .collect::<PyResult<Vec<_>>>()?;
         let first = fetch.records.first().map(|r| r.offset);
         let last = fetch.records.last().map(|r| r.offset);
+        let whole = match (first, last) {
+            (Some(first), Some(last)) => {
+                last.checked_sub(first).and_then(|d| d.checked_add(1)) == i64::try_from(fetch.records.len()).ok()
+            }
+            _ => true,
+        };
+        let offsets = offsets || (offset_gaps && !whole);
         (
             PyList::new(py, groups)?,
             PyList::new(py, unsure)?,

@@ -26,6 +26,6 @@ class Kernel:
     def count(
         self, data: bytes, fetch_offset: int, now_s: float, *,
         aborted: list[tuple[int, int]] | None = None, read_committed: bool = False,
-        check_crcs: bool = True, trace: bool = False, offsets: bool = False,
+        check_crcs: bool = True, trace: bool = False, offsets: bool = False, offset_gaps: bool = False,
     ) -> tuple[list[Group], list[Record], int, int | None, int | None, int, int, int | None,
                float | None, list[int] | None, list[int] | None]: ...

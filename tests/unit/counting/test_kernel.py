@@ -308,7 +308,8 @@ def test_the_batch_counter_counts_kernel_fetches_as_record_batches(data: Any,
                                                                   partition: int) -> None:
     """BatchCounter counting the fetches the kernel read gives the same table, counters and
     progress as counting the same records as aiokafka hands them over: well-formed, bad,
-    past retention, aliased values, and redelivered from an earlier offset (a replay)."""
+    past retention, aliased values, and redelivered from an earlier offset (a replay, whose
+    records' groups a fetch read without them reads again)."""
     now = int(time.time())
     values = data.draw(st.lists(st.one_of(batch_values(now), aliased_values(now)),
                                 min_size=1, max_size=80))
@@ -330,14 +331,34 @@ def test_the_batch_counter_counts_kernel_fetches_as_record_batches(data: Any,
         fetch = batch(first, [Rec(i, stamp, r.value) for i, r in enumerate(part)],
                       codec=data.draw(st.sampled_from(CODECS)))
         python.count_batch(partition, part)
-        kernel.count_batch(partition, native.read(fetch, first, now - 1, trace=True,
-                                                  offsets=True))
+        # read as the worker reads (no trace, offsets only with holes: read again when a
+        # replay needs them), or with both kept
+        reading = data.draw(st.sampled_from([{"offset_gaps": True},
+                                             {"trace": True, "offsets": True}]))
+        kernel.count_batch(partition, native.read(fetch, first, now - 1, **reading))
         at += size
         assert kernel.table == python.table
         for name in ("counted", "replayed", "skipped", "late"):
             assert getattr(kernel.counter, name) == getattr(python.counter, name), name
         assert [(r.offset, why) for r, why in kernel.take_skipped()] == [
             (r.offset, why) for r, why in python.take_skipped()]
+
+
+@given(st.data())
+def test_a_replay_reads_the_groups_again_as_they_were_kept(data: Any) -> None:
+    """Grouped.count_after (a replay inside a batch) answers the same for a fetch read as the
+    worker reads it (no trace; offsets only with holes) as for one read with both kept."""
+    now = int(time.time())
+    values = data.draw(st.lists(st.one_of(batch_values(now), aliased_values(now)),
+                                min_size=1, max_size=60))
+    fetch = batch(0, [Rec(i, now * 1000, value) for i, value in enumerate(values)])
+    native = NativeKernel(RETENTION)
+    kept, _ = native.grouped(native.read(fetch, 0, now - 1, trace=True, offsets=True), 0, now)
+    lazy, _ = native.grouped(native.read(fetch, 0, now - 1, offset_gaps=True), 0, now)
+    assert kept._trace is None and lazy._trace is not None and lazy.keys == kept.keys
+    for index in range(len(kept.keys)):
+        for offset in {-1, 0, kept.lasts[index] - 1, len(values) // 2}:
+            assert lazy.count_after(index, offset) == kept.count_after(index, offset)
 
 
 # --- reading a fetch as aiokafka does ---------------------------------------------------------

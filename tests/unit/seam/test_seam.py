@@ -229,6 +229,7 @@ def test_the_offset_to_commit_is_fausts(acked, committed, gaps):
         each._acked_index = {tp: set(acked)}
         each._committed_offset = {tp: committed}
         each._gap = {tp: IntervalTree(Interval(b, b + n) for b, n in gaps)}
+        each._runs = {}
         return each, tp
 
     seam, tp = consumer(SeamConsumer)
