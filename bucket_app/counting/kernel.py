@@ -234,19 +234,17 @@ class NativeKernel:
         if fetch.first_offset is None:
             raise ValueError("grouped() needs a fetch with records")
         counted = found.min_start_s is not None and found.max_time_s is not None
-        trace, offsets = found.trace, fetch.offsets
-        kept = trace is not None and offsets is not None
+        trace, offsets, again = found.trace, fetch.offsets, None
+        if trace is None or offsets is None:  # not kept: read again if a replay needs them
+            trace, offsets = [], []
+            again = functools.partial(self._trace, fetch, partition, now_s, found.keys)
         return Grouped(
             keys=found.keys, counts=found.counts, lasts=found.lasts,
             # as Classifier.group: the earliest start, the latest time capped at the clock
             min_start_s=int(found.min_start_s if found.min_start_s is not None else MAX_TS_S),
             max_time_s=(float(min(found.max_time_s, now_s))
                         if found.max_time_s is not None and counted else float("-inf")),
-            first_offset=fetch.first_offset,
-            _groups=trace if trace is not None and kept else [],
-            _offsets=offsets if offsets is not None and kept else [],
-            _trace=None if kept else functools.partial(self._trace, fetch, partition, now_s,
-                                                       found.keys),
+            first_offset=fetch.first_offset, _groups=trace, _offsets=offsets, _trace=again,
         ), found.skipped
 
     def _trace(self, fetch: KernelFetch, partition: int, now_s: float,

@@ -244,12 +244,10 @@ class SeamConsumer(faust_aiokafka.Consumer):
             offsets = [offset for offset in offsets if offset >= committed]
             if not offsets:
                 return
-        first, last = offsets[0], offsets[-1]
-        contiguous = last - first == len(offsets) - 1 and (not previous or first - previous <= 1)
         # _acked[tp] also marks tp as having acknowledgements to commit (Faust lists its keys)
-        if contiguous and not self._acked[tp] and not self._gap[tp]:
+        if _no_hole(offsets, previous) and not self._acked[tp] and not self._gap[tp]:
             runs = self._runs.setdefault(tp, Runs())
-            if runs.add(first, last):
+            if runs.add(offsets[0], offsets[-1]):
                 self._n_acked += len(offsets)
                 return
         self._unrun(tp)
@@ -258,8 +256,7 @@ class SeamConsumer(faust_aiokafka.Consumer):
             offsets = [offset for offset in offsets if offset not in index]
         if not offsets:
             return
-        if offsets[-1] - offsets[0] == len(offsets) - 1 and (
-                not previous or offsets[0] - previous <= 1):  # contiguous: no gap to record
+        if _no_hole(offsets, previous):  # no gap to record
             self._acked_now(tp, offsets)
             return
         gaps = self._gap[tp]
@@ -368,6 +365,13 @@ class SeamTransport(faust_aiokafka.Transport):
     Faust's extension point for this)."""
 
     Consumer = SeamConsumer
+
+
+def _no_hole(offsets: Sequence[int], previous: int | None) -> bool:
+    """Whether ascending, unique ``offsets`` follow ``previous`` (the read offset before them;
+    None or 0: unknown, as Faust reads it) and each other without a hole."""
+    return offsets[-1] - offsets[0] == len(offsets) - 1 and (
+        not previous or offsets[0] - previous <= 1)
 
 
 def set_current_event(event: EventT) -> Token[Any]:
