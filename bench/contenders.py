@@ -84,6 +84,8 @@ class Result:
     # workers' counters), before the snapshot showed the last (None: too short to tell); the
     # records counted by the first poll are left out. With 2 workers it includes the rebalance.
     counted_rate: float | None = None
+    # bucket_app: seconds from every record counted until the snapshot showed the last
+    visible_after_s: float | None = None
 
     @property
     def rate(self) -> float | None:
@@ -355,6 +357,7 @@ def _measure_bucket_app(name: str, procs: list[Worker], job: Job,
         if started is not None and all(offsets.get(p, -1) >= t for p, t in targets.items()):
             break
         time.sleep(0.1)
+    snapshot_at = now
     sql_sampler.stop()
     sql_ms = [(done - t0) * 1000 for t0, done, status in sql_sampler.samples if status == 200]
     sql_failed = len(sql_sampler.samples) - len(sql_ms)
@@ -373,6 +376,7 @@ def _measure_bucket_app(name: str, procs: list[Worker], job: Job,
                   "first count)")
     drain_rate = messages / seconds
     counted_rate = None
+    visible_after_s = None if processed_at is None else snapshot_at - processed_at
     if processed_from is not None and processed_at is not None and (
             processed_at - processed_from[0] >= 0.5):
         counted_rate = (job.messages - processed_from[1]) / (processed_at - processed_from[0])
@@ -408,7 +412,7 @@ def _measure_bucket_app(name: str, procs: list[Worker], job: Job,
     return Result(name, messages, seconds, _rss(procs), latency_ms=latency,
                   latency_at_s=latency_at, sql_ms=sql_ms, live_rate=live_rate,
                   live_kept_up=kept_up, drain_latency_ms=drain_latency, busy_rate=busy_rate,
-                  counted_rate=counted_rate,
+                  counted_rate=counted_rate, visible_after_s=visible_after_s,
                   exact=exact,
                   note=f"msg/s {window}; {busy}{queries}{live}{counted}{lat}{drain}".rstrip("; "))
 

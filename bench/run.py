@@ -309,12 +309,21 @@ def shape_row(name: str, messages: int, skipped: dict[str, int], bares: list[Res
     kernels = {}
     for kernel, runs in by_kernel.items():
         rate = median([r.rate for r in runs])
+        counted = median([r.counted_rate for r in runs])
         kernels[kernel] = {
-            "msg_per_s": rate, "counted_msg_per_s": median([r.counted_rate for r in runs]),
+            # until the snapshot shows the last message
+            "msg_per_s": rate,
             "ratio_to_bare": ratio(rate, bare_rate),
             "ratio_to_kstreams_alos_per_thread": ratio(rate, ks_rate),
             "fraction_of_kcat": ratio(rate, kcat_rate),
-            "rounds": [r.rate for r in runs], "exact": all(r.exact for r in runs),
+            # until the last record is counted: the end point of bare's, KS's and kcat's
+            "counted_msg_per_s": counted,
+            "counted_ratio_to_bare": ratio(counted, bare_rate),
+            "counted_ratio_to_kstreams_alos_per_thread": ratio(counted, ks_rate),
+            "counted_fraction_of_kcat": ratio(counted, kcat_rate),
+            "visible_after_s": median([r.visible_after_s for r in runs]),
+            "rounds": [r.rate for r in runs], "counted_rounds": [r.counted_rate for r in runs],
+            "exact": all(r.exact for r in runs),
             "peak_rss_mb": max(r.peak_rss_mb for r in runs),
             "notes": [r.note for r in runs]}
     return {
@@ -365,8 +374,8 @@ def print_shapes(shape_rows: list[dict[str, Any]], messages: int) -> None:
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     kernels = list(shape_rows[0]["kernels"]) if shape_rows else []
     header = (f"{'shape':<15} {'kcat':>9} {'bare':>8} {'KS alos':>8}" + "".join(
-        f" {'[' + k + ']':>9} {'x bare':>6} {'x KS':>5} {'/kcat':>5}" for k in kernels)
-        + f" {'exact':>6}")
+        f" {'[' + k + ']':>9} {'x bare':>6} {'x KS':>5} {'/kcat':>5} {'snapshot':>9} {'+s':>4}"
+        for k in kernels) + f" {'exact':>6}")
     print(f"\npayload shapes: {messages} messages each, msg/s: kcat's drain, the bare loop, "
           f"Kafka Streams at_least_once (1 stream thread) and 1 bucket_app worker per "
           f"BUCKET_APP_KERNEL; load average {load}\n{header}\n{'-' * len(header)}")
@@ -376,14 +385,18 @@ def print_shapes(shape_rows: list[dict[str, Any]], messages: int) -> None:
                 f"{fmt(row['kstreams_alos_msg_per_s'], '.0f'):>8}")
         for kernel in kernels:
             k = row["kernels"][kernel]
-            line += (f" {fmt(k['msg_per_s'], '.0f'):>9} {fmt(k['ratio_to_bare'], '.2f'):>6} "
-                     f"{fmt(k['ratio_to_kstreams_alos_per_thread'], '.2f'):>5} "
-                     f"{fmt(k['fraction_of_kcat'], '.2f'):>5}")
+            line += (f" {fmt(k['counted_msg_per_s'], '.0f'):>9} "
+                     f"{fmt(k['counted_ratio_to_bare'], '.2f'):>6} "
+                     f"{fmt(k['counted_ratio_to_kstreams_alos_per_thread'], '.2f'):>5} "
+                     f"{fmt(k['counted_fraction_of_kcat'], '.2f'):>5} "
+                     f"{fmt(k['msg_per_s'], '.0f'):>9} {fmt(k['visible_after_s'], '.1f'):>4}")
         print(f"{line} {yes(row['exact']):>6}")
-    print("bucket_app: msg/s until its snapshot shows the last message; kcat: start to exit, no "
-          "parsing (the ceiling); KS alos: from its first record to the last, after its JIT "
-          "warm-up; x KS: bucket_app per worker over Kafka Streams per stream thread; exact: "
-          "every contender's counts (kcat counts nothing); medians over rounds")
+    print("bucket_app [kernel]: msg/s until every record is counted (the workers' counters), the "
+          "end point of the others; snapshot: msg/s until its snapshot shows the last message, "
+          "+s later; kcat: start to exit, no parsing (the ceiling); KS alos: from its first "
+          "record to the last, after its JIT warm-up; x KS: bucket_app per worker over Kafka "
+          "Streams per stream thread; exact: every contender's counts (kcat counts nothing), "
+          "each bucket_app's as its snapshot shows them; medians over rounds")
 
 
 def fmt(value: float | None, spec: str) -> str:

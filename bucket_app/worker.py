@@ -7,13 +7,13 @@ counting agent; everything else the worker runs (snapshot reader, SQL processes,
 routes) is its :class:`~bucket_app.parts.Parts`, started and stopped with the app. The agent is
 the only writer of the table; it also sweeps expired buckets with changelog tombstones, while
 handling an event of the partition it sweeps, because Faust routes table writes by the current
-event. Process-wide tuning (GIL switch interval, garbage collector, broker-outage log filter)
-is applied once, when this module loads.
+event. Process-wide tuning (GIL switch interval, garbage collector, glibc's malloc threshold,
+broker-outage log filter) is applied once, when this module loads; the heap is trimmed on a
+timer (:mod:`bucket_app.allocator`).
 """
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import logging
 import os
@@ -26,7 +26,7 @@ from typing import Any
 import faust
 from faust.types import TP
 
-from bucket_app import identity
+from bucket_app import allocator, identity
 from bucket_app.counting.decode import WriterSchema
 from bucket_app.counting.kernel import KernelFetch, NativeKernel
 from bucket_app.errors import SettingsError
@@ -34,6 +34,7 @@ from bucket_app.kafka import brokerlog, codecs
 from bucket_app.kafka import security as kafka_security
 from bucket_app.kafka.changelog import ChangelogSender
 from bucket_app.kafka.deadletter import DeadLetterSender
+from bucket_app.kafka.fetchsize import FetchSizes
 from bucket_app.kafka.intake import BatchIntake
 from bucket_app.kafka.recovery import RecoveryProgress
 from bucket_app.kafka.registry import Reader, RegistryClient, WriterSchemas, wait_for_reader
@@ -77,8 +78,11 @@ SWITCH_INTERVAL_S = 0.0005
 FETCH_MAX_WAIT_MS = 200
 FETCH_MIN_BYTES = 2 * 1024 * 1024
 # The most one fetch returns, all partitions together: the most one batch counts, and so the
-# bound on the memory a batch takes.
+# bound on the memory a batch takes. With the kernel, a backlog of few window-keys is read in
+# fetches of up to LARGE_FETCH_MAX_BYTES, which write no more window-keys than a fetch of
+# FETCH_MAX_BYTES can (bucket_app.kafka.fetchsize).
 FETCH_MAX_BYTES = 2 * 1024 * 1024
+LARGE_FETCH_MAX_BYTES = 8 * 1024 * 1024
 # how often /health's view of this worker's partitions is refreshed
 ASSIGNMENT_REFRESH_S = 0.25
 # Allocations between young garbage collections (CPython's default is 700). A batch makes
@@ -95,29 +99,8 @@ ROCKSDB_OPTIONS = {
     "max_write_buffer_number": 2,
     "block_cache_size": 2 * 1024 * 1024,
 }
-# glibc's malloc serves a request of at least this many bytes with an mmap of its own, returned
-# when freed. By default the threshold rises to the largest block freed (up to 32 MiB), after
-# which the fetches' 2 MiB buffers and a batch's large lists come from the heap and leave it
-# fragmented: the worker's memory crept up for as long as it ran (docs/performance.md, soak).
-# A fixed threshold also stops that rise. An operator's MALLOC_MMAP_THRESHOLD_ is kept.
-MMAP_THRESHOLD = 1024 * 1024
-_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
-
-
-def tune_allocator() -> bool:
-    """Fix glibc's mmap threshold (MMAP_THRESHOLD); False where there is no glibc to tune."""
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # no C library symbols to reach, or no mallopt
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
-
-
 # Process-wide, so once, at load, however many apps a process builds.
-tune_allocator()
+allocator.tune()
 sys.setswitchinterval(SWITCH_INTERVAL_S)
 gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 brokerlog.install()  # aiokafka's retries while a broker is down: a line every 30 s
@@ -325,7 +308,8 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     # this app's consumer only: the committed-offset seek, fetch sizes, record batches
     app.equip(processor, parts, ConsumerOptions(
         settings.topic, FETCH_MIN_BYTES, FETCH_MAX_WAIT_MS, FETCH_MAX_BYTES,
-        settings.isolation_level, None if kernel is None else native_reader(kernel)))
+        settings.isolation_level, None if kernel is None else native_reader(kernel),
+        None if kernel is None else FetchSizes(FETCH_MAX_BYTES, LARGE_FETCH_MAX_BYTES).after))
     guard_local_state(settings, Path(app.conf.tabledir))
 
     @app.agent(source, name="bucket_app.count")
@@ -347,6 +331,10 @@ def create_app(settings: Settings, partitions: int | None = None) -> faust.App:
     @app.timer(ASSIGNMENT_REFRESH_S)
     async def refresh_assignment() -> None:
         processor.refresh_assignment()
+
+    @app.timer(allocator.TRIM_INTERVAL_S)
+    async def trim_heap() -> None:
+        allocator.trim()
 
     @app.task
     async def quiet_logging() -> None:

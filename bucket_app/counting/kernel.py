@@ -98,6 +98,12 @@ class KernelFetch:
     offsets: list[int] | None  # each record's offset
     kernel_now_s: float  # the wall clock the kernel read at
 
+    @property
+    def window_keys(self) -> int:
+        """The window-keys the fetch's records touch, at most (each record left to locate
+        taken as one of its own)."""
+        return len(self.groups) + len(self.unsure)
+
     def record_offsets(self) -> Sequence[int]:
         """Each record's offset, for acknowledging them: a ``range`` when they have no hole (a
         fetch read with ``offsets`` or ``offset_gaps`` has the list otherwise)."""

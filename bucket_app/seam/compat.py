@@ -144,6 +144,8 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
     _attribute(AIOKafkaConsumer, "_client",
                "fetch: the client its fetcher sends through (record bytes for the kernel)"),
     _attribute(Fetcher, "_records", "fetch: fetched results, hooked for the source topic"),
+    _attribute(Fetcher, "_fetch_max_bytes",
+               "fetch: larger fetches while a backlog of few window-keys is read"),
     _attribute(FetchResult, "_topic_partition", "fetch: getall_batches (aiokafka's getall)"),
     _attribute(FetchResult, "_partition_records", "fetch: getall_batches"),
     _method(FetchResult, "_update_position", ("self",), "fetch: getall_batches"),

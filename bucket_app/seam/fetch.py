@@ -60,14 +60,20 @@ Positions = dict[Any, int]
 
 #: Reads one fetched partition's record bytes natively: ``(bytes, fetch offset, aborted
 #: transactions as (producer id, first offset), read_committed, check_crcs)`` in; out an object
-#: with ``next_offset``, ``first_offset`` and ``last_offset`` (None without records) that the
-#: intake hands to the counting in place of the records. Raises a BucketAppError for a fetch it
-#: does not read, which aiokafka then reads.
+#: with ``next_offset``, ``first_offset`` and ``last_offset`` (None without records),
+#: ``records`` and ``window_keys`` (how many it touched, at most) that the intake hands to the
+#: counting in place of the records. Raises a BucketAppError for a fetch it does not read,
+#: which aiokafka then reads.
 NativeReader = Callable[[bytes, int, list[tuple[int, int]], bool, bool], Any]
+#: The size of the consumer's next fetch (``fetch.max.bytes``), after a fetch read natively:
+#: ``(records, window_keys, records left behind it up to the high watermark)`` in
+#: (bucket_app.kafka.fetchsize).
+FetchSizer = Callable[[int, int, int], int]
 
 
 def bulk_source_records(consumer: AIOKafkaConsumer, topic: str,
-                        native: NativeReader | None = None) -> Positions:
+                        native: NativeReader | None = None,
+                        sizer: FetchSizer | None = None) -> Positions:
     """Let ``consumer`` (started) hand over ``topic``'s records a Kafka record batch at a time,
     as it decoded them.
 
@@ -90,12 +96,20 @@ def bulk_source_records(consumer: AIOKafkaConsumer, topic: str,
 
     With ``native``, a fetch of ``topic`` whose record bytes the consumer's client received
     (:func:`keep_fetched_bytes`) is read by ``native`` instead, and handed over as the one
-    object it returns; a fetch it refuses is unpacked by aiokafka as above.
+    object it returns; a fetch it refuses is unpacked by aiokafka as above. With ``sizer`` too,
+    each fetch ``native`` read sets the size of the fetcher's next fetches (the fetcher reads
+    ``_fetch_max_bytes`` for each fetch request it builds, on this same thread).
     """
     fetcher = consumer._fetcher
     if fetcher is None:
         raise RuntimeError("bulk_source_records needs a started consumer")
-    hooked = SourceFetches(topic, native)
+
+    seen = None
+    if sizer is not None:
+        def seen(records: int, window_keys: int, behind: int) -> None:
+            fetcher._fetch_max_bytes = sizer(records, window_keys, behind)
+
+    hooked = SourceFetches(topic, native, seen)
     hooked.update(fetcher._records)
     fetcher._records = hooked
     if native is not None:
@@ -138,13 +152,17 @@ class SourceFetches(OrderedDict):  # type: ignore[type-arg]
     gets a ``getall`` of its own.
     """
 
-    def __init__(self, topic: str, native: NativeReader | None = None) -> None:
+    def __init__(self, topic: str, native: NativeReader | None = None,
+                 seen: Callable[[int, int, int], None] | None = None) -> None:
         super().__init__()
         self.topic = topic
         self.positions: Positions = {}
         self.native = native
-        #: the source partitions' last fetched record bytes: (fetch offset, bytes, aborted)
-        self.raw: dict[Any, tuple[int, bytes, list[tuple[int, int]]]] = {}
+        #: told (records, window-keys, records behind) of each fetch read natively
+        self.seen = seen
+        #: the source partitions' last fetched record bytes: (fetch offset, bytes, aborted,
+        #: the partition's high watermark)
+        self.raw: dict[Any, tuple[int, bytes, list[tuple[int, int]], int]] = {}
 
     def __setitem__(self, tp: Any, result: Any) -> None:
         if tp.topic == self.topic and type(result) is FetchResult:
@@ -169,13 +187,14 @@ class SourceFetches(OrderedDict):  # type: ignore[type-arg]
         for topic, partitions in response.topics:
             if topic != self.topic:
                 continue
-            for partition, error_code, _highwater, *data in partitions:
+            for partition, error_code, highwater, *data in partitions:
                 offset = asked.get(partition)
                 if error_code or offset is None or not data:
                     continue
                 aborted = data[2] if version >= 11 else data[-2] if version >= 4 else None
                 self.raw[TopicPartition(topic, partition)] = (
-                    offset, data[-1], [(int(pid), int(first)) for pid, first in aborted or []])
+                    offset, data[-1], [(int(pid), int(first)) for pid, first in aborted or []],
+                    highwater)
 
     def read_natively(self, tp: Any, partition: PartitionRecords) -> Any:
         """The native reading of ``tp``'s fetch, when its bytes were kept and it reads them;
@@ -183,15 +202,18 @@ class SourceFetches(OrderedDict):  # type: ignore[type-arg]
         raw = self.raw.pop(tp, None)
         if self.native is None or raw is None:
             return None
-        offset, data, aborted = raw
+        offset, data, aborted, highwater = raw
         if offset != partition.next_fetch_offset or not isinstance(data, bytes):
             return None  # not this result's fetch
         try:
-            return self.native(data, offset, aborted,
+            read = self.native(data, offset, aborted,
                                partition._isolation_level == READ_COMMITTED,
                                partition._check_crcs)
         except BucketAppError:  # refused: aiokafka reads it, and raises where it raises
             return None
+        if self.seen is not None:
+            self.seen(read.records, read.window_keys, max(highwater - read.next_offset, 0))
+        return read
 
 
 def getall_batches(result: FetchResult, max_records: int | None = None, *,

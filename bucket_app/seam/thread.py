@@ -26,6 +26,8 @@ class ConsumerOptions:
     isolation_level: str = "read_committed"
     #: reads the source topic's fetches natively (fetch.NativeReader), when the kernel runs
     native: fetch.NativeReader | None = None
+    #: the size of the next fetch after each fetch read natively (fetch.FetchSizer)
+    sizer: fetch.FetchSizer | None = None
 
 
 def options_of(app: Any) -> ConsumerOptions | None:
@@ -97,4 +99,5 @@ class SeamConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         if options is not None and not self.app.client_only:
             consumer: Any = self.consumer  # the SeamConsumer this thread fetches for
             consumer.positions = fetch.bulk_source_records(self._ensure_consumer(),
-                                                           options.source_topic, options.native)
+                                                           options.source_topic, options.native,
+                                                           options.sizer)
