@@ -3,11 +3,10 @@
 A worker's live memory is small and steady (the window-keys of the open buckets, RocksDB's
 memtables), while each fetch passes through megabytes of buffers, lists and records that are
 freed a moment later. glibc keeps what is freed inside its heap for reuse, so the resident
-memory follows the largest moment the worker has had, not what it holds: over a soak it rose for
-the first ten minutes and stayed at the top (docs/performance.md, "Soak"). Two settings bound
-that, both no-ops where the C library is not glibc:
+memory follows the largest moment the worker has had, not what it holds (docs/performance.md,
+"Soak"). Two settings bound that, both no-ops where the C library is not glibc:
 
-- :func:`tune`: a fixed mmap threshold, applied once at load;
+- :func:`tune`: a fixed mmap threshold and two arenas, applied once at load;
 - :func:`trim`: the heap's free pages handed back to the kernel, run every
   :data:`TRIM_INTERVAL_S` by the worker.
 
@@ -27,12 +26,19 @@ from typing import Any
 # A fixed threshold also stops that rise. An operator's MALLOC_MMAP_THRESHOLD_ is kept.
 MMAP_THRESHOLD = 1024 * 1024
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+# glibc gives each thread that allocates while another holds an arena's lock an arena of its
+# own, up to 8 per core: a worker's consumer thread (the kernel), web server, snapshot and SQL
+# threads and RocksDB's background threads each came to keep free memory of their own, and the
+# heap's free part kept growing for half an hour of a soak (docs/performance.md). Two arenas
+# keep the main loop and the consumer thread off one lock. An operator's MALLOC_ARENA_MAX is
+# kept.
+ARENA_MAX = 2
+_M_ARENA_MAX = -8
 # How often the heap's free pages go back to the kernel. glibc returns free memory by itself
 # only from the top of the heap, so a free page below a live block stays resident until it is
-# reused: the heap's free part (15-22 MB of 47-54 MB in a soak) was resident and grew with the
-# heap's worst fragmentation so far. malloc_trim walks every arena's free chunks and gives
-# their whole pages back (madvise); it takes about a millisecond for such a heap, and the pages
-# a later batch needs are faulted back in as it touches them.
+# reused, and the heap's free part grows with its worst fragmentation so far. malloc_trim walks
+# every arena's free chunks and gives their whole pages back (madvise); free chunks smaller
+# than a page stay. The pages a later batch needs are faulted back in as it touches them.
 TRIM_INTERVAL_S = 10.0
 
 
@@ -44,16 +50,21 @@ def _libc() -> Any | None:
         return None
 
 
-def tune() -> bool:
-    """Fix glibc's mmap threshold (MMAP_THRESHOLD); False where there is no glibc to tune or
-    the operator set MALLOC_MMAP_THRESHOLD_."""
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return False
+def tune() -> list[str]:
+    """Fix glibc's mmap threshold (MMAP_THRESHOLD) and number of arenas (ARENA_MAX), each
+    unless the operator set its variable (MALLOC_MMAP_THRESHOLD_, MALLOC_ARENA_MAX); return
+    the names of those set (none where there is no glibc to tune). Call before threads start."""
     mallopt = getattr(_libc(), "mallopt", None)
     if mallopt is None:
-        return False
+        return []
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    done = []
+    for variable, parameter, value in (("MALLOC_MMAP_THRESHOLD_", _M_MMAP_THRESHOLD,
+                                        MMAP_THRESHOLD),
+                                       ("MALLOC_ARENA_MAX", _M_ARENA_MAX, ARENA_MAX)):
+        if variable not in os.environ and mallopt(parameter, value):
+            done.append(variable)
+    return done
 
 
 def trim() -> bool:

@@ -160,22 +160,19 @@ class SnapshotReader:
                 return
             consumer.assign(tps)
             topic_id = await read_topic_id(consumer, self.topic, self._stopping)
+            open_store = functools.partial(self.store.open, topic_id=topic_id)
             diverged = False
             while not self._stopping.is_set():
                 bounds = await self._bounds(consumer, tps)
                 if bounds is None:
                     return
-                open_store = functools.partial(self.store.open, topic_id=topic_id)
                 try:
                     checkpoint = await self.in_thread(open_store, bounds,
                                                       await self._max_age_s())
                 except SnapshotError as exc:
                     if not diverged:
                         raise
-                    # still no room to rebuild in: try again (FULL says it once)
-                    diskspace.FULL.failed(SNAPSHOT, str(self.store.path), exc,
-                                          "the snapshot is rebuilt once there is room")
-                    await asyncio.sleep(diskspace.RETRY_S)
+                    await self._wait_for_room(exc)  # still no room to rebuild in
                     continue
                 self._restore(checkpoint)
                 for tp in tps:
@@ -192,11 +189,16 @@ class SnapshotReader:
                     # no longer agree, so the snapshot is rebuilt from the changelog (open
                     # sees the commit numbers differ) once there is room
                     diverged = True
-                    diskspace.FULL.failed(SNAPSHOT, str(self.store.path), exc,
-                                          "the snapshot is rebuilt once there is room")
-                    await asyncio.sleep(diskspace.RETRY_S)
+                    await self._wait_for_room(exc)
         finally:
             await consumer.stop()
+
+    async def _wait_for_room(self, exc: SnapshotError) -> None:
+        """Say that the snapshot waits for disk space to be rebuilt (FULL says it once), and
+        wait before the next try."""
+        diskspace.FULL.failed(SNAPSHOT, str(self.store.path), exc,
+                              "the snapshot is rebuilt once there is room")
+        await asyncio.sleep(diskspace.RETRY_S)
 
     async def _bounds(self, consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition],
                       ) -> dict[int, tuple[int, int]] | None:

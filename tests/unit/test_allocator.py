@@ -44,9 +44,12 @@ def test_trim_returns_free_pages_below_a_live_block() -> None:
 
 
 @glibc
-def test_tune_keeps_an_operators_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tune_keeps_an_operators_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
-    assert not allocator.tune()
+    assert allocator.tune() == ["MALLOC_ARENA_MAX"]
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert allocator.tune() == []
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
-    assert allocator.tune()
-    assert "MALLOC_MMAP_THRESHOLD_" not in os.environ
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert allocator.tune() == ["MALLOC_MMAP_THRESHOLD_", "MALLOC_ARENA_MAX"]
+    assert "MALLOC_ARENA_MAX" not in os.environ
