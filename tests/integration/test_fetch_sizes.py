@@ -1,6 +1,7 @@
 """With the kernel, a backlog of few window-keys is read in larger fetches, and one where every
 record is a window-key of its own is not (bucket_app.kafka.fetchsize): the same bytes, counted
-exactly either way, the first in at most 60% of the second's batches."""
+exactly either way, the first in at most three quarters of the second's batches (about half
+once past the first and the last fetches of each partition; as many without larger fetches)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,6 @@ def test_a_backlog_of_few_keys_is_read_in_fewer_larger_fetches(make_worker):
         batches[kind] = health["worker"]["batches"]
         worker.stop()
     # distinct: 24,000 window-keys in 2 MiB fetches, about a dozen batches; few: 4 window-keys,
-    # larger fetches after the first
+    # 4 MiB a partition after the first fetch, 2 MiB again for the last records of each
     assert batches["distinct"] >= 10, batches
-    assert batches["few"] <= 0.6 * batches["distinct"], batches
+    assert batches["few"] <= 0.75 * batches["distinct"], batches
