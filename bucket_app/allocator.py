@@ -29,7 +29,7 @@ _M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 # glibc gives each thread that allocates while another holds an arena's lock an arena of its
 # own, up to 8 per core: a worker's consumer thread (the kernel), web server, snapshot and SQL
 # threads and RocksDB's background threads each came to keep free memory of their own, and the
-# heap's free part kept growing for half an hour of a soak (docs/performance.md). Two arenas
+# heap's free part kept growing as long as a soak ran (docs/performance.md, "Soak"). Two arenas
 # keep the main loop and the consumer thread off one lock. An operator's MALLOC_ARENA_MAX is
 # kept.
 ARENA_MAX = 2

@@ -3,11 +3,10 @@ is read, with the kernel.
 
 A counted batch writes each window-key it touched once (RocksDB, a changelog record, later a
 snapshot row), however many of its records fell into it. Reading a backlog in larger fetches
-writes each window-key once per more records: with 1,000 keys the kernel's CPU per message fell
-by about a fifth with 8 MiB fetches instead of 2 MiB (docs/performance.md). But the writes a
-batch holds at once grow with its size where window-keys are many, and a fetch four times as
-large made the worker's peak memory 40% larger where every record was a window-key of its own.
-So a fetch is large only while both hold for the partition fetch just read:
+writes each window-key once per more records, and the kernel's CPU per message falls. But the
+writes a batch holds at once grow with its size where window-keys are many, and with them the
+worker's peak memory (docs/performance.md, "Larger fetches for few-key backlogs"). So a fetch
+is large only while both hold for the partition fetch just read:
 
 - it touched at most one window-key per ``large // small`` records: a large fetch of such
   records writes no more window-keys than a small fetch can (one per record), so the memory a
