@@ -16,6 +16,7 @@ Imports nothing of bucket_app: the worker applies it before anything else is bui
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 from typing import Any
 
@@ -42,8 +43,10 @@ _M_ARENA_MAX = -8
 TRIM_INTERVAL_S = 10.0
 
 
+@functools.cache
 def _libc() -> Any | None:
-    """The process's C library symbols, or None where they cannot be reached."""
+    """The process's C library symbols, or None where they cannot be reached; looked up once,
+    not at every trim."""
     try:
         return ctypes.CDLL(None)
     except OSError:

@@ -7,8 +7,8 @@ counting agent; everything else the worker runs (snapshot reader, SQL processes,
 routes) is its :class:`~bucket_app.parts.Parts`, started and stopped with the app. The agent is
 the only writer of the table; it also sweeps expired buckets with changelog tombstones, while
 handling an event of the partition it sweeps, because Faust routes table writes by the current
-event. Process-wide tuning (GIL switch interval, garbage collector, glibc's malloc threshold,
-broker-outage log filter) is applied once, when this module loads; the heap is trimmed on a
+event. Process-wide tuning (GIL switch interval, garbage collector, glibc's mmap threshold and
+arenas, broker-outage log filter) is applied once, when this module loads; the heap is trimmed on a
 timer (:mod:`bucket_app.allocator`).
 """
 
