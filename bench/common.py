@@ -268,6 +268,45 @@ def peak_rss_mb(pid: int) -> float:
     return total_kb / 1024
 
 
+@dataclass(frozen=True)
+class CpuMark:
+    """A point in time and the CPU used by then: all cores (busy and total jiffies, from
+    /proc/stat) and a process tree (seconds), so that the cores a run kept busy are read
+    between two marks (:meth:`cores_since`)."""
+
+    at: float
+    machine_busy: int
+    machine_total: int
+    tree_s: float
+
+    @classmethod
+    def now(cls, pids: list[int]) -> CpuMark:
+        cpu = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+        jiffies = [int(x) for x in cpu]  # user nice system idle iowait irq softirq steal
+        total = sum(jiffies)
+        tick = os.sysconf("SC_CLK_TCK")
+        tree = 0
+        for pid in pids:
+            for each in _descendants(pid):
+                try:
+                    stat = Path(f"/proc/{each}/stat").read_text()
+                except OSError:
+                    continue
+                fields = stat.rsplit(")", 1)[1].split()
+                tree += int(fields[11]) + int(fields[12])  # utime, stime
+        return cls(time.monotonic(), total - jiffies[3] - jiffies[4], total, tree / tick)
+
+    def cores_since(self, earlier: CpuMark) -> dict[str, float]:
+        """Cores kept busy between ``earlier`` and this mark: by the whole machine (of
+        ``os.cpu_count()``) and by the process tree."""
+        total = self.machine_total - earlier.machine_total
+        busy = (self.machine_busy - earlier.machine_busy) / total if total else 0.0
+        seconds = self.at - earlier.at
+        return {"machine_cores": round(busy * (os.cpu_count() or 1), 2),
+                "tree_cores": round((self.tree_s - earlier.tree_s) / seconds, 2)
+                if seconds > 0 else 0.0}
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None

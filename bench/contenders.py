@@ -23,6 +23,7 @@ from bench.common import (
     REPO,
     SERVERS,
     TOPICS,
+    CpuMark,
     KeepAlive,
     Key,
     Probe,
@@ -86,6 +87,9 @@ class Result:
     counted_rate: float | None = None
     # bucket_app: seconds from every record counted until the snapshot showed the last
     visible_after_s: float | None = None
+    # bucket_app: cores busy over the busy_rate's window, the machine's and the workers'
+    # (their process trees), so that a scaling ratio can be read against what was left
+    busy_cores: dict[str, float] | None = None
 
     @property
     def rate(self) -> float | None:
@@ -329,6 +333,9 @@ def _measure_bucket_app(name: str, procs: list[Worker], job: Job,
     started: float | None = None
     settled: tuple[float, int] | None = None  # (time, messages reflected) once the group settled
     drained: tuple[float, int] | None = None  # the same once the first partition was drained
+    pids = [w.proc.pid for w in procs if w.proc is not None]
+    cpu_settled: CpuMark | None = None
+    cpu_drained: CpuMark | None = None
     # (time, records counted or skipped) at the first count, and when all were
     processed_from: tuple[float, int] | None = None
     processed_at: float | None = None
@@ -344,6 +351,7 @@ def _measure_bucket_app(name: str, procs: list[Worker], job: Job,
             processed_from = (now, _processed(answers))
         if settled is None and started is not None and _group_settled(answers, len(job.ends)):
             settled = (now, messages_in(reflected(answers[0])))
+            cpu_settled = CpuMark.now(pids)
         if processed_from is not None and processed_at is None and (
                 _processed(answers) >= job.messages):
             processed_at = now
@@ -354,6 +362,7 @@ def _measure_bucket_app(name: str, procs: list[Worker], job: Job,
         if settled is not None and drained is None and any(
                 offsets.get(p, -1) >= t for p, t in targets.items()):
             drained = (now, messages_in(offsets))
+            cpu_drained = CpuMark.now(pids)
         if started is not None and all(offsets.get(p, -1) >= t for p, t in targets.items()):
             break
         time.sleep(0.1)
@@ -380,11 +389,15 @@ def _measure_bucket_app(name: str, procs: list[Worker], job: Job,
     if processed_from is not None and processed_at is not None and (
             processed_at - processed_from[0] >= 0.5):
         counted_rate = (job.messages - processed_from[1]) / (processed_at - processed_from[0])
-    busy_rate, busy = None, ""
+    busy_rate, busy, busy_cores = None, "", None
     if settled is not None and drained is not None and drained[0] - settled[0] >= 2:
         busy_rate = (drained[1] - settled[1]) / (drained[0] - settled[0])
+        assert cpu_settled is not None and cpu_drained is not None
+        busy_cores = cpu_drained.cores_since(cpu_settled)
         busy = (f"{busy_rate:.0f} msg/s until the first partition was drained "
-                f"({drained[0] - settled[0]:.1f} s); ")
+                f"({drained[0] - settled[0]:.1f} s; cores busy: machine "
+                f"{busy_cores['machine_cores']:.2f} of {os.cpu_count()}, workers "
+                f"{busy_cores['tree_cores']:.2f}); ")
     live_rate, kept_up, produced = _live_phase(procs, job, expected, LIVE_LOAD * drain_rate,
                                                live_s)
     sustained = live_rate if live_rate is not None else drain_rate
@@ -413,7 +426,7 @@ def _measure_bucket_app(name: str, procs: list[Worker], job: Job,
                   latency_at_s=latency_at, sql_ms=sql_ms, live_rate=live_rate,
                   live_kept_up=kept_up, drain_latency_ms=drain_latency, busy_rate=busy_rate,
                   counted_rate=counted_rate, visible_after_s=visible_after_s,
-                  exact=exact,
+                  busy_cores=busy_cores, exact=exact,
                   note=f"msg/s {window}; {busy}{queries}{live}{counted}{lat}{drain}".rstrip("; "))
 
 

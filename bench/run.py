@@ -467,6 +467,7 @@ def rows(results: list[Result]) -> list[dict[str, Any]]:
             "backlog_rate_latency_ms_p50": percentile(r.drain_latency_ms, 50),
             "backlog_rate_latency_ms_p99": percentile(r.drain_latency_ms, 99),
             "busy_msg_per_s": r.busy_rate,
+            "busy_cores": r.busy_cores,
             "exact": r.exact,
             "note": r.note,
         })
@@ -496,6 +497,11 @@ def print_table(results: list[Result], messages: int) -> None:
     if busy is not None or whole is not None:
         print(f"2 workers / 1 worker on the same messages: {fmt(busy, '.2f')}x while every "
               f"partition had a backlog, {fmt(whole, '.2f')}x over the whole backlog")
+        for r in results:
+            if r.contender in ("bucket_app x1 again", "bucket_app x2") and r.busy_cores:
+                print(f"  {r.contender}: cores busy while every partition had a backlog: "
+                      f"machine {r.busy_cores['machine_cores']:.2f} of {os.cpu_count()}, "
+                      f"workers {r.busy_cores['tree_cores']:.2f}")
 
 
 def scaling(results: list[Result], busy: bool) -> float | None:
