@@ -76,6 +76,9 @@ def main() -> None:
     parser.add_argument("--kernels", default=",".join(KERNELS),
                         help="shapes: one bucket_app worker per BUCKET_APP_KERNEL on each shape "
                         f"({','.join(KERNELS)}; the first is the table's bucket_app)")
+    parser.add_argument("--worker-kernel", choices=KERNELS, default=None,
+                        help="BUCKET_APP_KERNEL of bucket_app-1, bucket_app-2 and the sweep "
+                        "(default: the worker's own, native)")
     parser.add_argument("--shapes-no-kstreams", action="store_true",
                         help="shapes: leave Kafka Streams (at_least_once) out of each shape")
     parser.add_argument("--sql-rows", type=int, default=1_000_000,
@@ -162,17 +165,18 @@ def run(args: argparse.Namespace, brokers: str, chosen: list[str],
         "faust-naive": contenders.naive_faust,
         "bucket_app-1": lambda job: contenders.bucket_app(
             job, 1, expected, args.load, args.probe_seconds, args.live_seconds, sql_from,
-            args.sql_pause),
+            args.sql_pause, kernel=args.worker_kernel),
         "bucket_app-2": lambda job: contenders.bucket_app(
             job, 2, expected, args.load, args.probe_seconds, args.live_seconds, sql_from,
-            args.sql_pause),
+            args.sql_pause, kernel=args.worker_kernel),
         # throughput only, the pure-Python path beside the default kernel
         "bucket_app-1-python": lambda job: contenders.bucket_app(
             job, 1, expected, args.load, 0, 0, sql_from, args.sql_pause, kernel="python"),
         # throughput only, on the messages bucket_app-2 then counts (the 1-worker run's live
         # and latency phases have added some millions to the topic): the scaling ratio
         SAME_AS_X2: lambda job: contenders.bucket_app(
-            job, 1, expected, args.load, 0, 0, sql_from, args.sql_pause, label="again"),
+            job, 1, expected, args.load, 0, 0, sql_from, args.sql_pause, label="again",
+            kernel=args.worker_kernel),
     }
     results = []
     for name in chosen:
@@ -498,7 +502,8 @@ def print_table(results: list[Result], messages: int) -> None:
         print(f"2 workers / 1 worker on the same messages: {fmt(busy, '.2f')}x while every "
               f"partition had a backlog, {fmt(whole, '.2f')}x over the whole backlog")
         for r in results:
-            if r.contender in ("bucket_app x1 again", "bucket_app x2") and r.busy_cores:
+            if (r.contender.split(" [")[0] in ("bucket_app x1 again", "bucket_app x2")
+                    and r.busy_cores):
                 print(f"  {r.contender}: cores busy while every partition had a backlog: "
                       f"machine {r.busy_cores['machine_cores']:.2f} of {os.cpu_count()}, "
                       f"workers {r.busy_cores['tree_cores']:.2f}")
@@ -508,7 +513,8 @@ def scaling(results: list[Result], busy: bool) -> float | None:
     """bucket_app x2's rate over the 1-worker rate on the same messages (``again``): while
     every partition still had a backlog (``busy``), or over the whole backlog, whose end the
     worker that got ahead while the other joined leaves to the other alone."""
-    rates = {r.contender: r.busy_rate if busy else r.rate for r in results}
+    # a run with --worker-kernel is named "bucket_app x2 [python]"
+    rates = {r.contender.split(" [")[0]: r.busy_rate if busy else r.rate for r in results}
     one, two = rates.get("bucket_app x1 again"), rates.get("bucket_app x2")
     return two / one if one and two else None
 

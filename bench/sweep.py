@@ -318,7 +318,7 @@ def measure(size: Size) -> dict[str, Any]:
     log(f"  pre-loaded {layout.messages} messages ({layout.keys} keys x {layout.buckets} "
         f"buckets) in {row['preload_s']} s")
     worker = size.worker = bucket_worker(size.directory, size.brokers, size.topic, size.app_id,
-                                         size.partitions)
+                                         size.partitions, kernel=size.args.worker_kernel)
     # The checks read every row (count(*), sum(count)): the default limit of 2 s would cut
     # them short at 10^7 rows and a failover would look endless. The filtered query is far
     # below either limit.
@@ -477,7 +477,8 @@ def join(size: Size) -> dict[str, Any]:
     partitions restored, its own snapshot built from the changelog. Stopped afterwards."""
     cap = size.args.sweep_failover_timeout
     joiner = bucket_worker(size.directory.with_name(size.directory.name + "-joiner"),
-                           size.brokers, size.topic, size.app_id, size.partitions)
+                           size.brokers, size.topic, size.app_id, size.partitions,
+                           kernel=size.args.worker_kernel)
     joiner.extra["sql_time_limit"] = SQL_TIME_LIMIT
     started = time.monotonic()
     joiner.start(wait=False)
