@@ -501,21 +501,26 @@ def print_table(results: list[Result], messages: int) -> None:
     if busy is not None or whole is not None:
         print(f"2 workers / 1 worker on the same messages: {fmt(busy, '.2f')}x while every "
               f"partition had a backlog, {fmt(whole, '.2f')}x over the whole backlog")
-        for r in results:
-            if (r.contender.split(" [")[0] in ("bucket_app x1 again", "bucket_app x2")
-                    and r.busy_cores):
+        for r in scaling_runs(results):
+            if r is not None and r.busy_cores:
                 print(f"  {r.contender}: cores busy while every partition had a backlog: "
                       f"machine {r.busy_cores['machine_cores']:.2f} of {os.cpu_count()}, "
                       f"workers {r.busy_cores['tree_cores']:.2f}")
+
+
+def scaling_runs(results: list[Result]) -> tuple[Result | None, Result | None]:
+    """``bucket_app-2``'s two runs: one worker again on the same messages, then two; a run
+    with --worker-kernel is named with its kernel ("bucket_app x2 [python]")."""
+    named = {r.contender.split(" [")[0]: r for r in results}
+    return named.get("bucket_app x1 again"), named.get("bucket_app x2")
 
 
 def scaling(results: list[Result], busy: bool) -> float | None:
     """bucket_app x2's rate over the 1-worker rate on the same messages (``again``): while
     every partition still had a backlog (``busy``), or over the whole backlog, whose end the
     worker that got ahead while the other joined leaves to the other alone."""
-    # a run with --worker-kernel is named "bucket_app x2 [python]"
-    rates = {r.contender.split(" [")[0]: r.busy_rate if busy else r.rate for r in results}
-    one, two = rates.get("bucket_app x1 again"), rates.get("bucket_app x2")
+    one, two = (None if r is None else r.busy_rate if busy else r.rate
+                for r in scaling_runs(results))
     return two / one if one and two else None
 
 
